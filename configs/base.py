@@ -1,0 +1,55 @@
+"""Base config: a small CNN on the embedded procedural faces; a few minutes on 2 CPU cores.
+
+Override any key from the command line, e.g.
+  python train.py --config configs/base.py --config.train.epochs=5 --config.seed=1
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # drives init, split, shuffling, dropout and augmentation
+
+    c.data = ml_collections.ConfigDict()
+    # A Kaggle training.csv or training.zip; None trains on the embedded procedural faces.
+    c.data.train_path = config_dict.placeholder(str)
+    c.data.test_path = config_dict.placeholder(str)  # Kaggle test.csv/.zip, for submissions
+    c.data.lookup_path = config_dict.placeholder(str)  # Kaggle IdLookupTable.csv
+    c.data.groups_path = config_dict.placeholder(str)  # one group id per row: grouped split
+    c.data.label_policy = "mask"  # "mask": all rows, masked loss; "drop": complete rows only
+    c.data.val_fraction = 0.2
+    # The embedded default: procedural faces, generated in memory from `seed`.
+    c.data.synthetic_n = 3000
+    c.data.synthetic_seed = 0
+    c.data.synthetic_kaggle_missing = True  # impose Kaggle's missing-label pattern
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "simple_cnn"
+    c.model.dropout = 0.0
+    c.model.conv_impl = "auto"  # "xla", "im2col" or "auto" (im2col on CPU, xla elsewhere)
+    c.model.compute_dtype = "float32"  # "bfloat16" for GPU/TPU
+
+    c.train = ml_collections.ConfigDict()
+    c.train.epochs = 30
+    c.train.batch_size = 64
+    c.train.learning_rate = 1e-3
+    c.train.schedule = "constant"  # "constant", "cosine" (warm-up + cosine) or "onecycle"
+    c.train.warmup_epochs = 0
+    c.train.weight_decay = 0.0  # > 0 switches Adam to AdamW
+    c.train.grad_clip = 0.0  # global-norm clipping; 0 disables
+    c.train.early_stop_patience = 0  # epochs without val improvement; 0 disables
+    c.train.eval_every = 1  # epochs
+
+    c.augment = ml_collections.ConfigDict()
+    c.augment.flip = False
+    c.augment.rotate_deg = 0.0
+    c.augment.scale = 0.0  # relative, e.g. 0.1 -> scale in [0.9, 1.1]
+    c.augment.shift_px = 0.0
+    c.augment.brightness = 0.0
+    c.augment.contrast = 0.0
+    c.augment.gamma = 0.0
+    c.augment.noise_std = 0.0
+    c.augment.blur_prob = 0.0
+    return c

@@ -1,0 +1,1 @@
+"""fkd-jax: facial keypoint detection in JAX/Flax."""

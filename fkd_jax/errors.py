@@ -1,0 +1,54 @@
+"""User-facing errors: one line, exit status 2, no traceback.
+
+Library code raises `UserError` (or `DataError`) for anything the user can fix: a bad file,
+a bad option. The command-line entry points wrap their `main` in `exit_on_user_error`, which
+prints the message as a single line on stderr and exits with status 2. Programming errors are
+not caught and keep their traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Callable, TypeVar
+
+EXIT_USER_ERROR = 2
+
+F = TypeVar("F", bound=Callable)
+
+
+class UserError(Exception):
+    """Something the user can fix (bad input file, bad option)."""
+
+
+class DataError(UserError):
+    """A problem in a data file, located by path and (1-based, spreadsheet-style) row."""
+
+    def __init__(self, path, message: str, row: int | None = None, column: str | None = None):
+        where = str(path)
+        if row is not None:
+            where += f", row {row}"
+        if column is not None:
+            where += f", column {column}"
+        super().__init__(f"{where}: {message}")
+        self.path, self.row, self.column = str(path), row, column
+
+
+def fail(message: str) -> None:
+    """Print `error: message` as one line on stderr and exit with status 2."""
+    one_line = " ".join(str(message).split())
+    print(f"error: {one_line}", file=sys.stderr, flush=True)
+    raise SystemExit(EXIT_USER_ERROR)
+
+
+def exit_on_user_error(main: F) -> F:
+    """Decorator for CLI entry points: UserError -> one line on stderr, exit 2."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except UserError as e:
+            fail(str(e))
+
+    return wrapper  # type: ignore[return-value]
