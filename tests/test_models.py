@@ -1,0 +1,64 @@
+"""Model family: pinned parameter counts and output shapes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import base
+from fkd_jax import models
+from fkd_jax.errors import UserError
+
+# Pinned so an accidental architecture change is caught. nouri: Nouri's kfkd net
+# (conv 32@3x3, 64@2x2, 128@2x2 VALID + pools; dense 500, 500, 30) = 8,051,502 parameters.
+PARAM_COUNTS = {
+    "simple_cnn": 1_206_942,
+    "nouri": 8_051_502,
+    "nouri1000": 16_561_502,
+}
+
+
+def _model_cfg(name, **overrides):
+    cfg = base.get_config().model
+    cfg.name = name
+    for k, v in overrides.items():
+        cfg[k] = v
+    return cfg
+
+
+@pytest.mark.parametrize("name", sorted(PARAM_COUNTS))
+def test_param_count_and_output_shape(name):
+    model = models.create_model(_model_cfg(name), seed=0)
+    assert models.count_params(model) == PARAM_COUNTS[name]
+    out = model(jnp.zeros((3, 96, 96, 1), jnp.float32))
+    assert out.shape == (3, 30) and out.dtype == jnp.float32
+
+
+def test_every_registered_model_is_pinned():
+    assert set(models.MODELS) == set(PARAM_COUNTS)
+
+
+def test_same_seed_same_init_and_different_seed_differs():
+    a = models.create_model(_model_cfg("simple_cnn"), seed=0)
+    b = models.create_model(_model_cfg("simple_cnn"), seed=0)
+    c = models.create_model(_model_cfg("simple_cnn"), seed=1)
+    x = jax.random.uniform(jax.random.key(0), (2, 96, 96, 1))
+    np.testing.assert_array_equal(a(x), b(x))
+    assert not np.allclose(a(x), c(x))
+
+
+def test_dropout_only_in_training_and_keyed():
+    model = models.create_model(_model_cfg("nouri", dropout=0.5), seed=0)
+    x = jax.random.uniform(jax.random.key(0), (2, 96, 96, 1))
+    np.testing.assert_array_equal(model(x), model(x, train=False))
+    k1, k2 = jax.random.split(jax.random.key(1))
+    y1 = model(x, train=True, dropout_key=k1)
+    np.testing.assert_array_equal(y1, model(x, train=True, dropout_key=k1))
+    assert not np.allclose(y1, model(x, train=True, dropout_key=k2))
+    with pytest.raises(ValueError, match="dropout_key"):
+        model(x, train=True)
+
+
+def test_unknown_model_is_a_user_error():
+    with pytest.raises(UserError, match="model.name='resnet9000'"):
+        models.create_model(_model_cfg("resnet9000"), seed=0)

@@ -1,0 +1,150 @@
+"""The jitted training/eval functions: masked loss, updates, determinism, epoch loop."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import base
+from fkd_jax import keypoints, training
+
+
+def _config(**train):
+    c = base.get_config()
+    c.model.name = "simple_cnn"
+    for k, v in train.items():
+        c.train[k] = v
+    return c
+
+
+def _blob_data(n, seed=0):
+    """Images with one bright blob; every keypoint sits at a fixed offset from it."""
+    rng = np.random.default_rng(seed)
+    centre = rng.uniform(30, 66, size=(n, 2)).astype(np.float32)
+    yy, xx = np.mgrid[0:96, 0:96] + 0.5
+    d2 = (xx[None] - centre[:, 0, None, None]) ** 2 + (yy[None] - centre[:, 1, None, None]) ** 2
+    images = np.exp(-d2 / 40.0)[..., None].astype(np.float32)
+    offsets = rng.uniform(-20, 20, size=(15, 2)).astype(np.float32)
+    kp = (centre[:, None, :] + offsets[None]).reshape(n, 30)
+    mask = np.ones((n, 30), bool)
+    mask[: n // 2, 4:] = False  # half the rows carry only 2 keypoints, like Kaggle's
+    return {"images": images, "keypoints": kp, "mask": mask}
+
+
+def test_masked_loss_ignores_missing_coordinates():
+    pred = jax.random.normal(jax.random.key(0), (4, 30))
+    kp = np.full((4, 30), 48.0, np.float32)
+    mask = np.ones((4, 30), bool)
+    mask[:, 10:] = False
+    other = kp.copy()
+    other[:, 10:] = np.nan  # garbage where unlabelled must not matter
+    l1 = training.masked_mse(pred, kp, mask)
+    l2 = training.masked_mse(pred, other, mask)
+    assert float(l1) == float(l2) and np.isfinite(float(l2))
+    g = jax.grad(training.masked_mse)(pred, other, mask)
+    assert np.all(np.asarray(g)[:, 10:] == 0.0)
+    assert np.all(np.asarray(g)[:, :10] != 0.0)
+    # the mean is over labelled coordinates only
+    expected = np.mean((np.asarray(pred)[:, :10] - 0.0) ** 2)
+    np.testing.assert_allclose(float(l1), expected, rtol=1e-5)
+
+
+def test_missing_labels_give_exactly_zero_parameter_gradient():
+    c = _config()
+    tx = training.make_optimizer(c.train, 10)
+    graphdef, state = training.init_state(c.model, tx, 0)
+    data = _blob_data(4)
+    only_missing = data["mask"].copy()
+    only_missing[:] = False
+    only_missing[:, 0] = True  # a single labelled coordinate
+    changed = data["keypoints"].copy()
+    changed[:, 1:] += 17.0  # move every unlabelled target
+
+    def grads(kp):
+        def loss(p):
+            pred = training.apply_model(graphdef, p, data["images"])
+            return training.masked_mse(pred, kp, only_missing)
+        return jax.grad(loss)(state["params"])
+
+    g1, g2 = grads(data["keypoints"]), grads(changed)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_train_epoch_lowers_loss_and_is_deterministic():
+    c = _config(batch_size=16, learning_rate=1e-3)
+    data = jax.device_put(_blob_data(64))
+    tx = training.make_optimizer(c.train, 4)
+
+    def run(epochs):
+        graphdef, state = training.init_state(c.model, tx, 0)
+        epoch_fn = training.make_train_epoch(graphdef, tx, 16, None, seed=0)
+        losses = []
+        for e in range(1, epochs + 1):
+            state, m = epoch_fn(state, data, training.epoch_shuffle_key(0, e))
+            losses.append(float(m["train_loss"]))
+        return state, losses
+
+    state_a, losses_a = run(6)
+    state_b, losses_b = run(6)
+    assert losses_a == losses_b
+    for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b)):
+        np.testing.assert_array_equal(a, b)
+    assert int(state_a["step"]) == 6 * 4
+    assert losses_a[-1] < 0.5 * losses_a[0], losses_a
+
+
+def test_scanned_epoch_equals_python_loop_of_train_steps():
+    c = _config(batch_size=8)
+    data = _blob_data(24)
+    tx = training.make_optimizer(c.train, 3)
+    graphdef, state = training.init_state(c.model, tx, 0)
+    epoch_fn = training.make_train_epoch(graphdef, tx, 8, None, seed=0)
+    key = training.epoch_shuffle_key(0, 1)
+    scanned, _ = epoch_fn(jax.tree.map(jnp.array, state), jax.device_put(data), key)
+
+    step = jax.jit(training.make_train_step(graphdef, tx, None))
+    perm = np.asarray(jax.random.permutation(key, 24)).reshape(3, 8)
+    looped = state
+    for idx in perm:
+        batch = {k: v[idx] for k, v in data.items()}
+        looped, _ = step(looped, batch, jax.random.fold_in(training.step_key(0), looped["step"]))
+    for a, b in zip(jax.tree.leaves(scanned), jax.tree.leaves(looped)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_predict_matches_direct_application_with_padding():
+    c = _config()
+    tx = training.make_optimizer(c.train, 1)
+    graphdef, state = training.init_state(c.model, tx, 0)
+    images = _blob_data(5)["images"]
+    out = training.make_predict(graphdef, 2)(state["params"], images)  # 5 rows, batches of 2
+    direct = training.apply_model(graphdef, state["params"], images)
+    assert out.shape == (5, 30)
+    np.testing.assert_allclose(out, direct, rtol=1e-5, atol=1e-6)
+
+
+def test_rmse_report_pools_labelled_values_in_pixels():
+    kp = np.zeros((2, 30), np.float32)
+    pred = np.zeros((2, 30), np.float32)
+    pred[0, 0] = 3.0  # left_eye_center_x off by 3 px
+    pred[1, 1] = 4.0  # left_eye_center_y off by 4 px
+    pred[1, 2] = 100.0  # right_eye_center_x: unlabelled, ignored
+    mask = np.ones((2, 30), bool)
+    mask[1, 2] = False
+    r = training.rmse_report(pred, kp, mask)
+    assert r["rmse_px"] == pytest.approx(np.sqrt((9 + 16) / 59))
+    assert r["left_eye_center"] == pytest.approx(np.sqrt(25 / 4))
+    assert r["right_eye_center"] == 0.0
+    assert r["group/eyes"] == pytest.approx(np.sqrt(25 / 23))
+    assert set(keypoints.KEYPOINT_NAMES) <= set(r)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "onecycle"])
+def test_schedules_start_and_end_sensibly(schedule):
+    c = _config(schedule=schedule, warmup_epochs=1, epochs=10, learning_rate=1e-3)
+    s = training.make_schedule(c.train, 10)
+    peak = max(float(s(i)) for i in range(100))
+    assert peak == pytest.approx(1e-3, rel=1e-3)
+    if schedule != "constant":
+        assert float(s(99)) < 0.1 * peak

@@ -1,0 +1,174 @@
+"""Train a facial keypoint regressor.
+
+  python train.py --config configs/base.py [--workdir DIR] [--config.train.epochs=5 ...]
+
+With no --config.data.train_path it trains on the embedded procedural faces. Re-running the
+same command on the same --workdir resumes from the latest checkpoint. Ctrl-C finishes the
+current epoch, saves it and exits (status 130); a non-finite loss stops the run (status 3)
+keeping the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+
+from absl import flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (python, get_config()).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config name>).")
+
+EXIT_NON_FINITE = 3
+EXIT_INTERRUPTED = 130
+
+
+def _format_eta(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}"
+
+
+def _augment_enabled(cfg) -> bool:
+    return any(bool(v) for v in cfg.values())
+
+
+def train(config, workdir: Path) -> dict:
+    """Train (or resume) the run in `workdir`; returns the last epoch's metrics record."""
+    import jax
+    import numpy as np
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from fkd_jax import checkpoints, experiment, keypoints, training
+    from fkd_jax.errors import UserError
+
+    train_data, val_data = experiment.load_run_data(config, workdir)
+    bs = config.train.batch_size
+    if bs > len(train_data):
+        raise UserError(f"--config.train.batch_size={bs} is larger than the {len(train_data)} "
+                        "training rows")
+    steps_per_epoch = len(train_data) // bs
+    tx = training.make_optimizer(config.train, steps_per_epoch)
+    graphdef, state = training.init_state(config.model, tx, config.seed)
+
+    # Data parallel over all local devices: the batch axis is sharded, the rest replicated.
+    devices = jax.devices()
+    data_sharding, replicated = None, None
+    if len(devices) > 1 and bs % len(devices) == 0:
+        mesh = jax.make_mesh((len(devices),), ("data",))
+        data_sharding, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+
+    ckpt = checkpoints.Checkpoints(workdir)
+    start_epoch, best = 0, {"val_rmse_px": math.inf, "epoch": 0}
+    restored = ckpt.restore_latest(checkpoints.abstract_like(state))
+    if restored is not None:
+        state, meta = restored
+        start_epoch, best = meta["epoch"], meta["best"]
+        experiment.truncate_metrics(workdir, start_epoch)
+        print(f"resuming {workdir} from epoch {start_epoch} (step {int(state['step'])})")
+    else:
+        experiment.truncate_metrics(workdir, 0)
+    experiment.atomic_write_text(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
+
+    put = (lambda x: jax.device_put(x, replicated)) if replicated is not None else jax.device_put
+    state = put(state)
+    train_arrays = put({"images": train_data.images, "keypoints": train_data.keypoints,
+                        "mask": train_data.mask})
+    val_images = put(val_data.images)
+
+    augment_cfg = config.augment if _augment_enabled(config.augment) else None
+    train_epoch = training.make_train_epoch(graphdef, tx, bs, augment_cfg, config.seed,
+                                            data_sharding)
+    predict = training.make_predict(graphdef, min(256, max(1, len(val_data))))
+    schedule = training.make_schedule(config.train, steps_per_epoch)
+
+    t0 = time.perf_counter()
+    compiled = train_epoch.lower(state, train_arrays, training.epoch_shuffle_key(config.seed, 0)).compile()
+    compile_time = time.perf_counter() - t0
+    print(f"{len(train_data)} training / {len(val_data)} validation rows, {steps_per_epoch} steps "
+          f"of {bs} per epoch, {len(devices)} {devices[0].platform} device(s); compiled in "
+          f"{compile_time:.1f}s")
+
+    interrupted = []
+    previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+    record: dict = {}
+    try:
+        run_start = time.perf_counter()
+        for epoch in range(start_epoch + 1, config.train.epochs + 1):
+            t_epoch = time.perf_counter()
+            state, m = compiled(state, train_arrays, training.epoch_shuffle_key(config.seed, epoch))
+            train_loss = float(m["train_loss"])  # waits for the epoch
+            epoch_time = time.perf_counter() - t_epoch
+            if not math.isfinite(train_loss):
+                ckpt.close()
+                print(f"error: training loss became {train_loss} in epoch {epoch}; stopped. The "
+                      f"last good checkpoint (epoch {epoch - 1}) is in {workdir}/checkpoints. "
+                      "Try a lower --config.train.learning_rate or --config.train.grad_clip.",
+                      file=sys.stderr)
+                raise SystemExit(EXIT_NON_FINITE)
+
+            t_eval = time.perf_counter()
+            pred_px = np.asarray(keypoints.to_pixels(predict(state["params"], val_images)))
+            val_rmse = training.rmse_report(pred_px, val_data.keypoints, val_data.mask)["rmse_px"]
+            eval_time = time.perf_counter() - t_eval
+            is_best = val_rmse < best["val_rmse_px"]
+            if is_best:
+                best = {"val_rmse_px": val_rmse, "epoch": epoch}
+            step = int(state["step"])
+            ckpt.wait()  # the previous save must be done before its buffers are donated again
+            ckpt.save(epoch, state, {"epoch": epoch, "step": step, "best": best,
+                                     "model": config.model.name}, is_best)
+            ckpt.wait()
+            record = {
+                "epoch": epoch, "step": step, "train_loss": train_loss,
+                "train_rmse_px": float(m["train_rmse_px"]), "val_rmse_px": val_rmse,
+                "learning_rate": float(schedule(step)), "epoch_time_s": epoch_time,
+                "eval_time_s": eval_time, "images_per_s": steps_per_epoch * bs / epoch_time,
+                "compile_time_s": compile_time,
+            }
+            experiment.append_metrics(workdir, record)
+            done = epoch - start_epoch
+            eta = (time.perf_counter() - run_start) / done * (config.train.epochs - epoch)
+            print(f"epoch {epoch:3d}/{config.train.epochs}  train_loss {train_loss:.5f}  "
+                  f"val_rmse {val_rmse:6.3f} px (best {best['val_rmse_px']:.3f} @{best['epoch']})  "
+                  f"{record['images_per_s']:6.0f} img/s  {epoch_time:5.1f}s  left {_format_eta(eta)}",
+                  flush=True)
+            if interrupted:
+                ckpt.close()
+                print(f"interrupted: saved epoch {epoch} in {workdir}; run the same command to "
+                      "resume", file=sys.stderr)
+                raise SystemExit(EXIT_INTERRUPTED)
+            patience = config.train.early_stop_patience
+            if patience and epoch - best["epoch"] >= patience:
+                print(f"early stop: no validation improvement for {patience} epochs")
+                break
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
+        ckpt.close()
+    print(f"best val_rmse {best['val_rmse_px']:.3f} px at epoch {best['epoch']}; run in {workdir}")
+    return record
+
+
+def main(argv: list[str]) -> None:
+    from fkd_jax import cli
+    from fkd_jax.errors import UserError
+
+    cli.parse_flags(argv, flags.FLAGS)
+    if _CONFIG.value is None:
+        raise UserError("--config is required, e.g. --config configs/base.py")
+    config = _CONFIG.value
+    cli.check_config(config)
+    config_path = config_flags.get_config_filename(flags.FLAGS["config"])
+    workdir = cli.check_workdir(Path(_WORKDIR.value or cli.default_workdir(config_path)))
+    train(config, workdir)
+
+
+if __name__ == "__main__":
+    from fkd_jax.errors import exit_on_user_error
+
+    exit_on_user_error(main)(sys.argv)
