@@ -86,7 +86,7 @@ KEYPOINT_FLIP_PERMUTATION: np.ndarray = np.array(
 FLIP_PERMUTATION: np.ndarray = np.stack(
     [2 * KEYPOINT_FLIP_PERMUTATION, 2 * KEYPOINT_FLIP_PERMUTATION + 1], axis=-1
 ).reshape(-1)
-# +1 for y columns, -1 for x columns (as used by flips in normalised coordinates).
+# Indices of the x and of the y columns among the 30.
 X_COLUMNS: np.ndarray = np.arange(0, NUM_COORDS, 2)
 Y_COLUMNS: np.ndarray = np.arange(1, NUM_COORDS, 2)
 
