@@ -102,10 +102,122 @@ def nouri(cfg, rngs: nnx.Rngs, hidden: int = 500) -> nnx.Module:
                        compute_dtype=cfg.compute_dtype, rngs=rngs)
 
 
+class ResidualBlock(nnx.Module):
+    """conv3x3-GN-ReLU-conv3x3-GN plus a (projected) skip. GroupNorm, not BatchNorm, so the
+    model carries no running statistics and the step stays a pure function of parameters."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, conv_fn, dtype, rngs: nnx.Rngs):
+        conv = lambda i, o, k, s: nnx.Conv(i, o, (k, k), strides=s, padding="SAME", use_bias=False,
+                                           dtype=dtype, conv_general_dilated=conv_fn, rngs=rngs)
+        self.conv1, self.conv2 = conv(in_ch, out_ch, 3, stride), conv(out_ch, out_ch, 3, 1)
+        groups = min(8, out_ch // 4)
+        self.norm1 = nnx.GroupNorm(out_ch, num_groups=groups, dtype=dtype, rngs=rngs)
+        self.norm2 = nnx.GroupNorm(out_ch, num_groups=groups, dtype=dtype, rngs=rngs)
+        self.proj = conv(in_ch, out_ch, 1, stride) if (stride != 1 or in_ch != out_ch) else None
+
+    def __call__(self, x):
+        y = jax.nn.relu(self.norm1(self.conv1(x)))
+        y = self.norm2(self.conv2(y))
+        skip = x if self.proj is None else self.proj(x)
+        return jax.nn.relu(y + skip)
+
+
+class ResNetBackbone(nnx.Module):
+    """Stem conv (stride 2: 96 -> 48) and one stride-2 residual stage per width after the first."""
+
+    def __init__(self, widths, blocks: int, conv_fn, dtype, rngs: nnx.Rngs):
+        self.stem = nnx.Conv(1, widths[0], (3, 3), strides=2, padding="SAME", dtype=dtype,
+                             conv_general_dilated=conv_fn, rngs=rngs)
+        self.blocks = nnx.List()
+        in_ch = widths[0]
+        for i, w in enumerate(widths):
+            for b in range(blocks):
+                stride = 2 if (i > 0 and b == 0) else 1
+                self.blocks.append(ResidualBlock(in_ch, w, stride, conv_fn, dtype, rngs))
+                in_ch = w
+        self.out_size = IMAGE_SIZE // 2 // 2 ** (len(widths) - 1)
+        self.out_ch = in_ch
+
+    def __call__(self, x):
+        x = jax.nn.relu(self.stem(x))
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+class ResNetRegressor(nnx.Module):
+    """Small residual CNN; the final feature map (B, 6, 6, C) is flattened into a dense head,
+    which keeps where features are (global average pooling would throw that away)."""
+
+    def __init__(self, widths=(32, 64, 128, 256), blocks: int = 1, hidden: int = 256, *,
+                 dropout: float = 0.0, conv_impl: str = "auto", compute_dtype: str = "float32",
+                 rngs: nnx.Rngs):
+        dtype = _dtype(compute_dtype)
+        self.backbone = ResNetBackbone(widths, blocks, ops.get_conv(conv_impl), dtype, rngs)
+        flat = self.backbone.out_size ** 2 * self.backbone.out_ch
+        self.dense = nnx.Linear(flat, hidden, dtype=dtype, rngs=rngs)
+        self.head = nnx.Linear(hidden, NUM_COORDS, dtype=dtype, rngs=rngs)
+        self.dropout = _Dropout(dropout)
+        self.compute_dtype = dtype
+
+    def __call__(self, x, *, train: bool = False, dropout_key=None):
+        x = self.backbone(x.astype(self.compute_dtype))
+        x = self.dropout(jax.nn.relu(self.dense(x.reshape(x.shape[0], -1))), train, dropout_key)
+        return self.head(x).astype(jnp.float32)
+
+
+def soft_argmax(logits):
+    """Expected (x, y) of each heatmap's softmax, in normalised coordinates.
+
+    logits (B, H, W, K) -> (B, K, 2). Cell (i, j) of an HxW map covers the image region whose
+    centre is at normalised ((j + 0.5) / W * 2 - 1, (i + 0.5) / H * 2 - 1); the expectation is
+    differentiable (integral regression), so the net is trained with the same coordinate loss.
+    """
+    b, h, w, k = logits.shape
+    probs = jax.nn.softmax(logits.reshape(b, h * w, k).astype(jnp.float32), axis=1)
+    probs = probs.reshape(b, h, w, k)
+    xs = (jnp.arange(w) + 0.5) / w * 2.0 - 1.0
+    ys = (jnp.arange(h) + 0.5) / h * 2.0 - 1.0
+    x = jnp.einsum("bhwk,w->bk", probs, xs)
+    y = jnp.einsum("bhwk,h->bk", probs, ys)
+    return jnp.stack([x, y], axis=-1)
+
+
+class HeatmapRegressor(nnx.Module):
+    """Residual backbone to a 24x24 map, a 1x1 conv to 15 heatmaps, soft-argmax to coordinates."""
+
+    def __init__(self, widths=(32, 64, 128), blocks: int = 1, *, dropout: float = 0.0,
+                 conv_impl: str = "auto", compute_dtype: str = "float32", rngs: nnx.Rngs):
+        del dropout  # no dense layers to drop from
+        dtype = _dtype(compute_dtype)
+        conv_fn = ops.get_conv(conv_impl)
+        self.backbone = ResNetBackbone(widths, blocks, conv_fn, dtype, rngs)
+        self.heatmaps = nnx.Conv(self.backbone.out_ch, NUM_COORDS // 2, (1, 1), dtype=dtype,
+                                 conv_general_dilated=conv_fn, rngs=rngs)
+        self.compute_dtype = dtype
+
+    def __call__(self, x, *, train: bool = False, dropout_key=None):
+        logits = self.heatmaps(self.backbone(x.astype(self.compute_dtype)))
+        return soft_argmax(logits).reshape(x.shape[0], NUM_COORDS)
+
+
+def _resnet(cfg, rngs, **kw):
+    return ResNetRegressor(dropout=cfg.dropout, conv_impl=cfg.conv_impl,
+                           compute_dtype=cfg.compute_dtype, rngs=rngs, **kw)
+
+
+def _heatmap(cfg, rngs, **kw):
+    return HeatmapRegressor(dropout=cfg.dropout, conv_impl=cfg.conv_impl,
+                            compute_dtype=cfg.compute_dtype, rngs=rngs, **kw)
+
+
 MODELS: dict[str, Callable] = {
     "simple_cnn": simple_cnn,
     "nouri": nouri,
     "nouri1000": lambda cfg, rngs: nouri(cfg, rngs, hidden=1000),
+    "resnet": _resnet,
+    "resnet_small": lambda cfg, rngs: _resnet(cfg, rngs, widths=(16, 32, 64, 128), hidden=128),
+    "heatmap": _heatmap,
 }
 
 

@@ -15,6 +15,9 @@ PARAM_COUNTS = {
     "simple_cnn": 1_206_942,
     "nouri": 8_051_502,
     "nouri1000": 16_561_502,
+    "resnet": 3_592_158,
+    "resnet_small": 900_606,
+    "heatmap": 308_303,
 }
 
 
@@ -62,3 +65,14 @@ def test_dropout_only_in_training_and_keyed():
 def test_unknown_model_is_a_user_error():
     with pytest.raises(UserError, match="model.name='resnet9000'"):
         models.create_model(_model_cfg("resnet9000"), seed=0)
+
+
+def test_soft_argmax_finds_a_peaked_heatmap_at_its_cell_centre():
+    logits = jnp.full((1, 24, 24, 15), -1e4).at[0, 5, 17, 3].set(0.0)
+    xy = models.soft_argmax(logits)
+    assert xy.shape == (1, 15, 2)
+    # cell (row 5, col 17) of 24 covers image pixels [68, 72) x [20, 24): centre (70, 22) px
+    np.testing.assert_allclose(np.asarray(xy[0, 3]), [70 / 48 - 1, 22 / 48 - 1], atol=1e-6)
+    # a flat map averages to the image centre
+    np.testing.assert_allclose(np.asarray(models.soft_argmax(jnp.zeros((1, 8, 8, 1))))[0, 0],
+                               [0.0, 0.0], atol=1e-6)
