@@ -82,6 +82,7 @@ class Checkpoints:
 
     def __init__(self, workdir: str | Path, read_only: bool = False):
         root = Path(workdir) / "checkpoints"
+        self._closed = False
         self.latest = _Manager(root / "latest", max_to_keep=2, read_only=read_only)
         self.best = _Manager(root / "best", max_to_keep=1, read_only=read_only)
 
@@ -113,6 +114,10 @@ class Checkpoints:
         self.best.wait()
 
     def close(self) -> None:
+        """Wait for pending saves and release the managers (safe to call twice)."""
+        if self._closed:
+            return
+        self._closed = True
         self.wait()
         self.latest.close()
         self.best.close()

@@ -1,0 +1,159 @@
+"""train.py and eval.py end to end on tiny runs (subprocesses, as a user runs them)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--config", "configs/base.py", "--config.data.synthetic_n=96",
+        "--config.train.batch_size=16", "--config.model.name=simple_cnn"]
+
+
+def run(script, *args, check=True, **kw):
+    proc = subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def train(workdir, *extra, **kw):
+    return run("train.py", *TINY, "--workdir", str(workdir), *extra, **kw)
+
+
+def metrics(workdir):
+    return [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def latest_params(workdir):
+    from fkd_jax import checkpoints, training
+    from configs import base
+
+    c = base.get_config()
+    c.model.name = "simple_cnn"
+    tx = training.make_optimizer(c.train, 1)
+    _, state = training.init_state(c.model, tx, 0)
+    with checkpoints.Checkpoints(workdir, read_only=True) as ckpt:
+        restored, meta = ckpt.restore_latest(checkpoints.abstract_like(state))
+    return restored, meta
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One 3-epoch run shared by the tests that only read its outputs."""
+    workdir = tmp_path_factory.mktemp("run")
+    proc = train(workdir, "--config.train.epochs=3")
+    return workdir, proc
+
+
+def test_training_writes_metrics_config_split_and_checkpoints(trained):
+    workdir, proc = trained
+    records = metrics(workdir)
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    for r in records:
+        assert {"epoch", "step", "train_loss", "val_rmse_px"} <= set(r)
+        assert any("time" in k for k in r) and any("per_s" in k for k in r)
+    assert records[-1]["step"] == 3 * ((96 - 19) // 16)  # 77 training rows, batches of 16
+    assert records[-1]["train_loss"] < records[0]["train_loss"]
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["train"]["epochs"] == 3 and config["model"]["name"] == "simple_cnn"
+    split = json.loads((workdir / "split.json").read_text())
+    assert len(split["train"]) + len(split["val"]) == 96
+    assert "val_rmse" in proc.stdout and "img/s" in proc.stdout
+    _, meta = latest_params(workdir)
+    assert meta["epoch"] == 3
+
+
+def test_same_command_twice_gives_identical_metrics(trained, tmp_path):
+    workdir, _ = trained
+    train(tmp_path / "again", "--config.train.epochs=3")
+    strip = lambda rs: [{k: v for k, v in r.items() if "time" not in k and "per_s" not in k}
+                        for r in rs]
+    assert strip(metrics(tmp_path / "again")) == strip(metrics(workdir))
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(trained, tmp_path):
+    workdir, _ = trained
+    resumed = tmp_path / "resumed"
+    # Ctrl-C as soon as the first epoch is reported: the run saves and exits with 130.
+    proc = subprocess.Popen([sys.executable, "train.py", *TINY, "--workdir", str(resumed),
+                             "--config.train.epochs=3"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("epoch"):
+            proc.send_signal(signal.SIGINT)
+            break
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and len(metrics(resumed)) < 3
+    second = train(resumed, "--config.train.epochs=3")
+    assert "resuming" in second.stdout
+    assert metrics(resumed)[-1]["val_rmse_px"] == metrics(workdir)[-1]["val_rmse_px"]
+    a, _ = latest_params(workdir)
+    b, _ = latest_params(resumed)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_restore_into_another_architecture_fails_clearly(trained):
+    workdir, _ = trained
+    proc = train(workdir, "--config.train.epochs=4", "--config.model.name=nouri", check=False)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "does not match the configured model" in line and "checkpoints/latest" in line
+
+
+def test_eval_writes_metrics_and_figures(trained, tmp_path, training_csv):
+    workdir, _ = trained
+    out = tmp_path / "eval"
+    proc = run("eval.py", "--workdir", str(workdir), "--out", str(out))
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["rmse_px"] > 0 and report["checkpoint"] == "best"
+    assert {"left_eye_center", "nose_tip", "group/mouth"} <= set(report)
+    for png in ("predictions.png", "worst.png", "learning_curves.png", "per_keypoint_rmse.png"):
+        assert (out / png).stat().st_size > 1000, png
+    assert "overall" in proc.stdout
+    # any Kaggle-format file, masked where labels are missing
+    run("eval.py", "--workdir", str(workdir), "--out", str(tmp_path / "eval2"),
+        "--data", str(training_csv), "--tta")
+    report2 = json.loads((tmp_path / "eval2" / "metrics.json").read_text())
+    assert report2["n_images"] == 6 and report2["tta"] is True
+
+
+def test_eval_writes_a_kaggle_submission(trained, tmp_path, test_csv, lookup_csv):
+    workdir, _ = trained
+    out = tmp_path / "sub"
+    run("eval.py", "--workdir", str(workdir), "--out", str(out), "--test", str(test_csv),
+        "--lookup", str(lookup_csv))
+    import pandas as pd
+
+    sub = pd.read_csv(out / "submission.csv")
+    lookup = pd.read_csv(lookup_csv)
+    assert list(sub.columns) == ["RowId", "Location"]
+    assert sub["RowId"].tolist() == lookup["RowId"].tolist()
+    assert sub["Location"].between(0, 96).all()
+
+
+def test_eval_predicts_on_image_files(trained, tmp_path):
+    from PIL import Image
+
+    workdir, _ = trained
+    img = tmp_path / "face.png"
+    Image.new("RGB", (200, 120), (120, 90, 60)).save(img)
+    out = tmp_path / "imgs"
+    run("eval.py", "--workdir", str(workdir), "--out", str(out), "--images", str(img))
+    result = json.loads((out / "images" / "face.json").read_text())
+    assert result["width"] == 200 and result["height"] == 120
+    assert len(result["keypoints"]) == 15
+    xs = [p[0] for p in result["keypoints"].values()]
+    assert all(-40 <= x <= 240 for x in xs)
+    assert (out / "images" / "face_keypoints.png").stat().st_size > 1000
