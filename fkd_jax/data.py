@@ -1,0 +1,565 @@
+"""Kaggle Facial Keypoints data: load and validate training.csv, test.csv, IdLookupTable.csv.
+
+Every problem a user can fix in a data file is raised as `DataError(path, message, row=...,
+column=...)` (a `UserError`: the CLIs print it as one line and exit 2), never as a traceback.
+
+Row convention: rows are numbered 1-based as a spreadsheet shows them. The header is row 1,
+so the first data row is row 2 and data row i (0-based, as in `KeypointData.row_ids`) is
+row i + 2. Files without a header (`load_groups`) count their lines from 1. Rows equal lines
+of the file because the Kaggle files hold no quoted multi-line fields.
+
+Accepted inputs: the plain `.csv` or a `.zip` holding it, as Kaggle ships them (`training.zip`
+holds `training.csv`). Inside a zip we take the member named as expected (in any folder),
+else a nested `<stem>.zip` (Kaggle's whole-competition download), else the only CSV there is.
+
+Parsing is vectorised so a 7049-row, ~240 MB training.csv loads in seconds: pandas' C parser
+splits the fields, and the `Image` strings are checked with bytes.translate and parsed with
+`np.fromstring` in chunks of rows. Only when a chunk fails a check do we walk its rows one by
+one to name the first bad row and say exactly what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import dataclasses
+import io
+import json
+import os
+import re
+import tempfile
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fkd_jax.errors import DataError, UserError
+from fkd_jax.keypoints import COLUMNS, IMAGE_SIZE, NUM_COORDS
+
+IMAGE_COLUMN = "Image"
+NUM_PIXELS = IMAGE_SIZE * IMAGE_SIZE  # 9216 values per Image
+TRAINING_COLUMNS: tuple[str, ...] = (*COLUMNS, IMAGE_COLUMN)
+TEST_COLUMNS: tuple[str, ...] = ("ImageId", IMAGE_COLUMN)
+LOOKUP_COLUMNS: tuple[str, ...] = ("RowId", "ImageId", "FeatureName")
+LOOKUP_OPTIONAL: tuple[str, ...] = ("Location",)  # empty in Kaggle's file; ignored
+LABEL_POLICIES: tuple[str, ...] = ("mask", "drop")
+
+_FIRST_DATA_ROW = 2  # spreadsheet row of the first data row (the header is row 1)
+_MISSING_TEXT = frozenset({"", "nan", "na"})  # keypoint cells read as "not labelled"
+_IMAGE_CHUNK_ROWS = 256  # rows of Image text parsed per np.fromstring call
+_DIGITS = b"0123456789"
+_TO_D = bytes.maketrans(_DIGITS, b"d" * 10)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class KeypointData:
+    """Training images with their keypoints; all arrays share the leading axis N."""
+
+    images: np.ndarray  # float32 (N, 96, 96, 1), NHWC, pixel / 255 in [0, 1]
+    keypoints: np.ndarray  # float32 (N, 30) pixels, Kaggle column order; 0.0 where missing
+    mask: np.ndarray  # bool (N, 30): True where the coordinate is labelled
+    row_ids: np.ndarray  # int64 (N,): 0-based data row in the source CSV (row_id + 2 = row)
+
+    def __post_init__(self):
+        n = len(self.row_ids)
+        shapes = {
+            "images": (self.images.shape, (n, IMAGE_SIZE, IMAGE_SIZE, 1)),
+            "keypoints": (self.keypoints.shape, (n, NUM_COORDS)),
+            "mask": (self.mask.shape, (n, NUM_COORDS)),
+        }
+        for name, (got, want) in shapes.items():
+            if got != want:
+                raise ValueError(f"KeypointData.{name} has shape {got}, expected {want}")
+
+    def subset(self, idx) -> "KeypointData":
+        """The rows `idx` (indices or a boolean mask into this data), in that order."""
+        return KeypointData(
+            self.images[idx], self.keypoints[idx], self.mask[idx], self.row_ids[idx]
+        )
+
+    def __len__(self) -> int:
+        return len(self.row_ids)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public loaders
+
+
+def load_training(path) -> KeypointData:
+    """Kaggle training.csv (or a .zip holding it): 30 keypoint columns + Image, validated."""
+    table, source = _read_table(path, "training.csv", TRAINING_COLUMNS)
+    keypoints, mask = _parse_keypoints(table, source)
+    images = _parse_images(table[IMAGE_COLUMN], source)
+    row_ids = np.arange(len(table), dtype=np.int64)
+    return KeypointData(images, keypoints, mask, row_ids)
+
+
+def load_test(path) -> tuple[np.ndarray, np.ndarray]:
+    """Kaggle test.csv (or test.zip): (image_ids int64 (N,), images float32 (N, 96, 96, 1))."""
+    table, source = _read_table(path, "test.csv", TEST_COLUMNS)
+    image_ids = _parse_integers(table["ImageId"], source, "ImageId")
+    _check_unique(image_ids, source, "ImageId")
+    return image_ids, _parse_images(table[IMAGE_COLUMN], source)
+
+
+def load_lookup(path) -> pd.DataFrame:
+    """Kaggle IdLookupTable.csv -> DataFrame with RowId, ImageId (int64), FeatureName (str).
+
+    The index is the 0-based data row, so a row's spreadsheet row is index + 2.
+    """
+    table, source = _read_table(path, "IdLookupTable.csv", LOOKUP_COLUMNS, LOOKUP_OPTIONAL)
+    row_id = _parse_integers(table["RowId"], source, "RowId")
+    _check_unique(row_id, source, "RowId")
+    image_id = _parse_integers(table["ImageId"], source, "ImageId")
+    feature = table["FeatureName"].str.strip()
+    unknown = np.flatnonzero(~feature.isin(COLUMNS).to_numpy())
+    if len(unknown):
+        i = int(unknown[0])
+        raise DataError(
+            source,
+            f"unknown FeatureName {feature.iloc[i]!r} (expected a Kaggle keypoint column "
+            f"such as {COLUMNS[0]!r})",
+            row=i + _FIRST_DATA_ROW,
+            column="FeatureName",
+        )
+    lookup = pd.DataFrame({"RowId": row_id, "ImageId": image_id, "FeatureName": feature})
+    twice = np.flatnonzero(lookup.duplicated(["ImageId", "FeatureName"]).to_numpy())
+    if len(twice):
+        i = int(twice[0])
+        raise DataError(
+            source,
+            f"ImageId {image_id[i]} asks for {feature.iloc[i]} a second time",
+            row=i + _FIRST_DATA_ROW,
+        )
+    return lookup
+
+
+def check_lookup_against_test(lookup_df: pd.DataFrame, image_ids, lookup_path) -> None:
+    """Raise DataError if the lookup table names an ImageId that test.csv does not hold."""
+    absent = np.flatnonzero(~np.isin(lookup_df["ImageId"].to_numpy(), np.asarray(image_ids)))
+    if len(absent):
+        i = int(absent[0])
+        raise DataError(
+            lookup_path,
+            f"ImageId {lookup_df['ImageId'].iloc[i]} is not in the test images "
+            f"({len(np.unique(lookup_df['ImageId'].iloc[absent]))} unknown ImageIds in all)",
+            row=int(lookup_df.index[i]) + _FIRST_DATA_ROW,
+            column="ImageId",
+        )
+
+
+def load_groups(path, n_rows: int) -> np.ndarray:
+    """Group ids (int64 (n_rows,)), one integer per line, e.g. person_ids.txt.
+
+    Line k belongs to data row k - 1 of the training CSV (row_ids), so after a label policy
+    the groups of the kept rows are `load_groups(...)[data.row_ids]`.
+    """
+    raw = _read_bytes(path)
+    text = _decode(raw, path)
+    lines = text.splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not lines:
+        raise DataError(path, "holds no group ids (expected one integer per line)")
+    groups = _parse_integers(pd.Series(lines, dtype=object), path, None, first_row=1)
+    if len(groups) != n_rows:
+        raise DataError(
+            path,
+            f"has {len(groups)} group ids but the training data has {n_rows} rows "
+            "(expected one id per data row)",
+        )
+    return groups
+
+
+def apply_label_policy(data: KeypointData, policy: str) -> KeypointData:
+    """'mask': keep every row (missing coordinates are masked); 'drop': complete rows only."""
+    if policy == "mask":
+        return data
+    if policy == "drop":
+        complete = data.mask.all(axis=1)
+        if not complete.any():
+            raise UserError(
+                f"label_policy 'drop' keeps no rows: none of the {len(data)} rows has all "
+                f"{NUM_COORDS} coordinates (use label_policy 'mask')"
+            )
+        return data.subset(np.flatnonzero(complete))
+    raise UserError(f"unknown label_policy {policy!r}; expected one of {', '.join(LABEL_POLICIES)}")
+
+
+def split_indices(
+    n: int, val_fraction: float, seed: int, groups: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded train/validation split: sorted int64 index arrays (train, val) into range(n).
+
+    Uses only `np.random.default_rng(seed)` (PCG64), so the split is the same on every run
+    and machine. With `groups` (one id per row, aligned with the data being split) whole
+    groups go to validation, so it holds people never seen in training; the number of groups
+    is chosen to bring the validation rows closest to val_fraction * n.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise UserError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction}")
+    if n < 2:
+        raise UserError(f"cannot split {n} row(s) into non-empty training and validation sets")
+    rng = np.random.default_rng(seed)
+    target = val_fraction * n
+    if groups is None:
+        order = rng.permutation(n)
+        n_val = int(np.clip(round(target), 1, n - 1))
+        return np.sort(order[n_val:]), np.sort(order[:n_val])
+    groups = np.asarray(groups)
+    if groups.shape != (n,):
+        raise UserError(f"groups has shape {groups.shape}, expected ({n},): one id per row")
+    ids, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    if len(ids) < 2:
+        raise UserError("a grouped split needs at least 2 distinct groups; all rows share one")
+    order = rng.permutation(len(ids))
+    taken = np.cumsum(counts[order])[:-1]  # rows in validation after 1, 2, ... groups
+    k = int(np.argmin(np.abs(taken - target))) + 1
+    in_val = np.zeros(len(ids), dtype=bool)
+    in_val[order[:k]] = True
+    is_val = in_val[inverse]
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def save_split(path, train_row_ids, val_row_ids) -> None:
+    """Write the split's source-CSV row ids as JSON, atomically (temp file + rename)."""
+    path = Path(path)
+    payload = {
+        "train_row_ids": [int(r) for r in np.asarray(train_row_ids).ravel()],
+        "val_row_ids": [int(r) for r in np.asarray(val_row_ids).ravel()],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_split(path) -> tuple[np.ndarray, np.ndarray]:
+    """(train_row_ids, val_row_ids) as int64 arrays from a `save_split` file."""
+    text = _decode(_read_bytes(path), path)
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(path, f"not valid JSON (corrupted split file?): {e.msg}", row=e.lineno)
+    keys = ("train_row_ids", "val_row_ids")
+    if not isinstance(payload, dict) or any(k not in payload for k in keys):
+        raise DataError(path, f"not a split file: expected a JSON object with {' and '.join(keys)}")
+    out = []
+    for key in keys:
+        values = payload[key]
+        if not isinstance(values, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values
+        ):
+            raise DataError(path, f"{key} must be a list of non-negative integers")
+        out.append(np.array(values, dtype=np.int64))
+    train, val = out
+    for key, ids in zip(keys, out):
+        if len(np.unique(ids)) != len(ids):
+            raise DataError(path, f"{key} lists a row id twice")
+    both = np.intersect1d(train, val)
+    if len(both):
+        raise DataError(path, f"row id {both[0]} is in both train_row_ids and val_row_ids")
+    return train, val
+
+
+def indices_for_rows(data: KeypointData, row_ids, split_path) -> np.ndarray:
+    """Positions in `data` of the given source row ids (e.g. from `load_split`).
+
+    Raises DataError naming `split_path` when a row id is not in `data`: the data file or
+    the label policy changed since the split was saved.
+    """
+    row_ids = np.asarray(row_ids, dtype=np.int64)
+    order = np.argsort(data.row_ids, kind="stable")
+    sorted_ids = data.row_ids[order]
+    pos = np.clip(np.searchsorted(sorted_ids, row_ids), 0, max(len(data) - 1, 0))
+    found = (sorted_ids[pos] == row_ids) if len(data) else np.zeros(len(row_ids), bool)
+    if not found.all():
+        r = int(row_ids[np.flatnonzero(~found)[0]])
+        raise DataError(
+            split_path,
+            f"row id {r} (CSV row {r + _FIRST_DATA_ROW}) is not in the loaded data; the data "
+            "file or label policy changed since this split was saved",
+        )
+    return order[pos]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading files
+
+
+def _read_bytes(path) -> bytes:
+    """The file's bytes, or DataError for a missing path, a directory or an empty file."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError(path, "file not found")
+    if p.is_dir():
+        raise DataError(path, "is a directory, expected a file")
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise DataError(path, f"cannot read file: {e.strerror or e}") from None
+    if not raw:
+        raise DataError(path, "file is empty (0 bytes)")
+    return raw
+
+
+def _is_zip(path, raw: bytes) -> bool:
+    return str(path).lower().endswith(".zip") or raw[:4] == b"PK\x03\x04"
+
+
+def _table_bytes(path, expected: str) -> tuple[bytes, str]:
+    """(CSV bytes, how to name the source in errors) for a CSV or a zip holding it."""
+    raw = _read_bytes(path)
+    if not _is_zip(path, raw):
+        return raw, str(path)
+    return _from_zip(raw, str(path), expected, nested_ok=True)
+
+
+def _from_zip(raw: bytes, source: str, expected: str, nested_ok: bool) -> tuple[bytes, str]:
+    try:
+        with zipfile.ZipFile(io.BytesIO(raw)) as zf:
+            members = [
+                m
+                for m in zf.namelist()
+                if not m.endswith("/") and not m.startswith("__MACOSX/")
+            ]
+            name = _pick_member(members, expected, source, nested_ok)
+            data = zf.read(name)
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError,
+            RuntimeError) as e:  # RuntimeError: an encrypted member
+        why = f"not a readable zip archive (truncated or corrupt?): {e}"
+        raise DataError(source, why) from None
+    inner = f"{source}:{name}"
+    if name.lower().endswith(".zip"):
+        return _from_zip(data, inner, expected, nested_ok=False)
+    if not data:
+        raise DataError(inner, "file is empty (0 bytes)")
+    return data, inner
+
+
+def _pick_member(members: list[str], expected: str, source: str, nested_ok: bool) -> str:
+    base = {m: m.rsplit("/", 1)[-1] for m in members}
+    for wanted in [expected] + ([Path(expected).stem + ".zip"] if nested_ok else []):
+        hits = [m for m in members if base[m].lower() == wanted.lower()]
+        if len(hits) > 1:
+            raise DataError(source, f"zip holds several files named {wanted}: {', '.join(hits)}")
+        if hits:
+            return hits[0]
+    csvs = [m for m in members if m.lower().endswith(".csv")]
+    if len(csvs) == 1:
+        return csvs[0]
+    if not csvs:
+        raise DataError(source, f"zip holds no CSV file (expected {expected})")
+    raise DataError(source, f"zip holds no {expected} but several other CSVs: {_names(csvs)}")
+
+
+def _decode(raw: bytes, source) -> str:
+    """Text of UTF-8 bytes (a BOM is dropped); DataError naming the row of a bad byte."""
+    if raw.isascii():
+        return raw.decode("ascii")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            source,
+            f"not valid UTF-8 text: byte 0x{raw[e.start]:02x} at byte offset {e.start}",
+            row=raw.count(b"\n", 0, e.start) + 1,
+        ) from None
+
+
+def _read_table(
+    path, expected: str, required: tuple[str, ...], optional: tuple[str, ...] = ()
+) -> tuple[pd.DataFrame, str]:
+    """All cells as str (object columns, '' where empty), header checked, blank rows handled."""
+    raw, source = _table_bytes(path, expected)
+    if not raw.isascii():
+        _decode(raw, source)  # raises on bad UTF-8, naming the row
+    end = raw.find(b"\n")
+    first_line = raw[: end if end >= 0 else len(raw)].decode("utf-8-sig").rstrip("\r")
+    header = next(csv.reader([first_line]), [])
+    if not any(h.strip() for h in header):
+        raise DataError(source, "has no header line (the first line is blank)", row=1)
+    _check_columns(header, required, optional, source)
+    try:
+        table = pd.read_csv(
+            io.BytesIO(raw),
+            encoding="utf-8-sig",
+            dtype=object,
+            na_filter=False,  # keep '' as '': we decide what counts as missing
+            skip_blank_lines=False,  # so data row i stays spreadsheet row i + 2
+            low_memory=False,
+        )
+    except pd.errors.ParserError as e:
+        m = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(e))
+        if m:
+            raise DataError(
+                source, f"has {m[3]} fields, expected {m[1]}", row=int(m[2])
+            ) from None
+        raise DataError(source, f"not a readable CSV file: {e}") from None
+    del raw
+    blank = (table == "").all(axis=1).to_numpy()
+    n = len(table) - (np.argmin(blank[::-1]) if not blank.all() else len(table))
+    table = table.iloc[:n]  # trailing blank lines are harmless
+    if n == 0:
+        raise DataError(source, "has no data rows (only a header)")
+    if blank[:n].any():
+        raise DataError(source, "blank row", row=int(np.argmax(blank[:n])) + _FIRST_DATA_ROW)
+    return table, source
+
+
+def _check_columns(header: list[str], required, optional, source: str) -> None:
+    twice = [h for h, k in collections.Counter(header).items() if k > 1]
+    seen = set(header)
+    if twice:
+        raise DataError(source, f"duplicated column(s) {_names(twice)} in the header", row=1)
+    missing = [c for c in required if c not in seen]
+    extra = [h for h in header if h not in required and h not in optional]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing column(s) {_names(missing)}")
+        if extra:
+            parts.append(f"unexpected column(s) {_names(extra)}")
+        raise DataError(source, "; ".join(parts), row=1)
+
+
+def _names(names, most: int = 5) -> str:
+    shown = ", ".join(repr(n) for n in names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing cells
+
+
+def _parse_keypoints(table: pd.DataFrame, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """(keypoints float32 (N, 30) pixels with 0.0 where missing, mask bool (N, 30))."""
+    text = table[list(COLUMNS)]
+    stripped = text.apply(lambda c: c.str.strip())
+    missing = stripped.apply(lambda c: c.str.lower().isin(_MISSING_TEXT)).to_numpy()
+    values = stripped.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    not_number = ~missing & np.isnan(values)
+    outside = ~missing & ~not_number & ~((values >= 0) & (values <= IMAGE_SIZE))
+    bad = not_number | outside
+    if bad.any():
+        i, j = np.argwhere(bad)[0]
+        cell = text.iat[i, j]
+        what = (
+            f"keypoint {cell!r} is not a number"
+            if not_number[i, j]
+            else f"keypoint {cell.strip()} lies outside the image [0, {IMAGE_SIZE}] pixels"
+        )
+        raise DataError(source, what, row=int(i) + _FIRST_DATA_ROW, column=COLUMNS[j])
+    keypoints = np.where(missing, 0.0, values).astype(np.float32)
+    return keypoints, ~missing
+
+
+def _parse_images(column: pd.Series, source: str) -> np.ndarray:
+    """Image strings (9216 ints 0..255) -> float32 (N, 96, 96, 1) in [0, 1]."""
+    rows = column.tolist()
+    out = np.empty((len(rows), NUM_PIXELS), dtype=np.float32)
+    for start in range(0, len(rows), _IMAGE_CHUNK_ROWS):
+        chunk = rows[start : start + _IMAGE_CHUNK_ROWS]
+        pixels = _pixels_or_none(chunk)
+        if pixels is None:  # find and describe the first bad row of the chunk
+            for k, text in enumerate(chunk):
+                if _pixels_or_none([text]) is None:
+                    raise DataError(
+                        source,
+                        _image_problem(text),
+                        row=start + k + _FIRST_DATA_ROW,
+                        column=IMAGE_COLUMN,
+                    )
+            raise AssertionError("a chunk failed the image checks but none of its rows did")
+        np.divide(pixels, np.float32(255), out=out[start : start + len(chunk)], dtype=np.float32)
+    return out.reshape(len(rows), IMAGE_SIZE, IMAGE_SIZE, 1)
+
+
+def _pixels_or_none(rows: list[str]) -> np.ndarray | None:
+    """int16 (len(rows), 9216) if every row is 9216 space-separated ints 0..255, else None."""
+    for text in rows:
+        if _count_values(text) != NUM_PIXELS:
+            return None
+    try:
+        joined = " ".join(rows).encode("ascii")
+    except UnicodeEncodeError:
+        return None
+    if joined.translate(None, _DIGITS + b" ") or b"dddd" in joined.translate(_TO_D):
+        return None  # a character other than digits and spaces, or a value of 4+ digits
+    pixels = np.fromstring(joined, dtype=np.int16, sep=" ")  # only digits and spaces here
+    if pixels.size != len(rows) * NUM_PIXELS or pixels.max() > 255:
+        return None
+    return pixels.reshape(len(rows), NUM_PIXELS)
+
+
+def _count_values(text: str) -> int:
+    """Number of space-separated values in one Image cell.
+
+    The fast answer for a well-formed cell, spaces + 1, is only an upper bound (a double
+    space makes it too high); `_pixels_or_none` confirms it by the total np.fromstring parses.
+    """
+    n = text.count(" ") + 1
+    if n == NUM_PIXELS and text[:1] != " " and text[-1:] != " ":
+        return n
+    return sum(1 for t in text.split(" ") if t)
+
+
+def _image_problem(text: str) -> str:
+    """Plain words for what is wrong with one Image cell."""
+    tokens = [t for t in text.split(" ") if t]
+    if not tokens:
+        return "Image is empty or missing"
+    for k, tok in enumerate(tokens, start=1):
+        if re.fullmatch(r"[0-9]+", tok):
+            if int(tok) > 255:
+                return f"Image value {k} is {tok}, outside 0..255"
+            if len(tok) > 3:
+                return f"Image value {k} ({tok!r}) has more than 3 digits"
+        elif re.fullmatch(r"-[0-9]+", tok):
+            return f"Image value {k} is {tok}, outside 0..255"
+        else:
+            return f"Image value {k} ({tok!r}) is not an integer 0..255"
+    if len(tokens) != NUM_PIXELS:
+        return (
+            f"Image has {len(tokens)} values, expected {NUM_PIXELS} "
+            f"({IMAGE_SIZE}x{IMAGE_SIZE} pixels)"
+        )
+    return "Image could not be parsed"
+
+
+def _parse_integers(values: pd.Series, source, column: str | None, first_row: int = 2):
+    """int64 array of integer cells; DataError at the first cell that is not an integer."""
+    stripped = values.str.strip()
+    ok = stripped.str.fullmatch(r"[+-]?[0-9]{1,18}").to_numpy(dtype=bool)
+    if not ok.all():
+        i = int(np.argmin(ok))
+        what = column or "value"
+        raise DataError(
+            source,
+            f"{what} {values.iloc[i]!r} is not an integer",
+            row=i + first_row,
+            column=column,
+        )
+    return stripped.astype(np.int64).to_numpy()
+
+
+def _check_unique(ids: np.ndarray, source: str, column: str) -> None:
+    dup = pd.Series(ids).duplicated().to_numpy()
+    if dup.any():
+        i = int(np.argmax(dup))
+        earlier = int(np.argmax(ids == ids[i]))
+        raise DataError(
+            source,
+            f"{column} {ids[i]} appears again (first at row {earlier + _FIRST_DATA_ROW})",
+            row=i + _FIRST_DATA_ROW,
+            column=column,
+        )

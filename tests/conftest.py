@@ -1,0 +1,84 @@
+"""Shared fixtures: tiny hand-made files in Kaggle's formats, written into tmp_path.
+
+Tests never read the real data in /work/shared; these few rows stand in for it.
+"""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+
+from fkd_jax.keypoints import COLUMNS, IMAGE_SIZE, KEYPOINT_NAMES, SPARSE_SET, column_indices
+
+# A plausible face in pixels (x, y per keypoint, Kaggle order), inside [0, 96].
+_MEAN_FACE = np.array(
+    [66.4, 37.7, 30.3, 37.9, 59.2, 37.9, 73.1, 37.6, 36.7, 37.9, 22.4, 38.0, 56.1, 29.3,
+     79.5, 29.3, 39.3, 29.4, 15.9, 30.0, 48.4, 62.7, 63.3, 75.9, 32.9, 76.2, 47.9, 72.9,
+     48.6, 78.9],
+    dtype=np.float32,
+)
+COMPLETE_ROWS = (0, 1, 4)  # the other rows carry only SPARSE_SET, like most of Kaggle's
+LACKS_BOTTOM_LIP = 5  # ... and this one also lacks mouth_center_bottom_lip
+
+
+def _kaggle_like_rows(n_rows: int = 6) -> types.SimpleNamespace:
+    """pixels uint8 (n, 96, 96), keypoints float32 (n, 30) pixels, mask bool (n, 30)."""
+    i, j = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE]
+    pixels = np.stack([(2 * i + 3 * j + 17 * r) % 256 for r in range(n_rows)]).astype(np.uint8)
+    pixels[:, 0, 0], pixels[:, -1, -1] = 0, 255  # both ends of the range occur
+    keypoints = _MEAN_FACE + 0.5 * np.arange(n_rows, dtype=np.float32)[:, None]
+    mask = np.zeros((n_rows, len(COLUMNS)), dtype=bool)
+    mask[:, column_indices(SPARSE_SET)] = True
+    mask[[r for r in COMPLETE_ROWS if r < n_rows]] = True
+    if n_rows > LACKS_BOTTOM_LIP:
+        mask[LACKS_BOTTOM_LIP, column_indices(["mouth_center_bottom_lip"])] = False
+    keypoints = np.where(mask, keypoints, 0.0).astype(np.float32)
+    return types.SimpleNamespace(pixels=pixels, keypoints=keypoints, mask=mask)
+
+
+def _image_text(pixels: np.ndarray) -> str:
+    return " ".join(map(str, pixels.ravel().tolist()))
+
+
+@pytest.fixture
+def kaggle_rows() -> types.SimpleNamespace:
+    """The arrays behind `training_csv`: pixels, keypoints (0 where missing) and mask."""
+    return _kaggle_like_rows()
+
+
+@pytest.fixture
+def training_csv(tmp_path, kaggle_rows):
+    """A valid 6-row training.csv (3 complete rows, 3 with Kaggle's sparse pattern)."""
+    lines = [",".join((*COLUMNS, "Image"))]
+    for px, kp, m in zip(kaggle_rows.pixels, kaggle_rows.keypoints, kaggle_rows.mask):
+        cells = [f"{v:.4f}" if ok else "" for v, ok in zip(kp, m)]
+        lines.append(",".join(cells + [_image_text(px)]))
+    path = tmp_path / "training.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def test_csv(tmp_path, kaggle_rows):
+    """A valid test.csv: ImageId 1..3 with the first three fixture images."""
+    lines = ["ImageId,Image"] + [
+        f"{k + 1},{_image_text(px)}" for k, px in enumerate(kaggle_rows.pixels[:3])
+    ]
+    path = tmp_path / "test.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def lookup_csv(tmp_path):
+    """A valid IdLookupTable.csv (CRLF, empty Location, as Kaggle ships it) for ImageIds 1..3."""
+    rows = [(1, "left_eye_center_x"), (1, "nose_tip_y"), (2, KEYPOINT_NAMES[14] + "_y"),
+            (3, "mouth_left_corner_x")]
+    lines = ["RowId,ImageId,FeatureName,Location"] + [
+        f"{k + 1},{image_id},{feature}," for k, (image_id, feature) in enumerate(rows)
+    ]
+    path = tmp_path / "IdLookupTable.csv"
+    path.write_bytes(("\r\n".join(lines) + "\r\n").encode())
+    return path
