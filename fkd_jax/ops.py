@@ -3,10 +3,18 @@
 Models pick a convolution implementation by name (`conv_impl` in the config) and always pool
 through `max_pool_2x2`, so a faster formulation can be swapped in here without touching models.
 All inputs are NHWC; kernels HWIO.
+
+Why hand-written gradients: XLA's CPU backend lowers convolution gradients and
+`reduce_window`'s select-and-scatter slowly, and even the autodiff of an im2col matmul picks
+poor matmul shapes (a weight gradient with a 270k-long contraction runs on one core). Here
+every gradient is a matmul of a shape the CPU matmul library parallelises, or an elementwise
+select that fuses. benchmarks/NOTES.md records what each choice bought.
 """
 
 from __future__ import annotations
 
+import math
+from functools import lru_cache
 from typing import Callable, Sequence
 
 import jax
@@ -17,19 +25,16 @@ CONV_IMPLS = ("xla", "im2col", "auto")
 
 # NHWC / HWIO / NHWC, as `nnx.Conv` passes them (lax's canonical form).
 _NHWC_HWIO = lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
-
-
-def _pads(padding, in_hw: Sequence[int], k_hw: Sequence[int], strides: Sequence[int]):
-    if isinstance(padding, str):
-        return lax.padtype_to_pads(in_hw, k_hw, strides, padding)
-    return [tuple(p) for p in padding]
+# The weight gradient's long contraction (batch x output pixels) is cut into this many
+# independent matmuls, summed after: one long contraction runs on a single core.
+_DW_CHUNKS = 16
 
 
 def _patches(x: jax.Array, kh: int, kw: int, sh: int, sw: int) -> jax.Array:
-    """(N, OH, OW, kh*kw*C) patches of padded NHWC `x`, ordered (i, j, c) like an HWIO kernel.
+    """(N, OH, OW, kh*kw*C) patches of (already padded) NHWC `x`, ordered (i, j, c) like HWIO.
 
-    kh*kw strided slices concatenated on channels: autodiff turns them into pads and adds,
-    which XLA's CPU backend fuses well (unlike its convolution gradients).
+    kh*kw strided slices concatenated on channels: cheaper on CPU than
+    `lax.conv_general_dilated_patches`.
     """
     n, h, w, c = x.shape
     oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
@@ -39,13 +44,73 @@ def _patches(x: jax.Array, kh: int, kw: int, sh: int, sw: int) -> jax.Array:
     return cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
 
 
+def _col2im(dp: jax.Array, x_shape: Sequence[int], kh: int, kw: int, sh: int, sw: int):
+    """Adjoint of `_patches`: scatter-add (N, OH, OW, kh*kw*C) patch gradients back to x_shape."""
+    n, h, w, c = x_shape
+    oh, ow = dp.shape[1:3]
+    span_h, span_w = (oh - 1) * sh + 1, (ow - 1) * sw + 1
+    dx = None
+    for i in range(kh):
+        for j in range(kw):
+            k = (i * kw + j) * c
+            part = lax.pad(dp[..., k:k + c], jnp.zeros((), dp.dtype),
+                           ((0, 0, 0), (i, h - i - span_h, sh - 1), (j, w - j - span_w, sw - 1),
+                            (0, 0, 0)))
+            dx = part if dx is None else dx + part
+    return dx
+
+
+def _matmul(a, b, precision, preferred_element_type):
+    """a (..., K) @ b (K, N)."""
+    return lax.dot_general(a, b, (((a.ndim - 1,), (0,)), ((), ())), precision=precision,
+                           preferred_element_type=preferred_element_type)
+
+
+@lru_cache(maxsize=None)
+def _conv_valid_fn(in_hw: tuple[int, int], strides: tuple[int, int], precision,
+                   out_dtype: str) -> Callable:
+    """VALID convolution of padded x (N, *in_hw, C) with w and its VJP, per static setting."""
+
+    def forward(x, w):
+        kh, kw, cin, cout = w.shape
+        p = _patches(x, kh, kw, *strides)
+        return _matmul(p, w.reshape(kh * kw * cin, cout), precision, out_dtype), p
+
+    @jax.custom_vjp
+    def conv(x, w):
+        return forward(x, w)[0]
+
+    def fwd(x, w):
+        y, p = forward(x, w)
+        return y, (p, w)
+
+    def bwd(res, dy):
+        """dW = patches^T dy as chunked matmuls; dx = col2im(dy @ W^T)."""
+        p, w = res
+        kh, kw, cin, cout = w.shape
+        n, k = p.shape[0], p.shape[-1]
+        chunks = math.gcd(n, _DW_CHUNKS)
+        dw = lax.dot_general(p.reshape(chunks, -1, k),
+                             dy.reshape(chunks, -1, cout).astype(p.dtype),
+                             (((1,), (1,)), ((0,), (0,))), precision=precision,
+                             preferred_element_type=jnp.float32).sum(0)
+        dp = lax.dot_general(dy.astype(w.dtype), w.reshape(k, cout), (((3,), (1,)), ((), ())),
+                             precision=precision, preferred_element_type=jnp.float32)
+        dx = _col2im(dp, (n, *in_hw, cin), kh, kw, *strides)
+        return dx.astype(p.dtype), dw.reshape(w.shape).astype(w.dtype)
+
+    conv.defvjp(fwd, bwd)
+    return conv
+
+
 def conv_im2col(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                 dimension_numbers=None, feature_group_count=1, batch_group_count=1,
                 precision=None, preferred_element_type=None, out_sharding=None):
     """`lax.conv_general_dilated` for 2-D NHWC/HWIO convolutions as patches @ kernel.
 
-    Same signature and result as lax; arguments outside the fast path (dilation, groups,
-    other layouts or ranks, a sharded output) are passed to `lax.conv_general_dilated`.
+    Same signature and result as lax (the forward is one matmul on im2col patches, the
+    gradients are matmuls too, see `_conv_bwd`). Arguments outside this path (dilation,
+    groups, other layouts or ranks, a sharded output) go to `lax.conv_general_dilated`.
     """
     fast = (lhs.ndim == 4 and rhs.ndim == 4 and feature_group_count == 1
             and batch_group_count == 1 and out_sharding is None
@@ -61,16 +126,26 @@ def conv_im2col(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilati
             feature_group_count=feature_group_count, batch_group_count=batch_group_count,
             precision=precision, preferred_element_type=preferred_element_type,
             out_sharding=out_sharding)
-    kh, kw, cin, cout = rhs.shape
-    sh, sw = window_strides
-    pads = _pads(padding, lhs.shape[1:3], (kh, kw), (sh, sw))
+    kh, kw = rhs.shape[:2]
+    strides = tuple(int(s) for s in window_strides)
+    if isinstance(padding, str):
+        pads = lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), strides, padding)
+    else:
+        pads = [tuple(int(v) for v in p) for p in padding]
     if any(p != (0, 0) for p in pads):
-        zero = jnp.zeros((), lhs.dtype)
-        lhs = lax.pad(lhs, zero, ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
-    patches = _patches(lhs, kh, kw, sh, sw)
-    return lax.dot_general(patches, rhs.reshape(kh * kw * cin, cout),
-                           (((3,), (0,)), ((), ())), precision=precision,
-                           preferred_element_type=preferred_element_type)
+        lhs = lax.pad(lhs, jnp.zeros((), lhs.dtype),
+                      ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
+    if lhs.shape[1] < kh or lhs.shape[2] < kw:
+        raise ValueError(f"conv_im2col: kernel {rhs.shape[:2]} larger than the padded input "
+                         f"{lhs.shape[1:3]}")
+    if preferred_element_type is None:
+        preferred_element_type = jnp.result_type(lhs.dtype, rhs.dtype)
+    conv = _conv_valid_fn(lhs.shape[1:3], strides, _hashable(precision), jnp.dtype(preferred_element_type).name)
+    return conv(lhs, rhs)
+
+
+def _hashable(precision):
+    return tuple(precision) if isinstance(precision, list) else precision
 
 
 def get_conv(impl: str) -> Callable:
@@ -91,13 +166,46 @@ def get_conv(impl: str) -> Callable:
     raise ValueError(f"unknown conv_impl {impl!r}; expected one of {CONV_IMPLS}")
 
 
+def _windows(x: jax.Array) -> jax.Array:
+    """Even-sized NHWC `x` as (N, H/2, 2, W/2, 2, C) 2x2 windows (a free reshape)."""
+    n, h, w, c = x.shape
+    return x.reshape(n, h // 2, 2, w // 2, 2, c)
+
+
+@jax.custom_vjp
+def _pool_even(x):
+    return jnp.max(_windows(x), axis=(2, 4))
+
+
+def _pool_fwd(x):
+    y = jnp.max(_windows(x), axis=(2, 4))
+    xw = _windows(x)
+    a, b, c = xw[:, :, 0, :, 0], xw[:, :, 0, :, 1], xw[:, :, 1, :, 0]
+    # Row-major index of the first maximum in each window, as reduce_window/torch choose it.
+    first = jnp.where(a == y, 0, jnp.where(b == y, 1, jnp.where(c == y, 2, 3)))
+    return y, first.astype(jnp.int8)
+
+
+def _pool_bwd(first, dy):
+    """The whole gradient goes to the first maximum: one elementwise select, which fuses."""
+    n, h2, w2, c = dy.shape
+    pos = (2 * lax.broadcasted_iota(jnp.int8, (1, 1, 2, 1, 2, 1), 2)
+           + lax.broadcasted_iota(jnp.int8, (1, 1, 2, 1, 2, 1), 4))
+    dx = jnp.where(first[:, :, None, :, None, :] == pos, dy[:, :, None, :, None, :],
+                   jnp.zeros((), dy.dtype))
+    return (dx.reshape(n, 2 * h2, 2 * w2, c),)
+
+
+_pool_even.defvjp(_pool_fwd, _pool_bwd)
+
+
 def max_pool_2x2(x: jax.Array) -> jax.Array:
     """2x2/stride-2 max-pool of NHWC `x` (odd trailing rows/columns dropped, as 'VALID' does).
 
-    Written as reshape + max: its gradient is a cheap compare-and-select, unlike
-    `lax.reduce_window`'s select-and-scatter, which XLA's CPU backend lowers slowly.
+    Forward: reshape + max (no `reduce_window`). Backward: a custom VJP that saves only the
+    int8 position of each window's first maximum (the subgradient `reduce_window` and torch
+    pick) and routes the gradient there with one select. Autodiff of the max instead saves a
+    float mask the size of the input and splits ties, and XLA's CPU backend fuses it poorly.
     """
     n, h, w, c = x.shape
-    h2, w2 = h // 2, w // 2
-    x = x[:, : 2 * h2, : 2 * w2, :].reshape(n, h2, 2, w2, 2, c)
-    return jnp.max(x, axis=(2, 4))
+    return _pool_even(x[:, : 2 * (h // 2), : 2 * (w // 2), :])

@@ -1,0 +1,124 @@
+"""fkd_jax.ops: the fast convolution and pooling compute the same function as lax's."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax import lax
+
+from fkd_jax import ops
+
+DN = ("NHWC", "HWIO", "NHWC")
+TOL = dict(rtol=2e-5, atol=2e-5)
+
+# (input NHWC, kernel HWIO, strides, padding)
+CASES = [
+    ((2, 11, 11, 1), (3, 3, 1, 4), (1, 1), "VALID"),  # Nouri's first layer, small
+    ((3, 8, 7, 3), (2, 2, 3, 5), (1, 1), "VALID"),
+    ((2, 8, 7, 3), (3, 3, 3, 4), (1, 1), "SAME"),
+    ((2, 9, 10, 2), (3, 2, 2, 3), (2, 2), "SAME"),
+    ((2, 9, 8, 2), (3, 3, 2, 3), (2, 1), "VALID"),
+    ((2, 7, 7, 3), (3, 3, 3, 2), (2, 3), ((1, 0), (2, 1))),  # explicit, asymmetric
+    ((1, 6, 6, 4), (2, 2, 4, 2), (1, 1), ((0, 2), (1, 1))),
+    ((2, 5, 5, 3), (1, 1, 3, 6), (1, 1), "VALID"),
+]
+
+
+def _conv_loss(conv, x, w, strides, padding, cotangent):
+    y = conv(x, w, strides, padding, dimension_numbers=lax.conv_dimension_numbers(
+        x.shape, w.shape, DN))
+    return jnp.sum(y * cotangent), y
+
+
+@pytest.mark.parametrize("x_shape,w_shape,strides,padding", CASES)
+def test_conv_im2col_matches_lax_values_and_gradients(x_shape, w_shape, strides, padding):
+    kx, kw, kc = jax.random.split(jax.random.key(sum(x_shape) + sum(w_shape)), 3)
+    x = jax.random.normal(kx, x_shape)
+    w = jax.random.normal(kw, w_shape)
+    y_ref = lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=DN)
+    cot = jax.random.normal(kc, y_ref.shape)
+
+    results = {}
+    for name, conv in (("lax", lax.conv_general_dilated), ("im2col", ops.conv_im2col)):
+        grad_fn = jax.jit(jax.grad(_conv_loss, argnums=(1, 2), has_aux=True),
+                          static_argnums=(0, 3, 4))
+        (dx, dw), y = grad_fn(conv, x, w, strides, padding, cot)
+        results[name] = (y, dx, dw)
+    for ref, got, what in zip(results["lax"], results["im2col"], ("output", "d/dx", "d/dw")):
+        assert got.shape == ref.shape, what
+        np.testing.assert_allclose(got, ref, **TOL, err_msg=what)
+
+
+def test_nnx_conv_with_im2col_matches_default_conv():
+    """The way models use it: nnx.Conv(conv_general_dilated=ops.get_conv(...)), bias included."""
+    x = jax.random.uniform(jax.random.key(0), (4, 12, 12, 2))
+
+    def build(impl):
+        return nnx.Conv(2, 6, (2, 2), padding="VALID", rngs=nnx.Rngs(params=1),
+                        conv_general_dilated=ops.get_conv(impl))
+
+    def loss(model, x):
+        return jnp.sum(jax.nn.relu(model(x)) ** 2)
+
+    ref, fast = build("xla"), build("im2col")
+    np.testing.assert_allclose(fast(x), ref(x), **TOL)
+    g_ref, g_fast = nnx.grad(loss)(ref, x), nnx.grad(loss)(fast, x)
+    for a, b in zip(jax.tree.leaves(g_ref), jax.tree.leaves(g_fast)):
+        np.testing.assert_allclose(b, a, **TOL)
+
+
+def test_conv_im2col_keeps_low_precision_dtypes():
+    x = jax.random.normal(jax.random.key(1), (2, 6, 6, 3)).astype(jnp.bfloat16)
+    w = jax.random.normal(jax.random.key(2), (2, 2, 3, 4)).astype(jnp.bfloat16)
+    ref = lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=DN)
+    got = ops.conv_im2col(x, w, (1, 1), "VALID", dimension_numbers=DN)
+    assert got.dtype == ref.dtype == jnp.bfloat16
+    np.testing.assert_allclose(got.astype(np.float32), ref.astype(np.float32), rtol=2e-2, atol=5e-2)
+    dx, dw = jax.grad(lambda x, w: ops.conv_im2col(
+        x, w, (1, 1), "VALID", dimension_numbers=DN).astype(jnp.float32).sum(), (0, 1))(x, w)
+    assert (dx.dtype, dw.dtype) == (jnp.bfloat16, jnp.bfloat16)
+
+
+def test_conv_im2col_falls_back_to_lax_for_dilation_and_groups():
+    x = jax.random.normal(jax.random.key(3), (2, 9, 9, 4))
+    w = jax.random.normal(jax.random.key(4), (3, 3, 2, 4))
+    kwargs = dict(rhs_dilation=(2, 2), dimension_numbers=DN, feature_group_count=2)
+    ref = lax.conv_general_dilated(x, w, (1, 1), "SAME", **kwargs)
+    np.testing.assert_allclose(ops.conv_im2col(x, w, (1, 1), "SAME", **kwargs), ref, **TOL)
+
+
+def test_get_conv_names():
+    assert ops.get_conv("xla") is lax.conv_general_dilated
+    assert ops.get_conv("im2col") is ops.conv_im2col
+    with pytest.raises(ValueError, match="conv_impl"):
+        ops.get_conv("winograd")
+    # "auto" picks im2col on CPU (the custom VJP shows in the jaxpr), lax elsewhere.
+    x, w = jnp.ones((1, 5, 5, 1)), jnp.ones((2, 2, 1, 2))
+    jaxpr = str(jax.make_jaxpr(lambda x, w: ops.get_conv("auto")(
+        x, w, (1, 1), "VALID", dimension_numbers=DN))(x, w))
+    assert jax.default_backend() == "cpu"
+    assert "custom_vjp" in jaxpr and "conv_general_dilated" not in jaxpr
+
+
+def _reduce_window_pool(x):
+    return lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 6, 3), (1, 7, 9, 2)])  # odd sizes drop the last row/col
+def test_max_pool_matches_reduce_window_without_ties(shape):
+    x = jax.random.normal(jax.random.key(5), shape)  # continuous: no ties
+    cot = jax.random.normal(jax.random.key(6), (shape[0], shape[1] // 2, shape[2] // 2, shape[3]))
+    for fn in (ops.max_pool_2x2, _reduce_window_pool):
+        assert fn(x).shape == cot.shape
+    np.testing.assert_array_equal(ops.max_pool_2x2(x), _reduce_window_pool(x))
+    grad = lambda f: jax.jit(jax.grad(lambda x: jnp.sum(f(x) * cot)))(x)  # noqa: E731
+    np.testing.assert_array_equal(grad(ops.max_pool_2x2), grad(_reduce_window_pool))
+
+
+def test_max_pool_gradient_goes_to_first_maximum_on_ties():
+    """Ties (flat image regions, ReLU zeros) must not multiply the gradient."""
+    x = jnp.array([[1.0, 1.0, 0.0, 2.0], [1.0, 1.0, 2.0, 2.0]])[None, :, :, None]
+    g = jax.grad(lambda x: ops.max_pool_2x2(x).sum())(x)[0, :, :, 0]
+    np.testing.assert_array_equal(g, [[1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
+    np.testing.assert_array_equal(g, jax.grad(lambda x: _reduce_window_pool(x).sum())(x)[0, :, :, 0])
