@@ -1,0 +1,215 @@
+"""Augmentation: geometry agrees with the keypoints, masks follow them, off means off."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from configs.base import get_config
+from fkd_jax import augment as A
+from fkd_jax.errors import UserError
+from fkd_jax.keypoints import IMAGE_SIZE, KEYPOINT_NAMES, as_points, column_indices
+
+N = IMAGE_SIZE
+LEFT_EYE, RIGHT_EYE = KEYPOINT_NAMES.index("left_eye_center"), KEYPOINT_NAMES.index(
+    "right_eye_center")
+ALL_ON = dict(flip=True, rotate_deg=20.0, scale=0.15, shift_px=6.0, brightness=0.2,
+              contrast=0.3, gamma=0.3, noise_std=0.05, blur_prob=0.5)
+
+
+def _augment(cfg):
+    """augment_batch jitted with `cfg` closed over, as the training step calls it."""
+    return jax.jit(lambda key, im, kp, m: A.augment_batch(key, im, kp, m, cfg))
+
+
+def _blobs(points, sigma=1.5):
+    """(B, 96, 96, 1) images, each a Gaussian blob centred on its (x, y) in pixels."""
+    centres = np.arange(N) + 0.5  # pixel centres, per the convention
+    x, y = points[:, 0, None, None], points[:, 1, None, None]
+    img = np.exp(-((centres[None, None, :] - x) ** 2 + (centres[None, :, None] - y) ** 2)
+                 / (2 * sigma ** 2))
+    return img[..., None].astype(np.float32)
+
+
+def _centroid(images):
+    """Intensity-weighted centroid (B, 2) of (B, 96, 96, 1) images, in pixels."""
+    img = np.asarray(images)[..., 0]
+    centres = np.arange(N) + 0.5
+    total = img.sum(axis=(1, 2))
+    return np.stack([(img.sum(axis=1) * centres).sum(1) / total,
+                     (img.sum(axis=2) * centres).sum(1) / total], axis=-1)
+
+
+def _batch(b=8, seed=0):
+    """Random images in [0, 1] (hitting both ends), keypoints on a 1/4-pixel grid, masks."""
+    rng = np.random.default_rng(seed)
+    images = rng.random((b, N, N, 1)).astype(np.float32)
+    images[:, 0, 0], images[:, -1, -1] = 0.0, 1.0
+    kp = (rng.integers(40, 344, (b, 30)) / 4).astype(np.float32)  # in [10, 86)
+    mask = np.repeat(rng.random((b, 15)) > 0.3, 2, axis=1)
+    return jnp.asarray(images), jnp.asarray(kp), jnp.asarray(mask)
+
+
+def test_hflip_twice_is_the_identity_and_mirrors_pixels_and_names():
+    images, kp, mask = _batch(3)
+    once = jax.vmap(A.hflip)(images, kp, mask)
+    twice = jax.vmap(A.hflip)(*once)
+    # Exact: 96 - (96 - x) is exact in float32 for coordinates on a 1/4-pixel grid.
+    for got, want in zip(twice, (images, kp, mask)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    np.testing.assert_array_equal(once[0], images[:, :, ::-1])
+    # The left eye's mark is now where the (new) right eye is: x -> 96 - x.
+    np.testing.assert_array_equal(as_points(once[1])[:, RIGHT_EYE, 0],
+                                  N - as_points(kp)[:, LEFT_EYE, 0])
+    np.testing.assert_array_equal(once[2][:, 2 * RIGHT_EYE], mask[:, 2 * LEFT_EYE])
+
+
+def test_flip_only_config_flips_some_examples_exactly_and_keeps_the_others():
+    images, kp, mask = _batch(32)
+    out = _augment({"flip": True})(jax.random.key(1), images, kp, mask)
+    flipped = jax.vmap(A.hflip)(images, kp, mask)
+    is_flipped = np.all(np.asarray(out[0]) == np.asarray(flipped[0]), axis=(1, 2, 3))
+    assert 0 < is_flipped.sum() < 32
+    for got, yes, no in zip(out, flipped, (images, kp, mask)):
+        want = np.where(is_flipped.reshape((-1,) + (1,) * (yes.ndim - 1)), yes, no)
+        np.testing.assert_array_equal(np.asarray(got), want)
+
+
+def test_rotation_by_90_degrees_moves_pixels_and_keypoints_alike():
+    images, kp, mask = _batch(1)
+    matrix = A.affine_matrix(np.pi / 2, 1.0, (0.0, 0.0))
+    out, out_kp, out_mask = A.apply_affine(images[0], kp[0], mask[0], matrix)
+    # Pixel centres map onto pixel centres: the warp is a rotation of the array (clockwise
+    # on screen, since y points down), up to float32 rounding of cos(pi / 2) ~ -4e-8.
+    np.testing.assert_allclose(out, np.rot90(images[0], k=-1, axes=(0, 1)), atol=1e-4)
+    x, y = np.asarray(kp[0, 0::2]), np.asarray(kp[0, 1::2])
+    np.testing.assert_allclose(out_kp[0::2], 96 - y, atol=1e-4)  # (x, y) -> (96 - y, x)
+    np.testing.assert_allclose(out_kp[1::2], x, atol=1e-4)
+    np.testing.assert_array_equal(out_mask, mask[0])
+
+
+def test_a_dot_at_a_keypoint_stays_under_it_after_random_affines():
+    b = 24
+    rng = np.random.default_rng(3)
+    kp = np.full((b, 30), 48.0, np.float32)  # the others at the centre: they stay inside
+    kp[:, 0:2] = rng.uniform(32, 64, (b, 2))  # left eye: off the pixel grid, near the centre
+    kp[:, 2:4] = kp[:, 0:2] + [-20.0, 3.0]  # right eye: elsewhere (the flip case below)
+    images = jnp.asarray(_blobs(kp[:, 0:2]))
+    mask = jnp.ones((b, 30), bool)
+    for cfg in ({"rotate_deg": 30.0, "scale": 0.2, "shift_px": 8.0},
+                {"flip": True, "rotate_deg": 30.0, "scale": 0.2, "shift_px": 8.0}):
+        out, out_kp, out_mask = _augment(cfg)(jax.random.key(7), images, jnp.asarray(kp), mask)
+        found = _centroid(out)
+        pts = as_points(np.asarray(out_kp))
+        # A flip relabels the left eye as the right eye; nothing else may explain the dot.
+        err = np.minimum(np.linalg.norm(found - pts[:, LEFT_EYE], axis=1),
+                         np.linalg.norm(found - pts[:, RIGHT_EYE], axis=1))
+        assert err.max() < 0.5, err
+        on_right = np.linalg.norm(found - pts[:, RIGHT_EYE], axis=1) < 0.5
+        assert (0 < on_right.sum() < b) if cfg.get("flip") else not on_right.any()
+        # The transforms were real: the dot moved by several pixels on average.
+        assert np.linalg.norm(found - kp[:, 0:2], axis=1).mean() > 3.0
+        assert np.asarray(out_mask).all()
+
+
+def test_keypoints_pushed_out_of_the_image_lose_their_mask_and_only_those():
+    kp = np.tile(np.array([10.0, 50.0], np.float32), 15)
+    kp[column_indices(["nose_tip"])] = [80.0, 50.0]
+    kp[column_indices(["mouth_left_corner"])] = [75.9, 20.0]  # lands at 95.9: inside
+    kp[column_indices(["mouth_right_corner"])] = [76.0, 20.0]  # lands at 96.0: outside
+    mask = np.ones(30, bool)
+    mask[column_indices(["left_eye_center"])] = False  # missing and inside: stays missing
+    matrix = A.affine_matrix(0.0, 1.0, (20.0, 0.0))
+    moved, out_mask = A.transform_keypoints(jnp.asarray(kp), jnp.asarray(mask), matrix)
+    np.testing.assert_allclose(moved, kp + np.tile([20.0, 0.0], 15), atol=1e-5)
+    lost = set(column_indices(["nose_tip", "mouth_right_corner", "left_eye_center"]))
+    np.testing.assert_array_equal(out_mask, [i not in lost for i in range(30)])
+
+
+def test_batch_masks_are_the_input_masks_of_keypoints_still_inside():
+    images, kp, mask = _batch(64, seed=5)
+    out, out_kp, out_mask = _augment({"shift_px": 40.0, "rotate_deg": 10.0})(
+        jax.random.key(2), images, kp, mask)
+    pts = as_points(np.asarray(out_kp))
+    inside = np.repeat(np.all((pts >= 0) & (pts < N), axis=-1), 2, axis=1)
+    np.testing.assert_array_equal(out_mask, np.asarray(mask) & inside)
+    assert 0 < (np.asarray(mask) & ~inside).sum()  # some labelled keypoints did leave
+
+
+def test_all_off_is_an_exact_no_op_that_traces_nothing():
+    images, kp, mask = _batch(2)
+    cfg = get_config().augment
+    out = A.augment_batch(jax.random.key(0), images, kp, mask, cfg)
+    assert all(o is i for o, i in zip(out, (images, kp, mask)))
+    jaxpr = jax.make_jaxpr(lambda k, i, p, m: A.augment_batch(k, i, p, m, cfg))(
+        jax.random.key(0), images, kp, mask)
+    assert not jaxpr.eqns
+
+
+def test_same_key_same_output_other_key_other_output():
+    images, kp, mask = _batch(4)
+    run = _augment(ALL_ON)
+    a, b, c = (run(jax.random.key(s), images, kp, mask) for s in (11, 11, 12))
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert not np.allclose(a[0], c[0]) and not np.allclose(a[1], c[1])
+
+
+def test_everything_on_keeps_shapes_dtypes_and_the_unit_range():
+    images, kp, mask = _batch(5)
+    cfg = dict(ALL_ON, brightness=0.5, contrast=0.9, gamma=2.0, noise_std=0.3)
+    out = _augment(cfg)(jax.random.key(3), images, kp, mask)
+    for got, want in zip(out, (images, kp, mask)):
+        assert got.shape == want.shape and got.dtype == want.dtype
+    assert 0.0 <= float(out[0].min()) and float(out[0].max()) <= 1.0
+    assert float(jnp.abs(out[0] - images).mean()) > 0.05  # it did something
+
+
+def test_photometric_values_by_hand():
+    x = jnp.array([0.0, 0.25, 0.5, 1.0])
+    np.testing.assert_allclose(A.adjust_photometric(x, 0.1, 2.0, 1.0, mean=0.5),
+                               [0.0, 0.1, 0.6, 1.0], atol=1e-6)  # clipped at both ends
+    np.testing.assert_allclose(A.adjust_photometric(x, gamma=2.0), x ** 2, atol=1e-6)
+    # Contrast pivots on the image's own mean (0.4375) when none is given.
+    np.testing.assert_allclose(A.adjust_photometric(x, contrast=0.5),
+                               0.4375 + 0.5 * (x - 0.4375), atol=1e-6)
+
+
+def test_noise_has_the_requested_std_and_stays_in_range():
+    img = jnp.full((N, N, 1), 0.5)
+    out = A.add_noise(jax.random.key(0), img, 0.05)
+    assert abs(float(jnp.std(out)) - 0.05) < 0.003
+    edge = A.add_noise(jax.random.key(0), jnp.zeros((N, N, 1)), 0.05)
+    assert float(edge.min()) == 0.0 and float(edge.max()) <= 1.0
+
+
+@pytest.mark.parametrize("sigma", [0.5, 1.2])
+def test_blur_matches_scipy_with_edge_padding(sigma):
+    img = np.random.default_rng(0).random((N, N, 1)).astype(np.float32)
+    kernel = np.asarray(A.gaussian_kernel(sigma))
+    want = ndimage.correlate1d(ndimage.correlate1d(img, kernel, axis=0, mode="nearest"),
+                               kernel, axis=1, mode="nearest")
+    np.testing.assert_allclose(A.gaussian_blur(jnp.asarray(img), sigma), want, atol=1e-5)
+    np.testing.assert_allclose(kernel.sum(), 1.0, atol=1e-6)
+
+
+def test_blur_probability_one_blurs_every_image_and_zero_none():
+    images, kp, mask = _batch(6)
+    out = _augment({"blur_prob": 1.0})(jax.random.key(0), images, kp, mask)
+    # Blurring smooths i.i.d. noise: the pixel variance drops in every image.
+    assert np.all(np.asarray(out[0]).var(axis=(1, 2, 3)) < 0.5 * np.asarray(images).var(
+        axis=(1, 2, 3)))
+    np.testing.assert_array_equal(out[1], kp)
+
+
+@pytest.mark.parametrize("cfg, message", [
+    ({"scale": 1.5}, "augment.scale must be in [0, 1)"),
+    ({"rotate_deg": -5}, "augment.rotate_deg must be in [0, 180]"),
+    ({"blur_prob": "often"}, "augment.blur_prob must be a number"),
+    ({"flip": "yes"}, "augment.flip must be true or false"),
+    ({"rotate": 10.0}, "augment.rotate: unknown option"),
+])
+def test_bad_options_are_user_errors_naming_the_option(cfg, message):
+    with pytest.raises(UserError, match=message.replace("[", r"\[").replace(")", r"\)")):
+        A.augment_batch(jax.random.key(0), *_batch(1), cfg)
