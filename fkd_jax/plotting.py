@@ -106,10 +106,11 @@ def _legend_handles(with_true: bool, with_pred: bool) -> list[Line2D]:
                                                    ("predicted", "x", with_pred))):
         if show:
             for side in _SIDES:
+                where = side if side == "midline" else f"subject {side}"
                 handles.append(Line2D([], [], linestyle="none", marker=marker, markersize=5,
                                       color=_COLOURS[side][which],
                                       markeredgecolor="black" if marker == "o" else None,
-                                      label=f"{label}: {side if side == 'midline' else 'subject ' + side}"))
+                                      label=f"{label}: {where}"))
     return handles
 
 

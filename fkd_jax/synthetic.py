@@ -23,9 +23,10 @@ left appears on the image's right, as in Kaggle's labels the shape model was fit
 
 Determinism: faces are drawn in blocks of `_BLOCK`; block b uses the random stream
 SeedSequence(seed, spawn_key=(b,)) and always draws for the whole block, so face i depends only on
-(seed, i) and generate_faces(n, seed)[:k] equals generate_faces(k, seed). Floats only meet
-+ - * / sqrt, floor and clip (no exp/sin, whose last bits differ between CPUs' math libraries),
-so the same seed gives the same bytes on every machine.
+(seed, i) and generate_faces(n, seed)[:k] equals generate_faces(k, seed). Apart from numpy's
+seeded samplers, floats only meet + - * / sqrt, floor and clip (no exp, sin or pow, whose last
+bits differ between CPUs' math libraries), and sums run in a fixed order (no BLAS), so the same
+seed gives the same bytes on every machine.
 """
 
 from __future__ import annotations
@@ -107,7 +108,8 @@ def generate_faces(n: int, seed: int, *, plain: bool = False) -> tuple[np.ndarra
         rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(start // _BLOCK,)))
         kp = _sample_shapes(rng.standard_normal((2 * _BLOCK, _NUM_COMP + len(COLUMNS))), _BLOCK)
         u = rng.random((_BLOCK, len(_UNIFORM)))
-        p = {name: (lo + (hi - lo) * u[:m, i]).astype(_F) for i, (name, lo, hi) in enumerate(_UNIFORM)}
+        p = {name: (lo + (hi - lo) * u[:m, i]).astype(_F)
+             for i, (name, lo, hi) in enumerate(_UNIFORM)}
         noise = None if plain else rng.standard_normal((_BLOCK, S, S), dtype=_F)[:m]
         keypoints[start:start + m] = kp[:m]
         images[start:start + m] = _render(kp[:m].astype(_F), p, noise, plain)

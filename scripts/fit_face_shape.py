@@ -4,8 +4,9 @@ Writes `fkd_jax/face_shape_stats.py`: summary numbers only (a mean shape, a few 
 components, their spreads, residual spreads and a handful of fractions), never label rows.
 `fkd_jax.synthetic` samples face shapes from these numbers.
 
-    uv run python scripts/fit_face_shape.py            # reads ../shared/data next to the checkout
-    uv run python scripts/fit_face_shape.py --labels training_keypoints.csv --lookup IdLookupTable.csv
+    uv run python scripts/fit_face_shape.py    # reads ../shared/data beside the checkout
+    uv run python scripts/fit_face_shape.py --labels training_keypoints.csv \
+        --lookup IdLookupTable.csv
 
 The shape model is a PCA of the 2140 complete rows in raw pixel coordinates, so the leading
 components carry the pose (position, size, in-plane rotation) as well as the face's own shape;
