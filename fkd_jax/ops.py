@@ -109,7 +109,7 @@ def conv_im2col(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilati
     """`lax.conv_general_dilated` for 2-D NHWC/HWIO convolutions as patches @ kernel.
 
     Same signature and result as lax (the forward is one matmul on im2col patches, the
-    gradients are matmuls too, see `_conv_bwd`). Arguments outside this path (dilation,
+    gradients are matmuls too, see `_conv_valid_fn`). Arguments outside this path (dilation,
     groups, other layouts or ranks, a sharded output) go to `lax.conv_general_dilated`.
     """
     fast = (lhs.ndim == 4 and rhs.ndim == 4 and feature_group_count == 1
