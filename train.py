@@ -23,6 +23,9 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (python, get_config()).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config name>).")
+_COORDINATOR = flags.DEFINE_string("coordinator", None, "Multi-host: HOST:PORT of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Multi-host: number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", 0, "Multi-host: this process's index.")
 
 EXIT_NON_FINITE = 3
 EXIT_INTERRUPTED = 130
@@ -34,19 +37,15 @@ def _format_eta(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}"
 
 
-def _augment_enabled(cfg) -> bool:
-    return any(bool(v) for v in cfg.values())
-
-
 def train(config, workdir: Path) -> dict:
     """Train (or resume) the run in `workdir`; returns the last epoch's metrics record."""
     import jax
     import numpy as np
-    from jax.sharding import NamedSharding, PartitionSpec as P
 
-    from fkd_jax import checkpoints, experiment, keypoints, training
+    from fkd_jax import augment, checkpoints, experiment, keypoints, parallel, training
     from fkd_jax.errors import UserError
 
+    augment_settings = augment.read_settings(config.augment)  # validated before any work
     train_data, val_data = experiment.load_run_data(config, workdir)
     bs = config.train.batch_size
     if bs > len(train_data):
@@ -56,12 +55,9 @@ def train(config, workdir: Path) -> dict:
     tx = training.make_optimizer(config.train, steps_per_epoch)
     graphdef, state = training.init_state(config.model, tx, config.seed)
 
-    # Data parallel over all local devices: the batch axis is sharded, the rest replicated.
-    devices = jax.devices()
-    data_sharding, replicated = None, None
-    if len(devices) > 1 and bs % len(devices) == 0:
-        mesh = jax.make_mesh((len(devices),), ("data",))
-        data_sharding, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+    layout = parallel.make_layout(bs)  # data parallel over every device of every process
+    main_process = parallel.is_main_process()
+    log = print if main_process else (lambda *a, **k: None)
 
     ckpt = checkpoints.Checkpoints(workdir)
     start_epoch, best = 0, {"val_rmse_px": math.inf, "epoch": 0}
@@ -69,28 +65,27 @@ def train(config, workdir: Path) -> dict:
     if restored is not None:
         state, meta = restored
         start_epoch, best = meta["epoch"], meta["best"]
+        log(f"resuming {workdir} from epoch {start_epoch} (step {int(state['step'])})")
+    if main_process:
         experiment.truncate_metrics(workdir, start_epoch)
-        print(f"resuming {workdir} from epoch {start_epoch} (step {int(state['step'])})")
-    else:
-        experiment.truncate_metrics(workdir, 0)
-    experiment.atomic_write_text(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
+        experiment.atomic_write_text(workdir / "config.json",
+                                     config.to_json_best_effort(indent=2) + "\n")
 
-    put = (lambda x: jax.device_put(x, replicated)) if replicated is not None else jax.device_put
-    state = put(state)
-    train_arrays = put({"images": train_data.images, "keypoints": train_data.keypoints,
-                        "mask": train_data.mask})
-    val_images = put(val_data.images)
+    state = layout.put_replicated(state)
+    train_arrays = layout.put_replicated({"images": train_data.images,
+                                          "keypoints": train_data.keypoints, "mask": train_data.mask})
+    val_images = layout.put_replicated(val_data.images)
 
-    augment_cfg = config.augment if _augment_enabled(config.augment) else None
-    train_epoch = training.make_train_epoch(graphdef, tx, bs, augment_cfg, config.seed,
-                                            data_sharding)
+    train_epoch = training.make_train_epoch(graphdef, tx, bs, augment_settings, config.seed,
+                                            layout.batch)
     predict = training.make_predict(graphdef, min(256, max(1, len(val_data))))
     schedule = training.make_schedule(config.train, steps_per_epoch)
 
     t0 = time.perf_counter()
     compiled = train_epoch.lower(state, train_arrays, training.epoch_shuffle_key(config.seed, 0)).compile()
     compile_time = time.perf_counter() - t0
-    print(f"{len(train_data)} training / {len(val_data)} validation rows, {steps_per_epoch} steps "
+    devices = jax.devices()
+    log(f"{len(train_data)} training / {len(val_data)} validation rows, {steps_per_epoch} steps "
           f"of {bs} per epoch, {len(devices)} {devices[0].platform} device(s); compiled in "
           f"{compile_time:.1f}s")
 
@@ -131,10 +126,11 @@ def train(config, workdir: Path) -> dict:
                 "eval_time_s": eval_time, "images_per_s": steps_per_epoch * bs / epoch_time,
                 "compile_time_s": compile_time,
             }
-            experiment.append_metrics(workdir, record)
+            if main_process:
+                experiment.append_metrics(workdir, record)
             done = epoch - start_epoch
             eta = (time.perf_counter() - run_start) / done * (config.train.epochs - epoch)
-            print(f"epoch {epoch:3d}/{config.train.epochs}  train_loss {train_loss:.5f}  "
+            log(f"epoch {epoch:3d}/{config.train.epochs}  train_loss {train_loss:.5f}  "
                   f"val_rmse {val_rmse:6.3f} px (best {best['val_rmse_px']:.3f} @{best['epoch']})  "
                   f"{record['images_per_s']:6.0f} img/s  {epoch_time:5.1f}s  left {_format_eta(eta)}",
                   flush=True)
@@ -145,12 +141,12 @@ def train(config, workdir: Path) -> dict:
                 raise SystemExit(EXIT_INTERRUPTED)
             patience = config.train.early_stop_patience
             if patience and epoch - best["epoch"] >= patience:
-                print(f"early stop: no validation improvement for {patience} epochs")
+                log(f"early stop: no validation improvement for {patience} epochs")
                 break
     finally:
         signal.signal(signal.SIGINT, previous_handler)
         ckpt.close()
-    print(f"best val_rmse {best['val_rmse_px']:.3f} px at epoch {best['epoch']}; run in {workdir}")
+    log(f"best val_rmse {best['val_rmse_px']:.3f} px at epoch {best['epoch']}; run in {workdir}")
     return record
 
 
@@ -159,6 +155,9 @@ def main(argv: list[str]) -> None:
     from fkd_jax.errors import UserError
 
     cli.parse_flags(argv, flags.FLAGS)
+    from fkd_jax import parallel
+
+    parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     if _CONFIG.value is None:
         raise UserError("--config is required, e.g. --config configs/base.py")
     config = _CONFIG.value

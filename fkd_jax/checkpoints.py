@@ -29,10 +29,19 @@ def abstract_like(state) -> Any:
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
 
 
+def _key_name(key) -> str:
+    for attr in ("key", "idx", "name"):  # DictKey, SequenceKey, GetAttrKey
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
 def _shapes(tree) -> dict[str, tuple]:
+    """{'opt_state/0/mu/convs/0/bias': shape, ...}; orbax metadata stores namedtuples as dicts
+    and integer keys as strings, so paths are compared by their names alone."""
     flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: x is None)
-    return {jax.tree_util.keystr(path): tuple(getattr(leaf, "shape", ())) for path, leaf in flat
-            if leaf is not None}
+    return {"/".join(_key_name(k) for k in path): tuple(getattr(leaf, "shape", ()))
+            for path, leaf in flat if leaf is not None}
 
 
 def _check_compatible(saved_tree, abstract, where: Path) -> None:
@@ -53,7 +62,9 @@ class _Manager:
         self.directory = directory
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
                                                read_only=read_only)
-        self._mgr = ocp.CheckpointManager(directory, options=options)
+        # Handlers up front, so a fresh (e.g. read-only) manager can read item metadata.
+        self._mgr = ocp.CheckpointManager(directory, options=options, item_handlers={
+            "state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
 
     def steps(self) -> list[int]:
         return sorted(self._mgr.all_steps())
@@ -65,6 +76,8 @@ class _Manager:
     def restore(self, epoch: int, abstract) -> tuple[Any, dict]:
         where = self.directory / str(epoch)
         saved = self._mgr.item_metadata(epoch)["state"]
+        if saved is None:
+            raise ValueError(f"no readable metadata in {where}")
         _check_compatible(getattr(saved, "tree", saved), abstract, where)
         out = self._mgr.restore(epoch, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))

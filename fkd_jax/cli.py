@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 from absl import flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from fkd_jax.errors import UserError
@@ -19,7 +20,12 @@ LABEL_POLICIES = ("mask", "drop")
 
 
 def parse_flags(argv: list[str], flag_values: flags.FlagValues) -> None:
-    """Parse `argv` into `flag_values`, turning every flag/config mistake into a UserError."""
+    """Parse `argv` into `flag_values`, turning every flag/config mistake into a UserError.
+
+    Also quiets absl's library warnings (orbax's read-only notices) so the scripts' own lines
+    are what a user sees.
+    """
+    absl_logging.set_verbosity(absl_logging.ERROR)
     try:
         flag_values(argv)
     except flags.UnrecognizedFlagError as e:

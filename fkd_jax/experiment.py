@@ -69,15 +69,8 @@ def load_run_data(config, workdir: Path) -> tuple[kdata.KeypointData, kdata.Keyp
     split_path = workdir / "split.json"
     if split_path.exists():
         train_ids, val_ids = kdata.load_split(split_path)
-        index = {int(r): i for i, r in enumerate(policy_data.row_ids)}
-        missing = [r for r in np.concatenate([train_ids, val_ids]) if int(r) not in index]
-        if missing:
-            from fkd_jax.errors import UserError
-
-            raise UserError(f"{split_path} names row {int(missing[0]) + 2} that {path} (policy "
-                            f"{config.data.label_policy!r}) lacks; was the data file changed?")
-        train_idx = np.array([index[int(r)] for r in train_ids], dtype=np.int64)
-        val_idx = np.array([index[int(r)] for r in val_ids], dtype=np.int64)
+        train_idx = kdata.indices_for_rows(policy_data, train_ids, split_path)
+        val_idx = kdata.indices_for_rows(policy_data, val_ids, split_path)
     else:
         g = groups[policy_data.row_ids] if groups is not None else None
         train_idx, val_idx = kdata.split_indices(len(policy_data), config.data.val_fraction,

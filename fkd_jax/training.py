@@ -23,7 +23,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from fkd_jax import keypoints, models
+from fkd_jax import augment, keypoints, models
+from fkd_jax.errors import UserError
 
 State = dict[str, Any]
 Batch = dict[str, jax.Array]  # images (B,96,96,1) f32 [0,1]; keypoints (B,30) px; mask (B,30) bool
@@ -60,8 +61,6 @@ def make_schedule(train_cfg, steps_per_epoch: int) -> optax.Schedule:
         return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, total, end_value=lr * 1e-2)
     if train_cfg.schedule == "onecycle":
         return optax.cosine_onecycle_schedule(total, lr)
-    from fkd_jax.errors import UserError
-
     raise UserError(f"--config.train.schedule={train_cfg.schedule!r} is not one of "
                     "constant, cosine, onecycle")
 
@@ -124,7 +123,6 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, au
         aug_key, drop_key = jax.random.split(key)
         images, kp, mask = batch["images"], batch["keypoints"], batch["mask"]
         if augment_cfg is not None:
-            from fkd_jax import augment  # TEMP until augment.py lands
             images, kp, mask = augment.augment_batch(aug_key, images, kp, mask, augment_cfg)
         (loss, (se_sum, n)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state["params"], images, kp, mask, drop_key)

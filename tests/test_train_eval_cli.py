@@ -66,7 +66,7 @@ def test_training_writes_metrics_config_split_and_checkpoints(trained):
     config = json.loads((workdir / "config.json").read_text())
     assert config["train"]["epochs"] == 3 and config["model"]["name"] == "simple_cnn"
     split = json.loads((workdir / "split.json").read_text())
-    assert len(split["train"]) + len(split["val"]) == 96
+    assert len(split["train_row_ids"]) + len(split["val_row_ids"]) == 96
     assert "val_rmse" in proc.stdout and "img/s" in proc.stdout
     _, meta = latest_params(workdir)
     assert meta["epoch"] == 3

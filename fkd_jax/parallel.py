@@ -1,0 +1,68 @@
+"""Data parallelism over every device of every process, with `jax.sharding` (no pmap).
+
+One 1-D mesh axis "data" spans all devices. Parameters, optimiser state and the (small)
+training set are replicated; each step's batch is sharded along its first axis, so every device
+computes the gradient of its slice and XLA inserts the all-reduce. On one device nothing is
+sharded and the code path is the same.
+
+Multi-host: start one process per host with the same command plus
+`--coordinator=HOST:PORT --num_processes=N --process_id=I` (see README); this calls
+`jax.distributed.initialize`, after which `jax.devices()` lists every host's devices. On CPU
+the processes talk through gloo collectives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+from fkd_jax.errors import UserError
+
+
+def initialize(coordinator: str | None, num_processes: int, process_id: int) -> None:
+    """Join a multi-process run (no-op for a single process)."""
+    if num_processes <= 1:
+        return
+    if not coordinator:
+        raise UserError("--num_processes > 1 needs --coordinator=HOST:PORT")
+    if not 0 <= process_id < num_processes:
+        raise UserError(f"--process_id={process_id} must be in [0, {num_processes})")
+    if jax.config.jax_platforms in (None, "", "cpu") or jax.default_backend() == "cpu":
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where arrays live: `batch` shards the leading axis, `replicated` copies everywhere."""
+
+    batch: NamedSharding | None
+    replicated: NamedSharding | None
+
+    def put_replicated(self, tree):
+        """Host arrays -> device arrays replicated on every device (of every process)."""
+        if self.replicated is None:
+            return jax.device_put(tree)
+        return jax.tree.map(
+            lambda x: jax.make_array_from_callback(np.shape(x), self.replicated,
+                                                   lambda idx, x=x: np.asarray(x)[idx]), tree)
+
+
+def make_layout(batch_size: int) -> Layout:
+    """Shard batches over all devices when there is more than one."""
+    n = jax.device_count()
+    if n == 1:
+        return Layout(None, None)
+    if batch_size % n:
+        raise UserError(f"--config.train.batch_size={batch_size} must be a multiple of the "
+                        f"{n} devices for data parallel training")
+    mesh = jax.make_mesh((n,), ("data",), axis_types=(AxisType.Auto,))
+    return Layout(NamedSharding(mesh, P("data")), NamedSharding(mesh, P()))
+
+
+def is_main_process() -> bool:
+    """Only process 0 writes logs, metrics and other files (orbax coordinates checkpoints)."""
+    return jax.process_index() == 0
