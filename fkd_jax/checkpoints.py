@@ -94,7 +94,7 @@ class Checkpoints:
     """The run's latest and best checkpoints. Call `close()` (or use `with`) before exit."""
 
     def __init__(self, workdir: str | Path, read_only: bool = False):
-        root = Path(workdir) / "checkpoints"
+        root = Path(workdir).absolute() / "checkpoints"  # orbax needs absolute paths
         self._closed = False
         self.latest = _Manager(root / "latest", max_to_keep=2, read_only=read_only)
         self.best = _Manager(root / "best", max_to_keep=1, read_only=read_only)
