@@ -20,6 +20,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.groups_path = config_dict.placeholder(str)  # one group id per row: grouped split
     c.data.label_policy = "mask"  # "mask": all rows, masked loss; "drop": complete rows only
     c.data.val_fraction = 0.2
+    # Experiments: impose the missing labels of this Kaggle-format file's rows (e.g. Kaggle's
+    # training.csv) on the training rows, to compare label policies on fully labelled data.
+    c.data.missing_pattern_path = config_dict.placeholder(str)
     # The embedded default: procedural faces, generated in memory from `seed`.
     c.data.synthetic_n = 3000
     c.data.synthetic_seed = 0

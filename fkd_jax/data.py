@@ -173,6 +173,25 @@ def load_groups(path, n_rows: int) -> np.ndarray:
     return groups
 
 
+def load_label_pattern(path) -> np.ndarray:
+    """bool (M, 30): which coordinates each row of a Kaggle-format file has (`Image` optional).
+
+    E.g. the 30 keypoint columns of Kaggle's training.csv, to impose its missing-label pattern
+    on fully labelled data (`impose_missing`) and study the label policies honestly.
+    """
+    table, source = _read_table(path, "training.csv", COLUMNS, (IMAGE_COLUMN,))
+    return _parse_keypoints(table, source)[1]
+
+
+def impose_missing(data: KeypointData, pattern: np.ndarray, seed: int) -> KeypointData:
+    """Each row keeps only the labels of a pattern row drawn at random (seeded, with
+    replacement); labels it already lacked stay missing."""
+    draw = np.random.default_rng(seed).integers(0, len(pattern), size=len(data))
+    mask = data.mask & pattern[draw]
+    return KeypointData(data.images, np.where(mask, data.keypoints, 0.0).astype(np.float32),
+                        mask, data.row_ids)
+
+
 def apply_label_policy(data: KeypointData, policy: str) -> KeypointData:
     """'mask': keep every row (missing coordinates are masked); 'drop': complete rows only."""
     if policy == "mask":

@@ -57,26 +57,33 @@ def training_file(config, workdir: Path) -> Path:
 
 
 def load_run_data(config, workdir: Path) -> tuple[kdata.KeypointData, kdata.KeypointData]:
-    """(train, validation) for the run, with the label policy applied and the split fixed.
+    """(train, validation) for the run: the split fixed, the label policy applied to training.
 
-    The first run of a work directory draws the split from `config.seed` and stores its row
-    ids in split.json; later runs (resume, eval) reuse those rows.
+    The first run of a work directory splits every row of the file (by group when
+    `config.data.groups_path` is set) with `config.seed` and stores the row ids in split.json;
+    later runs (resume, eval) reuse them. Only the training rows then get the label policy
+    (and, for experiments, `config.data.missing_pattern_path`'s missing labels): validation
+    keeps every row and is scored on its labelled coordinates, so runs with either policy are
+    compared on the same faces.
     """
     path = training_file(config, workdir)
     full = kdata.load_training(path)
-    groups = kdata.load_groups(config.data.groups_path, len(full)) if config.data.groups_path else None
-    policy_data = kdata.apply_label_policy(full, config.data.label_policy)
     split_path = workdir / "split.json"
     if split_path.exists():
         train_ids, val_ids = kdata.load_split(split_path)
-        train_idx = kdata.indices_for_rows(policy_data, train_ids, split_path)
-        val_idx = kdata.indices_for_rows(policy_data, val_ids, split_path)
+        train_idx = kdata.indices_for_rows(full, train_ids, split_path)
+        val_idx = kdata.indices_for_rows(full, val_ids, split_path)
     else:
-        g = groups[policy_data.row_ids] if groups is not None else None
-        train_idx, val_idx = kdata.split_indices(len(policy_data), config.data.val_fraction,
-                                                 config.seed, groups=g)
-        kdata.save_split(split_path, policy_data.row_ids[train_idx], policy_data.row_ids[val_idx])
-    return policy_data.subset(train_idx), policy_data.subset(val_idx)
+        groups = (kdata.load_groups(config.data.groups_path, len(full))
+                  if config.data.groups_path else None)
+        train_idx, val_idx = kdata.split_indices(len(full), config.data.val_fraction,
+                                                 config.seed, groups=groups)
+        kdata.save_split(split_path, full.row_ids[train_idx], full.row_ids[val_idx])
+    train = full.subset(train_idx)
+    if config.data.get("missing_pattern_path"):
+        pattern = kdata.load_label_pattern(config.data.missing_pattern_path)
+        train = kdata.impose_missing(train, pattern, config.seed)
+    return kdata.apply_label_policy(train, config.data.label_policy), full.subset(val_idx)
 
 
 def read_metrics(workdir: Path) -> list[dict]:
