@@ -46,7 +46,9 @@ def train(config, workdir: Path) -> dict:
     from fkd_jax.errors import UserError
 
     augment_settings = augment.read_settings(config.augment)  # validated before any work
-    train_data, val_data = experiment.load_run_data(config, workdir)
+    # Process 0 writes the synthetic data and split.json; the others then read them.
+    train_data, val_data = parallel.main_first(
+        "run data", lambda: experiment.load_run_data(config, workdir))
     bs = config.train.batch_size
     if bs > len(train_data):
         raise UserError(f"--config.train.batch_size={bs} is larger than the {len(train_data)} "
@@ -86,8 +88,8 @@ def train(config, workdir: Path) -> dict:
     compile_time = time.perf_counter() - t0
     devices = jax.devices()
     log(f"{len(train_data)} training / {len(val_data)} validation rows, {steps_per_epoch} steps "
-          f"of {bs} per epoch, {len(devices)} {devices[0].platform} device(s); compiled in "
-          f"{compile_time:.1f}s")
+          f"of {bs} per epoch, {len(devices)} {devices[0].platform} device(s) in "
+          f"{jax.process_count()} process(es); compiled in {compile_time:.1f}s")
 
     interrupted = []
     previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
@@ -115,10 +117,6 @@ def train(config, workdir: Path) -> dict:
             if is_best:
                 best = {"val_rmse_px": val_rmse, "epoch": epoch}
             step = int(state["step"])
-            ckpt.wait()  # the previous save must be done before its buffers are donated again
-            ckpt.save(epoch, state, {"epoch": epoch, "step": step, "best": best,
-                                     "model": config.model.name}, is_best)
-            ckpt.wait()
             record = {
                 "epoch": epoch, "step": step, "train_loss": train_loss,
                 "train_rmse_px": float(m["train_rmse_px"]), "val_rmse_px": val_rmse,
@@ -126,8 +124,12 @@ def train(config, workdir: Path) -> dict:
                 "eval_time_s": eval_time, "images_per_s": steps_per_epoch * bs / epoch_time,
                 "compile_time_s": compile_time,
             }
-            if main_process:
+            if main_process:  # before the checkpoint: a resume truncates it to the checkpoint
                 experiment.append_metrics(workdir, record)
+            ckpt.wait()  # the previous save must be done before its buffers are donated again
+            ckpt.save(epoch, state, {"epoch": epoch, "step": step, "best": best,
+                                     "model": config.model.name}, is_best)
+            ckpt.wait()
             done = epoch - start_epoch
             eta = (time.perf_counter() - run_start) / done * (config.train.epochs - epoch)
             log(f"epoch {epoch:3d}/{config.train.epochs}  train_loss {train_loss:.5f}  "

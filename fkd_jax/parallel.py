@@ -8,18 +8,24 @@ sharded and the code path is the same.
 Multi-host: start one process per host with the same command plus
 `--coordinator=HOST:PORT --num_processes=N --process_id=I` (see README); this calls
 `jax.distributed.initialize`, after which `jax.devices()` lists every host's devices. On CPU
-the processes talk through gloo collectives.
+the processes talk through gloo collectives. Every process loads the whole (small) training set
+and computes the same shuffle, so no data is exchanged besides the gradient all-reduce. The
+work directory should be shared (orbax checkpoints need every process to write into the same
+directory); process 0 writes the run's files (`main_first`, `is_main_process`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 import jax
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from fkd_jax.errors import UserError
+
+T = TypeVar("T")
 
 
 def initialize(coordinator: str | None, num_processes: int, process_id: int) -> None:
@@ -66,3 +72,19 @@ def make_layout(batch_size: int) -> Layout:
 def is_main_process() -> bool:
     """Only process 0 writes logs, metrics and other files (orbax coordinates checkpoints)."""
     return jax.process_index() == 0
+
+
+def main_first(name: str, fn: Callable[[], T]) -> T:
+    """Run `fn` on process 0 first, then on the others (after a barrier).
+
+    For steps that create files when missing (the synthetic data, split.json): process 0
+    writes them, the others then read them rather than racing to write the same file. On an
+    unshared work directory the others make their own, identical copies (all deterministic).
+    """
+    if jax.process_count() == 1:
+        return fn()
+    from jax.experimental import multihost_utils
+
+    result = fn() if is_main_process() else None
+    multihost_utils.sync_global_devices(name)
+    return result if is_main_process() else fn()
