@@ -102,7 +102,7 @@ def main(argv: list[str]) -> None:
         data.check_lookup_against_test(lookup, image_ids, lookup_path)
         submission_inputs = (image_ids, test_images, lookup)
     user_images = [image_io.load_face_image(p) for p in _IMAGES.value]
-    cli.check_workdir(out)
+    cli.check_workdir(out, "--out")
 
     pred = predict_px(graphdef, params, ev.images, _TTA.value)
     report = training.rmse_report(pred, ev.keypoints, ev.mask)

@@ -5,8 +5,14 @@ Layout under the work directory:
                                newest is unreadable, e.g. a kill during its save)
   checkpoints/best/<epoch>/    the epoch with the lowest validation RMSE so far
 Each checkpoint holds `state` (the training-state pytree) and `meta` (JSON: epoch, step, best
-validation RMSE, model name, ...). Orbax writes into a temporary directory and renames it when
-complete, so a half-written checkpoint is never taken for a finished one.
+validation RMSE, model name, ..., and the SHA-256 of the state's bytes). Orbax writes into a
+temporary directory and renames it when complete, so a half-written checkpoint is never taken
+for a finished one; leftover temporary directories (a kill mid-save) are removed on the next
+start. Orbax's zstd chunks carry no checksum, so a damaged data file can decode to different
+numbers: the digest catches that, and such a checkpoint counts as unreadable.
+
+A save that fails (disk full, directory made read-only) is a `UserError` naming the directory
+and the reason; the checkpoints saved before it are untouched.
 
 Restores always go against an abstract target (shapes and dtypes of the current model), and a
 structure or shape mismatch is a `UserError` naming the first differing array.
@@ -14,11 +20,18 @@ structure or shape mismatch is a `UserError` naming the first differing array.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import logging
+import os
+import re
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from fkd_jax.errors import UserError
@@ -27,6 +40,58 @@ from fkd_jax.errors import UserError
 def abstract_like(state) -> Any:
     """ShapeDtypeStructs of `state` (works on arrays or on `jax.eval_shape` output)."""
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+
+
+_DIGEST_KEY = "state_sha256"
+
+
+def state_digest(state) -> str:
+    """SHA-256 over every leaf's dtype, shape and bytes in tree order (replicated arrays: the
+    local copy), so a restore can prove it read back exactly what was saved."""
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(state):
+        a = np.ascontiguousarray(np.asarray(leaf))
+        h.update(f"{a.dtype.str}{a.shape};".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+class _DropOrbaxLogs(logging.Filter):
+    """Orbax logs each failure from its threads, tracebacks included, before we see it; every
+    such failure reaches the user as our own one-line error or warning instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "orbax" not in record.pathname and "orbax" not in str(record.msg)
+
+
+for _name in ("absl", "asyncio"):
+    logging.getLogger(_name).addFilter(_DropOrbaxLogs())
+
+
+def _quiet_failed_io() -> None:
+    """After a failed read or write, orbax's leftover asyncio tasks print tracebacks when they
+    are collected or at exit ("Event loop is closed"); the one line we print replaces them."""
+    sys.unraisablehook = lambda *_: None
+    threading.excepthook = lambda *_: None
+
+
+def _save_error(directory: Path, e: BaseException) -> UserError:
+    """One-line UserError for a failed save, naming the directory and the OS's reason."""
+    _quiet_failed_io()
+    text, cause = "", e
+    while cause is not None:  # the reason is usually in a chained tensorstore error
+        text += f" {cause}"
+        cause = cause.__cause__ or cause.__context__
+    code = re.search(r"os_error_code=\\?'(\d+)", text)
+    if isinstance(e, OSError) and e.strerror:
+        reason = e.strerror
+    elif code:
+        reason = os.strerror(int(code.group(1)))
+    else:
+        reason = f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
+    return UserError(f"could not save a checkpoint in {directory} ({reason}); the checkpoints "
+                     "saved before it are intact. Free space or fix the directory, then run "
+                     "the same command to resume")
 
 
 def _key_name(key) -> str:
@@ -60,8 +125,10 @@ class _Manager:
 
     def __init__(self, directory: Path, max_to_keep: int, read_only: bool = False):
         self.directory = directory
+        # A kill mid-save leaves a "<epoch>.orbax-checkpoint-tmp" directory: drop it on start.
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
-                                               read_only=read_only)
+                                               read_only=read_only,
+                                               cleanup_tmp_directories=not read_only)
         # Handlers up front, so a fresh (e.g. read-only) manager can read item metadata.
         self._mgr = ocp.CheckpointManager(directory, options=options, item_handlers={
             "state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
@@ -70,8 +137,14 @@ class _Manager:
         return sorted(self._mgr.all_steps())
 
     def save(self, epoch: int, state, meta: dict) -> None:
-        self._mgr.save(epoch, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+        meta = {**meta, _DIGEST_KEY: state_digest(state)}
+        try:
+            if epoch in self._mgr.all_steps():  # redone after falling back from it
+                self._mgr.delete(epoch)
+            self._mgr.save(epoch, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+        except Exception as e:  # noqa: BLE001 - any write failure: say where and why
+            raise _save_error(self.directory, e) from e
 
     def restore(self, epoch: int, abstract) -> tuple[Any, dict]:
         where = self.directory / str(epoch)
@@ -81,10 +154,17 @@ class _Manager:
         _check_compatible(getattr(saved, "tree", saved), abstract, where)
         out = self._mgr.restore(epoch, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-        return out["state"], dict(out["meta"])
+        meta = dict(out["meta"])
+        digest = meta.pop(_DIGEST_KEY, None)  # absent in checkpoints from before the digest
+        if digest is not None and digest != state_digest(out["state"]):
+            raise ValueError("the state's bytes do not match the digest saved with them")
+        return out["state"], meta
 
     def wait(self) -> None:
-        self._mgr.wait_until_finished()
+        try:
+            self._mgr.wait_until_finished()
+        except Exception as e:  # noqa: BLE001 - an async write failed
+            raise _save_error(self.directory, e) from e
 
     def close(self) -> None:
         self._mgr.close()
@@ -95,7 +175,7 @@ class Checkpoints:
 
     def __init__(self, workdir: str | Path, read_only: bool = False):
         root = Path(workdir).absolute() / "checkpoints"  # orbax needs absolute paths
-        self._closed = False
+        self._closed = self._failed = False
         self.latest = _Manager(root / "latest", max_to_keep=2, read_only=read_only)
         self.best = _Manager(root / "best", max_to_keep=1, read_only=read_only)
 
@@ -107,9 +187,10 @@ class Checkpoints:
 
     def save(self, epoch: int, state, meta: dict, is_best: bool) -> None:
         """Save asynchronously; `state` must not be donated/deleted before `wait()`."""
-        self.latest.save(epoch, state, meta)
-        if is_best:
-            self.best.save(epoch, state, meta)
+        with self._noting_failure():
+            self.latest.save(epoch, state, meta)
+            if is_best:
+                self.best.save(epoch, state, meta)
 
     def restore_latest(self, abstract) -> tuple[Any, dict] | None:
         """The newest readable latest checkpoint, or None if there is none.
@@ -123,17 +204,44 @@ class Checkpoints:
         return _restore_newest(self.best, abstract)
 
     def wait(self) -> None:
-        self.latest.wait()
-        self.best.wait()
+        with self._noting_failure():
+            self.latest.wait()
+            self.best.wait()
 
     def close(self) -> None:
-        """Wait for pending saves and release the managers (safe to call twice)."""
+        """Wait for pending saves and release the managers (safe to call twice).
+
+        After a failed save (its UserError already raised) this only releases the managers,
+        so a `finally: close()` does not replace that error with a second one.
+        """
         if self._closed:
             return
         self._closed = True
-        self.wait()
-        self.latest.close()
-        self.best.close()
+        if not self._failed:
+            try:
+                self.wait()
+            except UserError:
+                self._release_quietly()
+                raise
+            self.latest.close()
+            self.best.close()
+        else:
+            self._release_quietly()
+
+    @contextlib.contextmanager
+    def _noting_failure(self):
+        try:
+            yield
+        except UserError:
+            self._failed = True
+            raise
+
+    def _release_quietly(self) -> None:
+        for manager in (self.latest, self.best):
+            try:
+                manager.close()
+            except Exception:  # noqa: BLE001 - the failed save is the error to report
+                pass
 
 
 def _restore_newest(manager: _Manager, abstract):
@@ -144,6 +252,7 @@ def _restore_newest(manager: _Manager, abstract):
         except UserError:
             raise
         except Exception as e:  # noqa: BLE001 - any read failure means "unreadable"
+            _quiet_failed_io()
             where = manager.directory / str(epoch)
             if i + 1 < len(steps):
                 print(f"warning: checkpoint {where} is unreadable ({type(e).__name__}: "

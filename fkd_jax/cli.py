@@ -33,7 +33,9 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues) -> None:
     except flags.Error as e:
         raise UserError(_one_line(str(e))) from None
     except AttributeError as e:  # ml_collections: override of a key the config lacks
-        key = str(e).split("\n")[0].strip("'\"\\")
+        # str(e) is repr-like, quotes and escaped newline included: take the leading name.
+        found = re.match(r"""[\s'"\\]*([A-Za-z_]\w*)""", str(e))
+        key = found.group(1) if found else str(e)
         hint = re.search(r'Did you mean "([^"]+)"', str(e))
         bad = next((a.split("=")[0] for a in argv if re.search(rf"\.{re.escape(key)}(=|$)", a)),
                    key)
@@ -75,15 +77,15 @@ def default_workdir(config_path: str) -> Path:
     return Path("runs") / Path(config_path.split(":")[0]).stem
 
 
-def check_workdir(workdir: Path) -> Path:
-    """Create the work directory, or say clearly why it cannot be used."""
+def check_workdir(workdir: Path, option: str = "--workdir") -> Path:
+    """Create the output directory given by `option`, or say clearly why it cannot be used."""
     if workdir.exists() and not workdir.is_dir():
-        raise UserError(f"--workdir {workdir} exists and is not a directory")
+        raise UserError(f"{option} {workdir} exists and is not a directory")
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         probe = workdir / ".write_test"
         probe.write_text("")
         probe.unlink()
     except OSError as e:
-        raise UserError(f"--workdir {workdir} is not writable ({e.strerror or e})") from None
+        raise UserError(f"{option} {workdir} is not writable ({e.strerror or e})") from None
     return workdir

@@ -2,17 +2,22 @@
 
 Library code raises `UserError` (or `DataError`) for anything the user can fix: a bad file,
 a bad option. The command-line entry points wrap their `main` in `exit_on_user_error`, which
-prints the message as a single line on stderr and exits with status 2. Programming errors are
-not caught and keep their traceback.
+prints the message as a single line on stderr and exits with status 2. So does an `OSError` of
+the environment a user can fix (disk full, quota, read-only file system, permission denied),
+named by its file. Programming errors are not caught and keep their traceback.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 from typing import Callable, TypeVar
 
 EXIT_USER_ERROR = 2
+# OSErrors that say "the machine refused the write", not "the program is wrong".
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES,
+                                errno.EPERM})
 
 F = TypeVar("F", bound=Callable)
 
@@ -42,7 +47,8 @@ def fail(message: str) -> None:
 
 
 def exit_on_user_error(main: F) -> F:
-    """Decorator for CLI entry points: UserError -> one line on stderr, exit 2."""
+    """Decorator for CLI entry points: UserError (or a disk-full/read-only/permission
+    OSError) -> one line on stderr, exit 2."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
@@ -50,5 +56,9 @@ def exit_on_user_error(main: F) -> F:
             return main(*args, **kwargs)
         except UserError as e:
             fail(str(e))
+        except OSError as e:
+            if e.errno not in ENVIRONMENT_ERRNOS:
+                raise
+            fail(f"{e.filename}: {e.strerror}" if e.filename is not None else str(e.strerror))
 
     return wrapper  # type: ignore[return-value]
