@@ -509,25 +509,44 @@ def _mounted_copy(reference: Path, where: Path, spare_mb: int):
     return where, lambda: subprocess.run(["umount", "-l", str(where)], check=True)
 
 
+_READ_ONLY = """
+import errno, pathlib
+def _guard(orig):
+    def guarded(self, *a, **k):
+        if str(self).startswith({root!r}):
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return orig(self, *a, **k)
+    return guarded
+pathlib.Path.write_text = _guard(pathlib.Path.write_text)
+pathlib.Path.mkdir = _guard(pathlib.Path.mkdir)
+"""
+
+
 def test_unwritable_workdir_is_a_clear_error_and_changes_nothing(cli, reference, tmp_path):
     """A read-only mount if we may mount (root); else chmod 0o500 (stops non-root writers)."""
     if _can_mount(tmp_path):
         workdir, umount = _mounted_copy(reference, tmp_path / "ro", spare_mb=16)
         subprocess.run(["mount", "-o", "remount,ro", str(workdir)], check=True)
         why = "Read-only file system"
-    else:
-        assert os.geteuid() != 0, "root without mount permission: no way to deny a write"
+        inject = ""
+    elif os.geteuid() != 0:
         workdir = tmp_path / "ro"
         shutil.copytree(reference, workdir)
         workdir.chmod(0o500)
         umount, why = (lambda: workdir.chmod(0o700)), "Permission denied"
+        inject = ""
+    else:  # root without mount permission: nothing denies a write, so simulate a read-only fs
+        workdir = tmp_path / "ro"
+        shutil.copytree(reference, workdir)
+        umount, why = (lambda: None), "Read-only file system"
+        inject = _READ_ONLY.format(root=str(workdir))
     try:
         before = tree(workdir)
         proc = cli.run("train.py", *TINY, "--workdir", workdir,
-                       f"--config.train.epochs={EPOCHS + 2}", check=False)
+                       f"--config.train.epochs={EPOCHS + 2}", check=False, inject=inject)
         assert one_line_error(proc) == f"error: --workdir {workdir} is not writable ({why})"
         out = workdir / "eval"
-        proc = cli.run("eval.py", "--workdir", workdir, check=False)
+        proc = cli.run("eval.py", "--workdir", workdir, check=False, inject=inject)
         assert one_line_error(proc) == f"error: --out {out} is not writable ({why})"
         assert tree(workdir) == before
         assert_same_params(reference, workdir)
