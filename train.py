@@ -101,9 +101,11 @@ def train(config, workdir: Path) -> dict:
             state, m = compiled(state, train_arrays, training.epoch_shuffle_key(config.seed, epoch))
             train_loss = float(m["train_loss"])  # waits for the epoch
             epoch_time = time.perf_counter() - t_epoch
-            if not math.isfinite(train_loss):
+            if not (math.isfinite(train_loss) and bool(m["params_finite"])):
                 ckpt.close()
-                print(f"error: training loss became {train_loss} in epoch {epoch}; stopped. The "
+                what = (f"training loss became {train_loss}" if not math.isfinite(train_loss)
+                        else "the parameters became non-finite")
+                print(f"error: {what} in epoch {epoch}; stopped. The "
                       f"last good checkpoint (epoch {epoch - 1}) is in {workdir}/checkpoints. "
                       "Try a lower --config.train.learning_rate or --config.train.grad_clip.",
                       file=sys.stderr)

@@ -167,8 +167,12 @@ def make_train_epoch(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, b
             return train_step(state, batch, key)
 
         state, m = jax.lax.scan(body, state, perm)
+        # The loss is taken before each update, so the last update's damage shows only here.
+        params_finite = jnp.all(jnp.stack([jnp.isfinite(p).all()
+                                           for p in jax.tree.leaves(state["params"])]))
         metrics = {"train_loss": m["loss"].mean(),
-                   "train_rmse_px": rmse_px(m["se_sum"].sum(), m["count"].sum())}
+                   "train_rmse_px": rmse_px(m["se_sum"].sum(), m["count"].sum()),
+                   "params_finite": params_finite}
         return state, metrics
 
     return jax.jit(train_epoch, donate_argnums=(0,))

@@ -94,6 +94,23 @@ def test_train_epoch_lowers_loss_and_is_deterministic():
     assert losses_a[-1] < 0.5 * losses_a[0], losses_a
 
 
+def test_epoch_reports_parameters_broken_by_its_last_update():
+    """The loss is measured before each update, so a one-step epoch whose update overflows
+    still reports a finite loss: `params_finite` is what catches it."""
+    c = _config(batch_size=16, learning_rate=1e39)  # Adam steps ~lr: beyond float32's max
+    tx = training.make_optimizer(c.train, 1)
+    graphdef, state = training.init_state(c.model, tx, 0)
+    epoch_fn = training.make_train_epoch(graphdef, tx, 16, None, seed=0)
+    _, m = epoch_fn(state, jax.device_put(_blob_data(16)), training.epoch_shuffle_key(0, 1))
+    assert np.isfinite(float(m["train_loss"])) and not bool(m["params_finite"])
+    c = _config(batch_size=16, learning_rate=1e-3)
+    tx = training.make_optimizer(c.train, 1)
+    graphdef, state = training.init_state(c.model, tx, 0)
+    epoch_fn = training.make_train_epoch(graphdef, tx, 16, None, seed=0)
+    _, m = epoch_fn(state, jax.device_put(_blob_data(16)), training.epoch_shuffle_key(0, 1))
+    assert bool(m["params_finite"])
+
+
 def test_scanned_epoch_equals_python_loop_of_train_steps():
     c = _config(batch_size=8)
     data = _blob_data(24)
