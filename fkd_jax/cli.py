@@ -14,6 +14,7 @@ from absl import flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from fkd_jax import models
 from fkd_jax.errors import UserError
 
 LABEL_POLICIES = ("mask", "drop")
@@ -66,6 +67,12 @@ def check_config(config) -> None:
         (0.0 <= config.model.dropout < 1.0, "--config.model.dropout", config.model.dropout,
          "must be in [0, 1)"),
         (d.synthetic_n >= 2, "--config.data.synthetic_n", d.synthetic_n, "must be >= 2"),
+        (config.model.compute_dtype in models.COMPUTE_DTYPES, "--config.model.compute_dtype",
+         config.model.compute_dtype, f"must be one of {', '.join(models.COMPUTE_DTYPES)}"),
+        (config.model.conv_impl in models.CONV_IMPLS, "--config.model.conv_impl",
+         config.model.conv_impl, f"must be one of {', '.join(models.CONV_IMPLS)}"),
+        (config.model.name in models.MODELS, "--config.model.name", config.model.name,
+         f"must be one of {', '.join(sorted(models.MODELS))}"),
     ]
     for ok, option, value, why in checks:
         if not ok:

@@ -19,8 +19,12 @@ from fkd_jax import ops
 from fkd_jax.keypoints import IMAGE_SIZE, NUM_COORDS
 
 
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+CONV_IMPLS = ("auto", "im2col", "xla")  # see ops.get_conv
+
+
 def _dtype(name: str):
-    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+    return COMPUTE_DTYPES[name]
 
 
 class _Dropout(nnx.Module):
