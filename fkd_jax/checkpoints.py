@@ -68,6 +68,24 @@ for _name in ("absl", "asyncio"):
     logging.getLogger(_name).addFilter(_DropOrbaxLogs())
 
 
+def _is_closed_loop_noise(exc: BaseException | None) -> bool:
+    return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+
+def _drop_closed_loop_noise() -> None:
+    """When a write fails (disk full), tensorstore's native threads still call back into the
+    asyncio loop orbax has already closed, and each callback prints a 'RuntimeError: Event
+    loop is closed' traceback. Those callbacks carry no information (the failure itself is
+    reported as a UserError), so only they are dropped; every other exception still prints."""
+    excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
+    sys.excepthook = lambda t, v, tb: None if _is_closed_loop_noise(v) else excepthook(t, v, tb)
+    sys.unraisablehook = lambda u: (None if _is_closed_loop_noise(u.exc_value)
+                                    else unraisablehook(u))
+
+
+_drop_closed_loop_noise()
+
+
 def _quiet_failed_io() -> None:
     """After a failed read or write, orbax's leftover asyncio tasks print tracebacks when they
     are collected or at exit ("Event loop is closed"); the one line we print replaces them."""
@@ -76,8 +94,14 @@ def _quiet_failed_io() -> None:
 
 
 def _save_error(directory: Path, e: BaseException) -> UserError:
-    """One-line UserError for a failed save, naming the directory and the OS's reason."""
+    """One-line UserError for a failed save, naming the directory and the OS's reason.
+
+    The run ends with it, so the leftover noise of the failed write (tracebacks from native
+    callback threads via sys.excepthook, concurrent.futures' logged callbacks) is muted too.
+    """
     _quiet_failed_io()
+    sys.excepthook = lambda *_: None
+    logging.disable(logging.CRITICAL)
     text, cause = "", e
     while cause is not None:  # the reason is usually in a chained tensorstore error
         text += f" {cause}"
@@ -89,9 +113,11 @@ def _save_error(directory: Path, e: BaseException) -> UserError:
         reason = os.strerror(int(code.group(1)))
     else:
         reason = f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
-    return UserError(f"could not save a checkpoint in {directory} ({reason}); the checkpoints "
-                     "saved before it are intact. Free space or fix the directory, then run "
-                     "the same command to resume")
+    error = UserError(f"could not save a checkpoint in {directory} ({reason}); the checkpoints "
+                      "saved before it are intact. Free space or fix the directory, then run "
+                      "the same command to resume")
+    error.abandon_threads = True  # see errors.exit_on_user_error
+    return error
 
 
 def _key_name(key) -> str:

@@ -7,6 +7,7 @@ as `--config.train.epochs=5`. Mistakes (unknown key, wrong type, impossible valu
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -90,7 +91,7 @@ def check_workdir(workdir: Path, option: str = "--workdir") -> Path:
         raise UserError(f"{option} {workdir} exists and is not a directory")
     try:
         workdir.mkdir(parents=True, exist_ok=True)
-        probe = workdir / ".write_test"
+        probe = workdir / f".write_test.{os.getpid()}"  # per process: several may share it
         probe.write_text("")
         probe.unlink()
     except OSError as e:

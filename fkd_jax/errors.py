@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import os
 import sys
 from typing import Callable, TypeVar
 
@@ -55,6 +56,12 @@ def exit_on_user_error(main: F) -> F:
         try:
             return main(*args, **kwargs)
         except UserError as e:
+            if getattr(e, "abandon_threads", False):
+                # A failed async write (checkpoint on a full disk): its I/O threads would print
+                # tracebacks while Python shuts down, so leave now, having said the one line.
+                print(f"error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
+                sys.stdout.flush()
+                os._exit(EXIT_USER_ERROR)
             fail(str(e))
         except OSError as e:
             if e.errno not in ENVIRONMENT_ERRNOS:

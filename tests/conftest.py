@@ -5,6 +5,7 @@ Tests never read the real data in /work/shared; these few rows stand in for it.
 
 from __future__ import annotations
 
+import os
 import types
 
 import numpy as np
@@ -21,6 +22,23 @@ _MEAN_FACE = np.array(
 )
 COMPLETE_ROWS = (0, 1, 4)  # the other rows carry only SPARSE_SET, like most of Kaggle's
 LACKS_BOTTOM_LIP = 5  # ... and this one also lacks mouth_center_bottom_lip
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_compilation_cache(tmp_path_factory):
+    """The suite runs train.py/eval.py as subprocesses many times on the same tiny models: a
+    persistent XLA cache shared by all of them saves most of each one's compile time."""
+    env = {"JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 def _kaggle_like_rows(n_rows: int = 6) -> types.SimpleNamespace:

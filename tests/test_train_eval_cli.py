@@ -159,15 +159,12 @@ def test_eval_predicts_on_image_files(trained, tmp_path):
     assert (out / "images" / "face_keypoints.png").stat().st_size > 1000
 
 
-def test_relative_workdir_trains_and_resumes(tmp_path):
+def test_relative_workdir_trains(tmp_path):
     """The README's command uses a relative run directory (runs/<config>); orbax needs absolute
     paths, so this must work from any current directory."""
     args = [sys.executable, str(ROOT / "train.py"), *TINY[:1], str(ROOT / TINY[1]), *TINY[2:],
             "--workdir", "rel/run", "--config.train.epochs=1"]
-    first = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert first.returncode == 0, first.stderr
+    proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "rel/run/checkpoints/latest/1").is_dir()
-    args[-1] = "--config.train.epochs=2"
-    second = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert second.returncode == 0, second.stderr
-    assert "resuming" in second.stdout and len(metrics(tmp_path / "rel/run")) == 2
+    assert len(metrics(tmp_path / "rel/run")) == 1
