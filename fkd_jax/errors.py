@@ -40,10 +40,14 @@ class DataError(UserError):
         self.path, self.row, self.column = str(path), row, column
 
 
-def fail(message: str) -> None:
-    """Print `error: message` as one line on stderr and exit with status 2."""
+def _print_error(message: str) -> None:
     one_line = " ".join(str(message).split())
     print(f"error: {one_line}", file=sys.stderr, flush=True)
+
+
+def fail(message: str) -> None:
+    """Print `error: message` as one line on stderr and exit with status 2."""
+    _print_error(message)
     raise SystemExit(EXIT_USER_ERROR)
 
 
@@ -59,7 +63,7 @@ def exit_on_user_error(main: F) -> F:
             if getattr(e, "abandon_threads", False):
                 # A failed async write (checkpoint on a full disk): its I/O threads would print
                 # tracebacks while Python shuts down, so leave now, having said the one line.
-                print(f"error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
+                _print_error(str(e))
                 sys.stdout.flush()
                 os._exit(EXIT_USER_ERROR)
             fail(str(e))
