@@ -141,12 +141,20 @@ class ResNetBackbone(nnx.Module):
                 in_ch = w
         self.out_size = IMAGE_SIZE // 2 // 2 ** (len(widths) - 1)
         self.out_ch = in_ch
+        self.blocks_per_stage = blocks
 
     def __call__(self, x):
+        return self.stages(x)[-1]
+
+    def stages(self, x) -> list[jax.Array]:
+        """The feature map at the end of each stage, finest (48x48) first."""
         x = jax.nn.relu(self.stem(x))
-        for block in self.blocks:
+        outs = []
+        for i, block in enumerate(self.blocks):
             x = block(x)
-        return x
+            if (i + 1) % self.blocks_per_stage == 0:
+                outs.append(x)
+        return outs
 
 
 class ResNetRegressor(nnx.Module):
@@ -188,7 +196,7 @@ def soft_argmax(logits):
 
 
 class HeatmapRegressor(nnx.Module):
-    """Residual backbone to a 24x24 map, a 1x1 conv to 15 heatmaps, soft-argmax to coordinates."""
+    """Residual backbone to a 12x12 map, a 1x1 conv to 15 heatmaps, soft-argmax to coordinates."""
 
     def __init__(self, widths=(32, 64, 128), blocks: int = 1, *, dropout: float = 0.0,
                  conv_impl: str = "auto", compute_dtype: str = "float32", rngs: nnx.Rngs):
@@ -205,23 +213,68 @@ class HeatmapRegressor(nnx.Module):
         return soft_argmax(logits).reshape(x.shape[0], NUM_COORDS)
 
 
-def _resnet(cfg, rngs, **kw):
-    return ResNetRegressor(dropout=cfg.dropout, conv_impl=cfg.conv_impl,
-                           compute_dtype=cfg.compute_dtype, rngs=rngs, **kw)
+def _upsample_2x(x):
+    """Nearest-neighbour 2x upsampling of NHWC `x` (its gradient is a cheap 2x2 sum)."""
+    b, h, w, c = x.shape
+    return jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c)).reshape(b, 2 * h, 2 * w, c)
 
 
-def _heatmap(cfg, rngs, **kw):
-    return HeatmapRegressor(dropout=cfg.dropout, conv_impl=cfg.conv_impl,
-                            compute_dtype=cfg.compute_dtype, rngs=rngs, **kw)
+class HeatmapUNet(nnx.Module):
+    """Residual encoder down to 6x6 for context, a light top-down decoder (upsample, add the
+    encoder's skip, conv3x3-GN-ReLU) back up to `heatmap_size`, 15 heatmaps, soft-argmax.
+
+    Coordinates through heatmaps keep the net translation-equivariant, which is what lets it
+    learn from a few thousand faces; the decoder puts the 6x6 context onto a finer grid.
+    """
+
+    def __init__(self, widths=(16, 32, 64, 128), blocks: int = 1, heatmap_size: int = 24, *,
+                 dropout: float = 0.0, conv_impl: str = "auto", compute_dtype: str = "float32",
+                 rngs: nnx.Rngs):
+        del dropout  # no dense layers to drop from
+        dtype = _dtype(compute_dtype)
+        conv_fn = ops.get_conv(conv_impl)
+        self.backbone = ResNetBackbone(widths, blocks, conv_fn, dtype, rngs)
+        sizes = [IMAGE_SIZE // 2 // 2 ** i for i in range(len(widths))]  # per stage: 48, 24, ...
+        if heatmap_size not in sizes:
+            raise ValueError(f"heatmap_size must be one of {sizes}, got {heatmap_size}")
+        self.laterals, self.smooths, self.norms = nnx.List(), nnx.List(), nnx.List()
+        # One decoder step per stage between the coarsest and the heatmap's.
+        for coarse in range(len(widths) - 1, sizes.index(heatmap_size), -1):
+            w_in, w_out = widths[coarse], widths[coarse - 1]
+            self.laterals.append(nnx.Conv(w_in, w_out, (1, 1), use_bias=False, dtype=dtype,
+                                          conv_general_dilated=conv_fn, rngs=rngs))
+            self.smooths.append(nnx.Conv(w_out, w_out, (3, 3), padding="SAME", use_bias=False,
+                                         dtype=dtype, conv_general_dilated=conv_fn, rngs=rngs))
+            self.norms.append(nnx.GroupNorm(w_out, num_groups=min(8, w_out // 4), dtype=dtype,
+                                            rngs=rngs))
+        self.heatmaps = nnx.Conv(widths[sizes.index(heatmap_size)], NUM_COORDS // 2, (1, 1),
+                                 dtype=dtype, conv_general_dilated=conv_fn, rngs=rngs)
+        self.compute_dtype = dtype
+
+    def __call__(self, x, *, train: bool = False, dropout_key=None):
+        feats = self.backbone.stages(x.astype(self.compute_dtype))
+        y = feats[-1]
+        skips = feats[-2::-1]  # next-finer stage first
+        for lateral, smooth, norm, skip in zip(self.laterals, self.smooths, self.norms, skips):
+            y = jax.nn.relu(norm(smooth(_upsample_2x(lateral(y)) + skip)))
+        return soft_argmax(self.heatmaps(y)).reshape(x.shape[0], NUM_COORDS)
+
+
+def _from_config(cls, **kw) -> Callable:
+    """A builder `(config.model, rngs) -> cls(...)` passing the config's shared options."""
+    return lambda cfg, rngs: cls(dropout=cfg.dropout, conv_impl=cfg.conv_impl,
+                                 compute_dtype=cfg.compute_dtype, rngs=rngs, **kw)
 
 
 MODELS: dict[str, Callable] = {
     "simple_cnn": simple_cnn,
     "nouri": nouri,
     "nouri1000": lambda cfg, rngs: nouri(cfg, rngs, hidden=1000),
-    "resnet": _resnet,
-    "resnet_small": lambda cfg, rngs: _resnet(cfg, rngs, widths=(16, 32, 64, 128), hidden=128),
-    "heatmap": _heatmap,
+    "resnet": _from_config(ResNetRegressor),
+    "resnet_small": _from_config(ResNetRegressor, widths=(16, 32, 64, 128), hidden=128),
+    "heatmap": _from_config(HeatmapRegressor),
+    "heatmap_unet": _from_config(HeatmapUNet),
+    "heatmap_unet_wide": _from_config(HeatmapUNet, widths=(24, 48, 96, 192)),
 }
 
 

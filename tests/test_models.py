@@ -1,12 +1,16 @@
-"""Model family: pinned parameter counts and output shapes."""
+"""Model family: pinned parameter counts and output shapes; every shipped config builds."""
+
+import importlib.util
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from configs import base
-from fkd_jax import models
+from fkd_jax import augment, cli, models
 from fkd_jax.errors import UserError
 
 # Pinned so an accidental architecture change is caught. nouri: Nouri's kfkd net
@@ -18,6 +22,8 @@ PARAM_COUNTS = {
     "resnet": 3_592_158,
     "resnet_small": 900_606,
     "heatmap": 308_303,
+    "heatmap_unet": 363_791,
+    "heatmap_unet_wide": 817_167,
 }
 
 
@@ -76,3 +82,30 @@ def test_soft_argmax_finds_a_peaked_heatmap_at_its_cell_centre():
     # a flat map averages to the image centre
     np.testing.assert_allclose(np.asarray(models.soft_argmax(jnp.zeros((1, 8, 8, 1))))[0, 0],
                                [0.0, 0.0], atol=1e-6)
+
+
+def test_upsample_2x_repeats_each_pixel_into_a_2x2_block():
+    x = jax.random.normal(jax.random.key(0), (2, 3, 5, 4))
+    expected = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+    np.testing.assert_array_equal(models._upsample_2x(x), expected)
+
+
+def test_heatmap_unet_rejects_a_heatmap_size_that_is_no_encoder_level():
+    with pytest.raises(ValueError, match="heatmap_size"):
+        models.HeatmapUNet(heatmap_size=32, rngs=nnx.Rngs(0))
+
+
+CONFIG_FILES = sorted(p for p in Path(__file__).parents[1].glob("configs/*.py")
+                      if not p.name.startswith("_"))
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.name)
+def test_every_shipped_config_is_valid_and_builds_its_model(path):
+    spec = importlib.util.spec_from_file_location(f"_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    augment.read_settings(config.augment)
+    cli.check_config(config)
+    model = models.create_model(config.model, seed=0)
+    assert model(jnp.zeros((1, 96, 96, 1))).shape == (1, 30)
