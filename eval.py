@@ -62,7 +62,7 @@ def predict_px(graphdef, params, images, tta: bool):
 
     from fkd_jax import keypoints, training
 
-    predict = training.make_predict(graphdef, min(256, max(1, len(images))))
+    predict = training.make_predict(graphdef)
     pred = np.asarray(keypoints.to_pixels(predict(params, images)))
     if tta:
         mirrored = np.asarray(keypoints.to_pixels(predict(params, images[:, :, ::-1, :])))

@@ -80,7 +80,7 @@ def train(config, workdir: Path) -> dict:
 
     train_epoch = training.make_train_epoch(graphdef, tx, bs, augment_settings, config.seed,
                                             layout.batch)
-    predict = training.make_predict(graphdef, min(256, max(1, len(val_data))))
+    predict = training.make_predict(graphdef)
     schedule = training.make_schedule(config.train, steps_per_epoch)
 
     t0 = time.perf_counter()
