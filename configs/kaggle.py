@@ -1,19 +1,23 @@
-"""Train on a Kaggle download. Point it at your files:
+"""Train on a Kaggle download with best_cpu's recipe. Point it at your files:
 
   python train.py --config configs/kaggle.py --config.data.train_path=PATH/training.zip \
       --config.data.test_path=PATH/test.zip --config.data.lookup_path=PATH/IdLookupTable.csv
+
+Kaggle's training.csv leaves about 5640 training rows after the validation split, 2.2x the
+2555 faces best_cpu was tuned on, so 45 epochs see about as many images (~50 minutes on 2
+CPU cores).
+Its rows carry no person ids, so the validation split is by row. Kaggle's images are not
+available where this project was developed: this config is untested on them.
 """
 
-from configs import base
+from configs import best_cpu
 
 
 def get_config():
-    c = base.get_config()
+    c = best_cpu.get_config()
     c.data.train_path = "data/kaggle/training.zip"
     c.data.test_path = "data/kaggle/test.zip"
     c.data.lookup_path = "data/kaggle/IdLookupTable.csv"
     c.data.label_policy = "mask"
-    c.model.name = "nouri"
-    c.train.batch_size = 128
-    c.train.epochs = 100
+    c.train.epochs = 45
     return c
