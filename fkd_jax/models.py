@@ -106,6 +106,11 @@ def nouri(cfg, rngs: nnx.Rngs, hidden: int = 500) -> nnx.Module:
                        compute_dtype=cfg.compute_dtype, rngs=rngs)
 
 
+def _group_norm(channels: int, dtype, rngs: nnx.Rngs) -> nnx.GroupNorm:
+    """GroupNorm with up to 8 groups of at least 4 channels each."""
+    return nnx.GroupNorm(channels, num_groups=min(8, channels // 4), dtype=dtype, rngs=rngs)
+
+
 class ResidualBlock(nnx.Module):
     """conv3x3-GN-ReLU-conv3x3-GN plus a (projected) skip. GroupNorm, not BatchNorm, so the
     model carries no running statistics and the step stays a pure function of parameters."""
@@ -114,9 +119,8 @@ class ResidualBlock(nnx.Module):
         conv = lambda i, o, k, s: nnx.Conv(i, o, (k, k), strides=s, padding="SAME", use_bias=False,
                                            dtype=dtype, conv_general_dilated=conv_fn, rngs=rngs)
         self.conv1, self.conv2 = conv(in_ch, out_ch, 3, stride), conv(out_ch, out_ch, 3, 1)
-        groups = min(8, out_ch // 4)
-        self.norm1 = nnx.GroupNorm(out_ch, num_groups=groups, dtype=dtype, rngs=rngs)
-        self.norm2 = nnx.GroupNorm(out_ch, num_groups=groups, dtype=dtype, rngs=rngs)
+        self.norm1 = _group_norm(out_ch, dtype, rngs)
+        self.norm2 = _group_norm(out_ch, dtype, rngs)
         self.proj = conv(in_ch, out_ch, 1, stride) if (stride != 1 or in_ch != out_ch) else None
 
     def __call__(self, x):
@@ -139,7 +143,8 @@ class ResNetBackbone(nnx.Module):
                 stride = 2 if (i > 0 and b == 0) else 1
                 self.blocks.append(ResidualBlock(in_ch, w, stride, conv_fn, dtype, rngs))
                 in_ch = w
-        self.out_size = IMAGE_SIZE // 2 // 2 ** (len(widths) - 1)
+        self.stage_sizes = [IMAGE_SIZE // 2 // 2 ** i for i in range(len(widths))]  # 48, 24, ...
+        self.out_size = self.stage_sizes[-1]
         self.out_ch = in_ch
         self.blocks_per_stage = blocks
 
@@ -234,7 +239,7 @@ class HeatmapUNet(nnx.Module):
         dtype = _dtype(compute_dtype)
         conv_fn = ops.get_conv(conv_impl)
         self.backbone = ResNetBackbone(widths, blocks, conv_fn, dtype, rngs)
-        sizes = [IMAGE_SIZE // 2 // 2 ** i for i in range(len(widths))]  # per stage: 48, 24, ...
+        sizes = self.backbone.stage_sizes
         if heatmap_size not in sizes:
             raise ValueError(f"heatmap_size must be one of {sizes}, got {heatmap_size}")
         self.laterals, self.smooths, self.norms = nnx.List(), nnx.List(), nnx.List()
@@ -245,8 +250,7 @@ class HeatmapUNet(nnx.Module):
                                           conv_general_dilated=conv_fn, rngs=rngs))
             self.smooths.append(nnx.Conv(w_out, w_out, (3, 3), padding="SAME", use_bias=False,
                                          dtype=dtype, conv_general_dilated=conv_fn, rngs=rngs))
-            self.norms.append(nnx.GroupNorm(w_out, num_groups=min(8, w_out // 4), dtype=dtype,
-                                            rngs=rngs))
+            self.norms.append(_group_norm(w_out, dtype, rngs))
         self.heatmaps = nnx.Conv(widths[sizes.index(heatmap_size)], NUM_COORDS // 2, (1, 1),
                                  dtype=dtype, conv_general_dilated=conv_fn, rngs=rngs)
         self.compute_dtype = dtype
