@@ -85,6 +85,13 @@ def init_state(model_cfg, tx: optax.GradientTransformation, seed: int) -> tuple[
     return graphdef, {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
 
 
+def abstract_state(config) -> tuple[nnx.GraphDef, State]:
+    """Model structure and the shapes/dtypes of a run's training state: a restore target."""
+    tx = make_optimizer(config.train, 1)
+    graphdef, state = init_state(config.model, tx, config.seed)
+    return graphdef, jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state)
+
+
 def apply_model(graphdef: nnx.GraphDef, params, images, *, train: bool = False, dropout_key=None):
     """Predicted keypoints (B, 30) in normalised coordinates."""
     return nnx.merge(graphdef, params)(images, train=train, dropout_key=dropout_key)
