@@ -11,7 +11,6 @@ written, and every file is written atomically, so a bad input leaves no partial 
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -29,71 +28,38 @@ _OUT = flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/eval
 _N_SHOW = flags.DEFINE_integer("n_show", 32, "Faces in the prediction grid.")
 
 
-def load_run(workdir: Path, which: str):
-    """(config, graphdef, params, checkpoint meta) of a run directory."""
-    import jax
-    import ml_collections
-
-    from fkd_jax import checkpoints, training
-    from fkd_jax.errors import UserError
-
-    config_path = workdir / "config.json"
-    if not config_path.is_file():
-        raise UserError(f"--workdir {workdir} is not a run directory (no config.json); "
-                        "train one with train.py first")
-    try:
-        config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{config_path}: not valid JSON ({e})") from None
-    tx = training.make_optimizer(config.train, 1)
-    graphdef, state = training.init_state(config.model, tx, config.seed)
-    with checkpoints.Checkpoints(workdir, read_only=True) as ckpt:
-        abstract = checkpoints.abstract_like(jax.eval_shape(lambda: state))
-        restored = (ckpt.restore_best if which == "best" else ckpt.restore_latest)(abstract)
-    if restored is None:
-        raise UserError(f"{workdir}/checkpoints/{which} holds no checkpoint yet")
-    state, meta = restored
-    return config, graphdef, state["params"], meta
-
-
-def predict_px(graphdef, params, images, tta: bool):
-    """Keypoints (N, 30) in pixels; with `tta`, averaged with the un-flipped mirror prediction."""
-    import numpy as np
-
-    from fkd_jax import keypoints, training
-
-    predict = training.make_predict(graphdef)
-    pred = np.asarray(keypoints.to_pixels(predict(params, images)))
-    if tta:
-        mirrored = np.asarray(keypoints.to_pixels(predict(params, images[:, :, ::-1, :])))
-        pred = 0.5 * (pred + keypoints.flip_keypoints_px(mirrored))
-    return pred
-
-
 def main(argv: list[str]) -> None:
     import numpy as np
 
-    from fkd_jax import cli, data, experiment, images as image_io, keypoints, plotting, training
+    from fkd_jax import (cli, data, experiment, files, images as image_io, inference, keypoints,
+                         plotting, training)
     from fkd_jax.errors import UserError
 
     cli.parse_flags(argv, flags.FLAGS)
     if not _WORKDIR.value:
         raise UserError("--workdir is required (a run directory written by train.py)")
     workdir = Path(_WORKDIR.value)
-    config, graphdef, params, meta = load_run(workdir, _CHECKPOINT.value)
+    run = inference.load_run(workdir, _CHECKPOINT.value)
+    config = run.config
     out = Path(_OUT.value) if _OUT.value else workdir / "eval"
 
     # Read and check every input before writing anything.
     if _DATA.value:
-        ev, source = data.load_training(_DATA.value), _DATA.value
+        keypoint_set = keypoints.KEYPOINT_SETS[config.data.keypoints]
+        ev, source = data.load_training(_DATA.value, keypoint_set), _DATA.value
     else:
-        ev, source = experiment.load_run_data(config, workdir)[1], f"{workdir} validation split"
+        run_data = experiment.read_run_data(config, workdir)
+        experiment.discard_run_data(run_data)  # eval never writes into the run's folder
+        ev, source = run_data.val, f"{workdir} validation split"
     test_path = _TEST.value or config.data.get("test_path")
     lookup_path = _LOOKUP.value or config.data.get("lookup_path")
     submission_inputs = None
     asked = bool(_TEST.value or _LOOKUP.value)
     if asked and not (test_path and lookup_path):
         raise UserError("a submission needs both --test and --lookup")
+    if asked and config.data.keypoints != "kaggle15":
+        raise UserError(f"a Kaggle submission needs a model of Kaggle's 15 keypoints; this run "
+                        f"predicts {config.data.keypoints}")
     # Paths from the config are used when present; paths given as flags must work.
     if test_path and lookup_path and (asked or (Path(test_path).exists()
                                                 and Path(lookup_path).exists())):
@@ -104,11 +70,12 @@ def main(argv: list[str]) -> None:
     user_images = [image_io.load_face_image(p) for p in _IMAGES.value]
     cli.check_workdir(out, "--out")
 
-    pred = predict_px(graphdef, params, ev.images, _TTA.value)
-    report = training.rmse_report(pred, ev.keypoints, ev.mask)
+    predict = inference.Predictor.from_run(run)  # compiled once, for every input below
+    pred = predict(ev.images, tta=_TTA.value)
+    report = training.rmse_report(pred, ev.keypoints, ev.mask, ev.keypoint_set)
     report.update({"n_images": len(ev), "data": source, "checkpoint": _CHECKPOINT.value,
-                   "checkpoint_epoch": meta["epoch"], "tta": bool(_TTA.value)})
-    _print_table(report)
+                   "checkpoint_epoch": run.meta["epoch"], "tta": bool(_TTA.value)})
+    _print_table(report, ev.keypoint_set)
 
     n = min(_N_SHOW.value, len(ev))
     plotting.plot_face_grid(out / "predictions.png", ev.images[:n], ev.keypoints[:n], pred[:n],
@@ -122,47 +89,39 @@ def main(argv: list[str]) -> None:
     if records:
         plotting.plot_learning_curves(out / "learning_curves.png", records)
     plotting.plot_per_keypoint_errors(out / "per_keypoint_rmse.png",
-                                      {k: report[k] for k in keypoints.KEYPOINT_NAMES})
+                                      {k: report[k] for k in ev.keypoint_set.names})
 
     if submission_inputs is not None:
         image_ids, test_images, lookup = submission_inputs
-        test_pred = np.clip(predict_px(graphdef, params, test_images, _TTA.value),
-                            0.0, keypoints.IMAGE_SIZE)
-        row_of = {int(i): r for r, i in enumerate(image_ids)}
-        col_of = {c: j for j, c in enumerate(keypoints.COLUMNS)}
-        rows = [row_of[int(i)] for i in lookup["ImageId"]]
-        cols = [col_of[f] for f in lookup["FeatureName"]]
-        locations = test_pred[rows, cols]
-        text = "RowId,Location\n" + "".join(
-            f"{int(r)},{v:.4f}\n" for r, v in zip(lookup["RowId"], locations))
-        experiment.atomic_write_text(out / "submission.csv", text)
+        text = data.submission_csv(lookup, image_ids, predict(test_images, tta=_TTA.value))
+        files.write_text(out / "submission.csv", text)
         print(f"wrote {out / 'submission.csv'} ({len(lookup)} rows)")
 
-    for path, (arr, frame, gray) in zip(_IMAGES.value, user_images):
-        kp96 = predict_px(graphdef, params, arr[None], _TTA.value)[0]
-        kp = frame.to_original(kp96)
-        stem = Path(path).stem
+    if user_images:
+        kp96 = predict(np.stack([arr for arr, _, _ in user_images]), tta=_TTA.value)
+    for path, name, (_, frame, gray), k in zip(_IMAGES.value, files.mirrored_names(_IMAGES.value),
+                                               user_images, kp96 if user_images else []):
+        kp = frame.to_original(k)
+        stem = out / "images" / name
         result = {"file": str(path), "width": frame.width, "height": frame.height,
                   "units": "pixels of the original image, origin at its top-left corner",
                   "keypoints": {name: [round(float(kp[2 * i]), 2), round(float(kp[2 * i + 1]), 2)]
-                                for i, name in enumerate(keypoints.KEYPOINT_NAMES)}}
-        experiment.atomic_write_text(out / "images" / f"{stem}.json", json.dumps(result, indent=2) + "\n")
-        plotting.plot_overlay(out / "images" / f"{stem}_keypoints.png", np.asarray(gray), kp)
-        print(f"wrote {out / 'images' / stem}.json and _keypoints.png")
+                                for i, name in enumerate(ev.keypoint_set.names)}}
+        files.write_json(stem.with_name(stem.name + ".json"), result)
+        plotting.plot_overlay(stem.with_name(stem.name + "_keypoints.png"), np.asarray(gray), kp)
+        print(f"wrote {stem}.json and {stem}_keypoints.png")
 
-    experiment.atomic_write_text(out / "metrics.json", json.dumps(report, indent=2) + "\n")
+    files.write_json(out / "metrics.json", report)
     print(f"wrote {out}/metrics.json and figures")
 
 
-def _print_table(report: dict) -> None:
-    from fkd_jax import keypoints
-
+def _print_table(report: dict, keypoint_set) -> None:
     print(f"RMSE on {report['n_images']} images ({report['data']}; {report['checkpoint']} "
           f"checkpoint, epoch {report['checkpoint_epoch']}{', TTA' if report['tta'] else ''})")
     print(f"  {'overall':28s} {report['rmse_px']:7.3f} px")
-    for group in keypoints.GROUPS:
+    for group in keypoint_set.groups:
         print(f"  {'group/' + group:28s} {report['group/' + group]:7.3f} px")
-    for name in keypoints.KEYPOINT_NAMES:
+    for name in keypoint_set.names:
         print(f"  {name:28s} {report[name]:7.3f} px")
 
 

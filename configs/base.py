@@ -18,6 +18,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.test_path = config_dict.placeholder(str)  # Kaggle test.csv/.zip, for submissions
     c.data.lookup_path = config_dict.placeholder(str)  # Kaggle IdLookupTable.csv
     c.data.groups_path = config_dict.placeholder(str)  # one group id per row: grouped split
+    # Which keypoints: "kaggle15" (Kaggle's 15, from train_path's own columns) or "ibug68"
+    # (the 68 iBUG/300W landmarks, read from keypoints_path, row for row with train_path).
+    c.data.keypoints = "kaggle15"
+    c.data.keypoints_path = config_dict.placeholder(str)
     c.data.label_policy = "mask"  # "mask": all rows, masked loss; "drop": complete rows only
     c.data.val_fraction = 0.2
     # Experiments: impose the missing labels of this Kaggle-format file's rows (e.g. Kaggle's
@@ -29,8 +33,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.synthetic_kaggle_missing = True  # impose Kaggle's missing-label pattern
 
     c.model = ml_collections.ConfigDict()
-    c.model.name = "simple_cnn"
-    c.model.dropout = 0.0
+    c.model.name = "simple_cnn"  # see fkd_jax/models.py: simple_cnn, nouri, resnet, heatmap, ...
+    # Sizes; None = the model's own default. A size a model does not have is an error.
+    c.model.widths = config_dict.placeholder(tuple)  # channels per stage, e.g. "(16,32,64,128)"
+    c.model.hidden = config_dict.placeholder(tuple)  # dense widths, e.g. "(500,500)"
+    c.model.blocks = config_dict.placeholder(int)  # residual blocks per stage
+    c.model.heatmap_size = config_dict.placeholder(int)  # heatmap side in cells (heatmap models)
+    c.model.dropout = 0.0  # before dense layers; heatmap models have none and refuse it
     c.model.conv_impl = "auto"  # "xla", "im2col" or "auto" (im2col on CPU, xla elsewhere)
     c.model.compute_dtype = "float32"  # "bfloat16" for GPU/TPU
 
@@ -39,11 +48,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.batch_size = 64
     c.train.learning_rate = 1e-3
     c.train.schedule = "constant"  # "constant", "cosine" (warm-up + cosine) or "onecycle"
-    c.train.warmup_epochs = 0
+    c.train.warmup_epochs = 0  # linear warm-up; onecycle: its rising part (0 -> optax's 30%)
     c.train.weight_decay = 0.0  # > 0 switches Adam to AdamW
     c.train.grad_clip = 0.0  # global-norm clipping; 0 disables
     c.train.early_stop_patience = 0  # epochs without val improvement; 0 disables
-    c.train.eval_every = 1  # epochs
 
     c.augment = ml_collections.ConfigDict()
     c.augment.flip = False

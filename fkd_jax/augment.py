@@ -33,8 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.ndimage import map_coordinates
 
-from fkd_jax.errors import UserError
-from fkd_jax.keypoints import IMAGE_SIZE, as_points, flip_keypoints_px
+from fkd_jax.keypoints import FLIP_PERMUTATION, IMAGE_SIZE, as_points, flip_keypoints_px
 
 CENTRE = IMAGE_SIZE / 2.0  # rotations and scaling are about the image centre (48, 48)
 BLUR_TAPS = 7  # fixed 1-D kernel size (radius 3 >= 2 sigma at the largest sigma): static shapes
@@ -69,69 +68,38 @@ class AugmentSettings:
                 or self.blur_prob > 0)
 
 
-# Allowed range (low, high, high inclusive?) of each numeric option.
-_RANGES = {
-    "rotate_deg": (0.0, 180.0, True),
-    "scale": (0.0, 1.0, False),
-    "shift_px": (0.0, float(IMAGE_SIZE), True),
-    "brightness": (0.0, 1.0, True),
-    "contrast": (0.0, 1.0, False),
-    "gamma": (0.0, math.inf, False),
-    "noise_std": (0.0, 1.0, True),
-    "blur_prob": (0.0, 1.0, True),
-}
+# fold_in tag of each augmentation's random stream. Every augmentation draws from its own
+# stream, so adding (or switching on) one leaves the draws of all the others unchanged.
+STREAMS: dict[str, int] = {"flip": 1, "affine": 2, "blur": 3, "photometric": 4, "noise": 5}
+
+
+def stream_key(key: jax.Array, name: str) -> jax.Array:
+    """The key of augmentation `name` for an example whose key is `key`."""
+    return jax.random.fold_in(key, STREAMS[name])
 
 
 def read_settings(cfg) -> AugmentSettings:
-    """Validate `config.augment` (ConfigDict, mapping or attribute object; None = all off).
+    """`config.augment` (ConfigDict or mapping; None = all off) as AugmentSettings.
 
-    Missing fields are off; unknown keys and out-of-range values raise UserError naming the
-    option, e.g. `augment.scale must be in [0, 1), got 1.5`.
+    Values were checked against fkd_jax/config_schema.py before training starts; here they are
+    only converted (missing fields are off).
     """
     if cfg is None:
         return AugmentSettings()
     if isinstance(cfg, AugmentSettings):
         return cfg
-    names = [f.name for f in fields(AugmentSettings)]
-    if hasattr(cfg, "keys"):
-        unknown = sorted(set(cfg.keys()) - set(names))
-        if unknown:
-            raise UserError(f"augment.{unknown[0]}: unknown option; expected one of "
-                            f"{', '.join(names)}")
-        get = lambda n: cfg[n] if n in cfg else None  # noqa: E731
-    else:
-        get = lambda n: getattr(cfg, n, None)  # noqa: E731
-    values = {}
-    for name in names:
-        value = get(name)
-        if value is None:
-            continue
-        if name == "flip":
-            if not isinstance(value, (bool, int, np.bool_, np.integer)) or value not in (0, 1):
-                raise UserError(f"augment.flip must be true or false, got {value!r}")
-            values[name] = bool(value)
-            continue
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise UserError(f"augment.{name} must be a number, got {value!r}") from None
-        low, high, closed = _RANGES[name]
-        if not (low <= number and (number <= high if closed else number < high)):
-            bracket = "]" if closed else ")"
-            raise UserError(f"augment.{name} must be in [{low:g}, {high:g}{bracket}, "
-                            f"got {value!r}")
-        values[name] = number
-    return AugmentSettings(**values)
+    values = {f.name: cfg[f.name] for f in fields(AugmentSettings) if cfg.get(f.name) is not None}
+    return AugmentSettings(**{k: bool(v) if k == "flip" else float(v) for k, v in values.items()})
 
 
 # ----------------------------------------------------------------------------- geometry
 # Per example: image (H, W, C) float, keypoints_px (30,) pixels, mask (30,) bool.
 
 
-def hflip(image: jax.Array, keypoints_px: jax.Array, mask: jax.Array
-          ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Mirror the image along its width; keypoints x -> 96 - x with left/right swapped."""
-    kp, m = flip_keypoints_px(keypoints_px, mask, width=image.shape[1])
+def hflip(image: jax.Array, keypoints_px: jax.Array, mask: jax.Array,
+          flip_permutation: np.ndarray = FLIP_PERMUTATION) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Mirror the image along its width; keypoints x -> W - x with left/right swapped."""
+    kp, m = flip_keypoints_px(keypoints_px, mask, image.shape[1], flip_permutation)
     return image[:, ::-1, :], kp, m
 
 
@@ -180,11 +148,11 @@ def warp_image(image: jax.Array, matrix: jax.Array) -> jax.Array:
 
 def transform_keypoints(keypoints_px: jax.Array, mask: jax.Array, matrix: jax.Array,
                         size: int = IMAGE_SIZE) -> tuple[jax.Array, jax.Array]:
-    """Move keypoints (30,) by `matrix`; a keypoint that leaves the image, x or y outside
+    """Move keypoints (2K,) by `matrix`; a keypoint that leaves the image, x or y outside
     [0, size), loses its mask (both coordinates); a False mask stays False."""
-    pts = as_points(keypoints_px)  # (15, 2)
+    pts = as_points(keypoints_px)  # (K, 2)
     moved = pts @ matrix[:2, :2].T + matrix[:2, 2]
-    inside = jnp.all((moved >= 0) & (moved < size), axis=-1)  # (15,)
+    inside = jnp.all((moved >= 0) & (moved < size), axis=-1)  # (K,)
     return moved.reshape(keypoints_px.shape), mask & jnp.repeat(inside, 2)
 
 
@@ -266,17 +234,20 @@ def gaussian_blur(image: jax.Array, sigma, taps: int = BLUR_TAPS) -> jax.Array:
 
 
 def augment_example(key: jax.Array, image: jax.Array, keypoints_px: jax.Array, mask: jax.Array,
-                    cfg) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """One example: image (96, 96, C) in [0, 1], keypoints_px (30,), mask (30,) bool.
+                    cfg, flip_permutation: np.ndarray = FLIP_PERMUTATION
+                    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One example: image (S, S, C) in [0, 1], keypoints_px (2K,), mask (2K,) bool.
 
-    Draws the random parameters from `key` (one sub-key per augmentation) and applies the
-    enabled augmentations; the keypoint values under mask False are meaningless afterwards.
+    Draws each augmentation's parameters from its own stream of `key` (`stream_key`) and
+    applies the enabled augmentations; the keypoint values under mask False are meaningless
+    afterwards. `flip_permutation` names mirror partners (the data's `KeypointSet`).
     """
     s = read_settings(cfg)
     h, w = image.shape[:2]
     if h != w:
         raise ValueError(f"augment expects square images, got {h}x{w}")
-    k_flip, k_affine, k_blur, k_photo, k_noise = jax.random.split(key, 5)
+    k_flip, k_affine, k_blur, k_photo, k_noise = (
+        stream_key(key, name) for name in ("flip", "affine", "blur", "photometric", "noise"))
     out, kp, m = image, keypoints_px, mask
 
     # Order matters for speed on XLA: it fuses producers into the warp's gathers (an
@@ -296,7 +267,7 @@ def augment_example(key: jax.Array, image: jax.Array, keypoints_px: jax.Array, m
     if s.flip:
         do_flip = jax.random.bernoulli(k_flip)
         if not s.affine:  # a pure flip is an exact copy: no resampling needed
-            flipped = hflip(out, kp, m)
+            flipped = hflip(out, kp, m, flip_permutation)
             out, kp, m = (jnp.where(do_flip, f, o) for f, o in zip(flipped, (out, kp, m)))
     if s.affine:
         k_rot, k_scale, k_shift = jax.random.split(k_affine, 3)
@@ -309,7 +280,7 @@ def augment_example(key: jax.Array, image: jax.Array, keypoints_px: jax.Array, m
         # (with its left/right relabelling) first, then the same rotation/scale/shift.
         out = warp_image(out, affine_matrix(angle, scale, shift, mirror, centre=w / 2))
         if s.flip:
-            fkp, fm = flip_keypoints_px(kp, m, width=w)
+            fkp, fm = flip_keypoints_px(kp, m, w, flip_permutation)
             kp, m = jnp.where(do_flip, fkp, kp), jnp.where(do_flip, fm, m)
         kp, m = transform_keypoints(kp, m, affine_matrix(angle, scale, shift, centre=w / 2),
                                     size=w)
@@ -327,9 +298,10 @@ def augment_example(key: jax.Array, image: jax.Array, keypoints_px: jax.Array, m
 
 
 def augment_batch(key: jax.Array, images: jax.Array, keypoints_px: jax.Array, mask: jax.Array,
-                  cfg) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Augment a batch on the device: images float (B, 96, 96, C) NHWC in [0, 1];
-    keypoints_px float32 (B, 30) pixels (Kaggle order); mask bool (B, 30). Same shapes out.
+                  cfg, flip_permutation: np.ndarray = FLIP_PERMUTATION
+                  ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Augment a batch on the device: images float (B, S, S, C) NHWC in [0, 1];
+    keypoints_px float32 (B, 2K) pixels; mask bool (B, 2K). Same shapes out.
 
     Each example gets its own key (`jax.random.split(key, B)`), so results are deterministic
     in `key`. `cfg` (config.augment) is read at trace time; with every option off the inputs
@@ -339,5 +311,5 @@ def augment_batch(key: jax.Array, images: jax.Array, keypoints_px: jax.Array, ma
     if not s.any:
         return images, keypoints_px, mask
     keys = jax.random.split(key, images.shape[0])
-    return jax.vmap(lambda k, i, p, m: augment_example(k, i, p, m, s))(
+    return jax.vmap(lambda k, i, p, m: augment_example(k, i, p, m, s, flip_permutation))(
         keys, images, keypoints_px, mask)

@@ -1,8 +1,8 @@
-"""Command-line plumbing shared by train.py and eval.py: flags, config checks, run directory.
+"""Command-line plumbing shared by the scripts: flags and the output directory.
 
 Config files are python files with `get_config()` (ml_collections); any key can be overridden
-as `--config.train.epochs=5`. Mistakes (unknown key, wrong type, impossible value) become a
-`UserError`: one line, exit status 2.
+as `--config.train.epochs=5`. Mistakes in flags become a `UserError` (one line, exit status 2);
+config values are checked by fkd_jax/config_schema.py.
 """
 
 from __future__ import annotations
@@ -13,13 +13,8 @@ from pathlib import Path
 
 from absl import flags
 from absl import logging as absl_logging
-from ml_collections import config_flags
 
-from fkd_jax import models
 from fkd_jax.errors import UserError
-
-LABEL_POLICIES = ("mask", "drop")
-
 
 def parse_flags(argv: list[str], flag_values: flags.FlagValues) -> None:
     """Parse `argv` into `flag_values`, turning every flag/config mistake into a UserError.
@@ -49,35 +44,6 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues) -> None:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
-
-
-def check_config(config) -> None:
-    """Reject impossible values early, naming the option."""
-    t, d = config.train, config.data
-    checks = [
-        (t.epochs >= 1, "--config.train.epochs", t.epochs, "must be >= 1"),
-        (t.batch_size >= 1, "--config.train.batch_size", t.batch_size, "must be >= 1"),
-        (t.learning_rate > 0, "--config.train.learning_rate", t.learning_rate, "must be > 0"),
-        (0.0 < d.val_fraction < 1.0, "--config.data.val_fraction", d.val_fraction,
-         "must be between 0 and 1 (exclusive)"),
-        (d.label_policy in LABEL_POLICIES, "--config.data.label_policy", d.label_policy,
-         f"must be one of {', '.join(LABEL_POLICIES)}"),
-        (t.weight_decay >= 0, "--config.train.weight_decay", t.weight_decay, "must be >= 0"),
-        (t.grad_clip >= 0, "--config.train.grad_clip", t.grad_clip, "must be >= 0"),
-        (t.warmup_epochs >= 0, "--config.train.warmup_epochs", t.warmup_epochs, "must be >= 0"),
-        (0.0 <= config.model.dropout < 1.0, "--config.model.dropout", config.model.dropout,
-         "must be in [0, 1)"),
-        (d.synthetic_n >= 2, "--config.data.synthetic_n", d.synthetic_n, "must be >= 2"),
-        (config.model.compute_dtype in models.COMPUTE_DTYPES, "--config.model.compute_dtype",
-         config.model.compute_dtype, f"must be one of {', '.join(models.COMPUTE_DTYPES)}"),
-        (config.model.conv_impl in models.CONV_IMPLS, "--config.model.conv_impl",
-         config.model.conv_impl, f"must be one of {', '.join(models.CONV_IMPLS)}"),
-        (config.model.name in models.MODELS, "--config.model.name", config.model.name,
-         f"must be one of {', '.join(sorted(models.MODELS))}"),
-    ]
-    for ok, option, value, why in checks:
-        if not ok:
-            raise UserError(f"{option}={value!r} {why}")
 
 
 def default_workdir(config_path: str) -> Path:

@@ -25,9 +25,7 @@ import csv
 import dataclasses
 import io
 import json
-import os
 import re
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path
@@ -35,8 +33,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fkd_jax import files
 from fkd_jax.errors import DataError, UserError
-from fkd_jax.keypoints import COLUMNS, IMAGE_SIZE, NUM_COORDS
+from fkd_jax.keypoints import COLUMNS, IMAGE_SIZE, KAGGLE15, KeypointSet
 
 IMAGE_COLUMN = "Image"
 NUM_PIXELS = IMAGE_SIZE * IMAGE_SIZE  # 9216 values per Image
@@ -55,19 +54,29 @@ _TO_D = bytes.maketrans(_DIGITS, b"d" * 10)
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class KeypointData:
-    """Training images with their keypoints; all arrays share the leading axis N."""
+    """Images with their keypoints; all arrays share the leading axis N.
 
-    images: np.ndarray  # float32 (N, 96, 96, 1), NHWC, pixel / 255 in [0, 1]
-    keypoints: np.ndarray  # float32 (N, 30) pixels, Kaggle column order; 0.0 where missing
-    mask: np.ndarray  # bool (N, 30): True where the coordinate is labelled
+    What the keypoints are (K names, flip partners, groups) travels with them as
+    `keypoint_set`, and the image size is the images' own, so models, augmentation and
+    metrics take both from the data rather than from constants.
+    """
+
+    images: np.ndarray  # float32 (N, S, S, 1), NHWC, pixel / 255 in [0, 1]; S = 96 for Kaggle
+    keypoints: np.ndarray  # float32 (N, 2K) pixels, (x, y) interleaved; 0.0 where missing
+    mask: np.ndarray  # bool (N, 2K): True where the coordinate is labelled
     row_ids: np.ndarray  # int64 (N,): 0-based data row in the source CSV (row_id + 2 = row)
+    keypoint_set: KeypointSet = KAGGLE15
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[1])
 
     def __post_init__(self):
-        n = len(self.row_ids)
+        n, s, k2 = len(self.row_ids), self.images.shape[1], 2 * self.keypoint_set.num_keypoints
         shapes = {
-            "images": (self.images.shape, (n, IMAGE_SIZE, IMAGE_SIZE, 1)),
-            "keypoints": (self.keypoints.shape, (n, NUM_COORDS)),
-            "mask": (self.mask.shape, (n, NUM_COORDS)),
+            "images": (self.images.shape, (n, s, s, 1)),
+            "keypoints": (self.keypoints.shape, (n, k2)),
+            "mask": (self.mask.shape, (n, k2)),
         }
         for name, (got, want) in shapes.items():
             if got != want:
@@ -75,9 +84,8 @@ class KeypointData:
 
     def subset(self, idx) -> "KeypointData":
         """The rows `idx` (indices or a boolean mask into this data), in that order."""
-        return KeypointData(
-            self.images[idx], self.keypoints[idx], self.mask[idx], self.row_ids[idx]
-        )
+        return dataclasses.replace(self, images=self.images[idx], keypoints=self.keypoints[idx],
+                                   mask=self.mask[idx], row_ids=self.row_ids[idx])
 
     def __len__(self) -> int:
         return len(self.row_ids)
@@ -87,13 +95,33 @@ class KeypointData:
 # Public loaders
 
 
-def load_training(path) -> KeypointData:
-    """Kaggle training.csv (or a .zip holding it): 30 keypoint columns + Image, validated."""
+def load_training(path, keypoint_set: KeypointSet = KAGGLE15,
+                  keypoints_path=None) -> KeypointData:
+    """Kaggle training.csv (or a .zip holding it): 30 keypoint columns + Image, validated.
+
+    With `keypoints_path`, the keypoints come from that CSV instead (header: the set's columns,
+    e.g. `p0_x, p0_y, ..., p67_y` for iBUG's 68), row for row with the training file, in the
+    same image pixels; a coordinate outside the image counts as not labelled (as when
+    augmentation moves a keypoint out of the frame).
+    """
     table, source = _read_table(path, "training.csv", TRAINING_COLUMNS)
-    keypoints, mask = _parse_keypoints(table, source)
     images = _parse_images(table[IMAGE_COLUMN], source)
     row_ids = np.arange(len(table), dtype=np.int64)
-    return KeypointData(images, keypoints, mask, row_ids)
+    if keypoints_path is None:
+        if keypoint_set != KAGGLE15:
+            raise UserError(f"{source}: holds Kaggle's 15 keypoints; the {keypoint_set.name} "
+                            "set needs a keypoints file (--config.data.keypoints_path)")
+        keypoints, mask = _parse_keypoints(table, source)
+        return KeypointData(images, keypoints, mask, row_ids)
+    del table
+    kp_table, kp_source = _read_table(keypoints_path, Path(keypoints_path).name,
+                                      keypoint_set.columns)
+    if len(kp_table) != len(images):
+        raise DataError(kp_source, f"has {len(kp_table)} rows but {source} has {len(images)} "
+                        "(expected the keypoints of every training row, in order)")
+    keypoints, mask = _parse_keypoints(kp_table, kp_source, keypoint_set.columns,
+                                       outside_is_missing=True)
+    return KeypointData(images, keypoints, mask, row_ids, keypoint_set)
 
 
 def load_test(path) -> tuple[np.ndarray, np.ndarray]:
@@ -150,6 +178,19 @@ def check_lookup_against_test(lookup_df: pd.DataFrame, image_ids, lookup_path) -
         )
 
 
+def submission_csv(lookup_df: pd.DataFrame, image_ids, predictions_px: np.ndarray) -> str:
+    """Kaggle's submission (`RowId,Location`) for the lookup table's rows, from predictions
+    (N, 30) in pixels for the test images `image_ids` (N,), clipped to the image [0, 96]."""
+    predictions_px = np.clip(predictions_px, 0.0, IMAGE_SIZE)
+    row_of = {int(i): r for r, i in enumerate(image_ids)}
+    col_of = {c: j for j, c in enumerate(COLUMNS)}
+    rows = [row_of[int(i)] for i in lookup_df["ImageId"]]
+    cols = [col_of[f] for f in lookup_df["FeatureName"]]
+    locations = predictions_px[rows, cols]
+    return "RowId,Location\n" + "".join(
+        f"{int(r)},{v:.4f}\n" for r, v in zip(lookup_df["RowId"], locations))
+
+
 def load_groups(path, n_rows: int) -> np.ndarray:
     """Group ids (int64 (n_rows,)), one integer per line, e.g. person_ids.txt.
 
@@ -188,8 +229,8 @@ def impose_missing(data: KeypointData, pattern: np.ndarray, seed: int) -> Keypoi
     replacement); labels it already lacked stay missing."""
     draw = np.random.default_rng(seed).integers(0, len(pattern), size=len(data))
     mask = data.mask & pattern[draw]
-    return KeypointData(data.images, np.where(mask, data.keypoints, 0.0).astype(np.float32),
-                        mask, data.row_ids)
+    return dataclasses.replace(data, mask=mask,
+                               keypoints=np.where(mask, data.keypoints, 0.0).astype(np.float32))
 
 
 def apply_label_policy(data: KeypointData, policy: str) -> KeypointData:
@@ -201,7 +242,7 @@ def apply_label_policy(data: KeypointData, policy: str) -> KeypointData:
         if not complete.any():
             raise UserError(
                 f"label_policy 'drop' keeps no rows: none of the {len(data)} rows has all "
-                f"{NUM_COORDS} coordinates (use label_policy 'mask')"
+                f"{data.keypoints.shape[1]} coordinates (use label_policy 'mask')"
             )
         return data.subset(np.flatnonzero(complete))
     raise UserError(f"unknown label_policy {policy!r}; expected one of {', '.join(LABEL_POLICIES)}")
@@ -249,17 +290,7 @@ def save_split(path, train_row_ids, val_row_ids) -> None:
         "train_row_ids": [int(r) for r in np.asarray(train_row_ids).ravel()],
         "val_row_ids": [int(r) for r in np.asarray(val_row_ids).ravel()],
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    files.write_text(path, json.dumps(payload))
 
 
 def load_split(path) -> tuple[np.ndarray, np.ndarray]:
@@ -460,14 +491,22 @@ def _names(names, most: int = 5) -> str:
 # Parsing cells
 
 
-def _parse_keypoints(table: pd.DataFrame, source: str) -> tuple[np.ndarray, np.ndarray]:
-    """(keypoints float32 (N, 30) pixels with 0.0 where missing, mask bool (N, 30))."""
-    text = table[list(COLUMNS)]
+def _parse_keypoints(table: pd.DataFrame, source: str, columns: tuple[str, ...] = COLUMNS,
+                     outside_is_missing: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(keypoints float32 (N, 2K) pixels with 0.0 where missing, mask bool (N, 2K)).
+
+    A value outside the image [0, 96] is an error, or with `outside_is_missing` makes its
+    keypoint (both coordinates) unlabelled.
+    """
+    text = table[list(columns)]
     stripped = text.apply(lambda c: c.str.strip())
     missing = stripped.apply(lambda c: c.str.lower().isin(_MISSING_TEXT)).to_numpy()
     values = stripped.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
     not_number = ~missing & np.isnan(values)
     outside = ~missing & ~not_number & ~((values >= 0) & (values <= IMAGE_SIZE))
+    if outside_is_missing:
+        missing |= np.repeat(outside.reshape(len(values), -1, 2).any(-1), 2, axis=1)
+        outside = np.zeros_like(outside)
     bad = not_number | outside
     if bad.any():
         i, j = np.argwhere(bad)[0]
@@ -477,7 +516,7 @@ def _parse_keypoints(table: pd.DataFrame, source: str) -> tuple[np.ndarray, np.n
             if not_number[i, j]
             else f"keypoint {cell.strip()} lies outside the image [0, {IMAGE_SIZE}] pixels"
         )
-        raise DataError(source, what, row=int(i) + _FIRST_DATA_ROW, column=COLUMNS[j])
+        raise DataError(source, what, row=int(i) + _FIRST_DATA_ROW, column=columns[j])
     keypoints = np.where(missing, 0.0, values).astype(np.float32)
     return keypoints, ~missing
 

@@ -27,6 +27,15 @@ class UserError(Exception):
     """Something the user can fix (bad input file, bad option)."""
 
 
+class RunStopped(UserError):
+    """A run that stops on purpose: the message says why and what was kept; own exit status
+    (3 for a non-finite loss, 130 for Ctrl-C) and prefix ("error", "interrupted")."""
+
+    def __init__(self, message: str, exit_code: int, prefix: str = "error"):
+        super().__init__(message)
+        self.exit_code, self.prefix = exit_code, prefix
+
+
 class DataError(UserError):
     """A problem in a data file, located by path and (1-based, spreadsheet-style) row."""
 
@@ -40,15 +49,15 @@ class DataError(UserError):
         self.path, self.row, self.column = str(path), row, column
 
 
-def _print_error(message: str) -> None:
+def _print_error(message: str, prefix: str = "error") -> None:
     one_line = " ".join(str(message).split())
-    print(f"error: {one_line}", file=sys.stderr, flush=True)
+    print(f"{prefix}: {one_line}", file=sys.stderr, flush=True)
 
 
-def fail(message: str) -> None:
-    """Print `error: message` as one line on stderr and exit with status 2."""
-    _print_error(message)
-    raise SystemExit(EXIT_USER_ERROR)
+def fail(message: str, exit_code: int = EXIT_USER_ERROR, prefix: str = "error") -> None:
+    """Print `prefix: message` as one line on stderr and exit with `exit_code` (2)."""
+    _print_error(message, prefix)
+    raise SystemExit(exit_code)
 
 
 def exit_on_user_error(main: F) -> F:
@@ -66,7 +75,7 @@ def exit_on_user_error(main: F) -> F:
                 _print_error(str(e))
                 sys.stdout.flush()
                 os._exit(EXIT_USER_ERROR)
-            fail(str(e))
+            fail(str(e), getattr(e, "exit_code", EXIT_USER_ERROR), getattr(e, "prefix", "error"))
         except OSError as e:
             if e.errno not in ENVIRONMENT_ERRNOS:
                 raise

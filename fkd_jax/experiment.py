@@ -7,83 +7,123 @@ Work directory layout (`--workdir DIR`):
   checkpoints/     orbax checkpoints (see fkd_jax.checkpoints)
   synthetic/       the embedded procedural faces, when no --config.data.train_path is given
   eval/            eval.py's numbers and figures
+
+Reading and writing are separate steps: `read_run_data` only reads (a new synthetic set is
+generated into a temporary folder), so a run can check everything about its data before
+`save_run_data` writes the synthetic set and split.json into the work directory.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import shutil
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from fkd_jax import data as kdata
-from fkd_jax import synthetic
+from fkd_jax import files, keypoints, synthetic
+from fkd_jax.errors import UserError
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+@dataclass
+class RunData:
+    """(train, validation) of a run, and what `save_run_data` still has to write."""
+
+    train: kdata.KeypointData
+    val: kdata.KeypointData
+    source: Path  # the training file the rows come from
+    new_synthetic: Path | None = None  # a freshly generated synthetic folder to move in
+    new_split: tuple[np.ndarray, np.ndarray] | None = None  # row ids, when split.json is new
 
 
-def training_file(config, workdir: Path) -> Path:
-    """The Kaggle-format training file of the run: the configured one, or the embedded default.
-
-    The default is generated once into DIR/synthetic/ (deterministic from
-    `config.data.synthetic_seed`), so it flows through the same loader and label policy as
-    real data.
-    """
-    if config.data.train_path:
-        return Path(config.data.train_path)
+def synthetic_dir(config, workdir: Path) -> Path:
+    """Where the run keeps its embedded procedural faces (a name that says how they were made)."""
     d = config.data
     name = f"n{d.synthetic_n}-seed{d.synthetic_seed}"
-    out = workdir / "synthetic" / (name + ("-kaggle-missing" if d.synthetic_kaggle_missing else ""))
-    path = out / "training.csv"
-    if not path.exists():
-        synthetic.write_kaggle_files(out, d.synthetic_n, d.synthetic_seed,
-                                     kaggle_missing=d.synthetic_kaggle_missing)
-    return path
+    return workdir / "synthetic" / (name + ("-kaggle-missing" if d.synthetic_kaggle_missing else ""))
 
 
-def load_run_data(config, workdir: Path) -> tuple[kdata.KeypointData, kdata.KeypointData]:
-    """(train, validation) for the run: the split fixed, the label policy applied to training.
+def read_run_data(config, workdir: Path) -> RunData:
+    """The run's (train, validation) rows, the split fixed and the label policy applied to
+    training; writes nothing into `workdir`.
 
     The first run of a work directory splits every row of the file (by group when
-    `config.data.groups_path` is set) with `config.seed` and stores the row ids in split.json;
-    later runs (resume, eval) reuse them. Only the training rows then get the label policy
-    (and, for experiments, `config.data.missing_pattern_path`'s missing labels): validation
-    keeps every row and is scored on its labelled coordinates, so runs with either policy are
-    compared on the same faces.
+    `config.data.groups_path` is set) with `config.seed`; later runs (resume, eval) reuse
+    split.json. Only the training rows then get the label policy (and, for experiments,
+    `config.data.missing_pattern_path`'s missing labels): validation keeps every row and is
+    scored on its labelled coordinates, so runs with either policy are compared on the same
+    faces. A file in which no training row keeps a labelled keypoint is refused.
     """
-    path = training_file(config, workdir)
-    full = kdata.load_training(path)
-    split_path = workdir / "split.json"
-    if split_path.exists():
-        train_ids, val_ids = kdata.load_split(split_path)
-        train_idx = kdata.indices_for_rows(full, train_ids, split_path)
-        val_idx = kdata.indices_for_rows(full, val_ids, split_path)
+    d = config.data
+    new_synthetic = None
+    if d.train_path:
+        path = Path(d.train_path)
     else:
-        groups = (kdata.load_groups(config.data.groups_path, len(full))
-                  if config.data.groups_path else None)
-        train_idx, val_idx = kdata.split_indices(len(full), config.data.val_fraction,
-                                                 config.seed, groups=groups)
-        kdata.save_split(split_path, full.row_ids[train_idx], full.row_ids[val_idx])
-    train = full.subset(train_idx)
-    if config.data.get("missing_pattern_path"):
-        pattern = kdata.load_label_pattern(config.data.missing_pattern_path)
-        train = kdata.impose_missing(train, pattern, config.seed)
-    return kdata.apply_label_policy(train, config.data.label_policy), full.subset(val_idx)
+        path = synthetic_dir(config, workdir) / "training.csv"
+        if not path.exists():
+            new_synthetic = Path(tempfile.mkdtemp(prefix="fkd-synthetic-"))
+            synthetic.write_kaggle_files(new_synthetic, d.synthetic_n, d.synthetic_seed,
+                                         kaggle_missing=d.synthetic_kaggle_missing)
+            path = new_synthetic / "training.csv"
+    try:
+        full = kdata.load_training(path, keypoints.KEYPOINT_SETS[d.keypoints], d.keypoints_path)
+        split_path = workdir / "split.json"
+        new_split = None
+        if split_path.exists():
+            train_ids, val_ids = kdata.load_split(split_path)
+            train_idx = kdata.indices_for_rows(full, train_ids, split_path)
+            val_idx = kdata.indices_for_rows(full, val_ids, split_path)
+        else:
+            groups = kdata.load_groups(d.groups_path, len(full)) if d.groups_path else None
+            train_idx, val_idx = kdata.split_indices(len(full), d.val_fraction, config.seed,
+                                                     groups=groups)
+            new_split = (full.row_ids[train_idx], full.row_ids[val_idx])
+        train = full.subset(train_idx)
+        if d.missing_pattern_path:
+            train = kdata.impose_missing(train, kdata.load_label_pattern(d.missing_pattern_path),
+                                         config.seed)
+        train = kdata.apply_label_policy(train, d.label_policy)
+        _check_learnable(train, full.subset(val_idx), d.train_path or "the synthetic faces",
+                         d.label_policy)
+    except BaseException:
+        if new_synthetic is not None:
+            shutil.rmtree(new_synthetic, ignore_errors=True)
+        raise
+    return RunData(train, full.subset(val_idx), path, new_synthetic, new_split)
+
+
+def _check_learnable(train: kdata.KeypointData, val: kdata.KeypointData, source, policy: str):
+    if not train.mask.any():
+        raise UserError(f"{source}: no training row has a labelled keypoint (label policy "
+                        f"{policy!r}); there is nothing to learn")
+    if not val.mask.any():
+        raise UserError(f"{source}: no validation row has a labelled keypoint; the run could "
+                        "not be scored (use more rows or another --config.data.val_fraction)")
+
+
+def save_run_data(run_data: RunData, config, workdir: Path) -> RunData:
+    """Write what `read_run_data` found new (the synthetic set, split.json); returns the
+    RunData pointing at the files in `workdir`."""
+    if run_data.new_synthetic is not None:
+        target = synthetic_dir(config, workdir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        for f in sorted(run_data.new_synthetic.iterdir()):
+            files.write_bytes(target / f.name, f.read_bytes())
+        shutil.rmtree(run_data.new_synthetic, ignore_errors=True)
+        run_data.source, run_data.new_synthetic = target / "training.csv", None
+    if run_data.new_split is not None:
+        kdata.save_split(workdir / "split.json", *run_data.new_split)
+        run_data.new_split = None
+    return run_data
+
+
+def discard_run_data(run_data: RunData) -> None:
+    """Remove the temporary synthetic folder of a run that stopped before saving it."""
+    if run_data.new_synthetic is not None:
+        shutil.rmtree(run_data.new_synthetic, ignore_errors=True)
 
 
 def read_metrics(workdir: Path) -> list[dict]:
@@ -102,12 +142,8 @@ def read_metrics(workdir: Path) -> list[dict]:
 def truncate_metrics(workdir: Path, last_epoch: int) -> None:
     """Keep only the epochs a checkpoint covers (a resumed run rewrites the rest)."""
     records = [r for r in read_metrics(workdir) if r.get("epoch", 0) <= last_epoch]
-    atomic_write_text(Path(workdir) / "metrics.jsonl",
-                      "".join(json.dumps(r) + "\n" for r in records))
+    files.write_text(Path(workdir) / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
 
 
 def append_metrics(workdir: Path, record: dict) -> None:
-    with open(Path(workdir) / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    files.append_line(Path(workdir) / "metrics.jsonl", json.dumps(record))

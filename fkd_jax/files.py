@@ -71,3 +71,13 @@ def append_line(path: str | Path, line: str) -> None:
         f.write(line.rstrip("\n") + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def mirrored_names(inputs: list[str | Path]) -> list[Path]:
+    """One relative output name per input: its path below the inputs' common folder, full
+    file name kept, so `a/x.jpg`, `b/x.jpg` and `b/x.png` never share an output."""
+    resolved = [Path(p).resolve() for p in inputs]
+    if not resolved:
+        return []
+    common = Path(os.path.commonpath([p.parent for p in resolved]))
+    return [p.relative_to(common) for p in resolved]

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -67,37 +66,41 @@ def load_run(workdir: str | Path, which: str = "best") -> Run:
 
 
 class Predictor:
-    """Keypoints in pixels from crops, through one executable compiled for (batch, S, S, 1).
+    """Keypoints in pixels from crops, through one function compiled for (batch, S, S, 1).
 
     `fn(images)` maps a batch (batch_size, S, S, 1) to (batch_size, 2K) *normalised*
-    coordinates; a request of N images runs ceil(N / batch_size) calls, the last one padded.
+    coordinates; a request of N images runs ceil(N / batch_size) calls, the last one padded,
+    so every request reuses the executable compiled for the first.
     """
 
     def __init__(self, fn: Callable[[jax.Array], jax.Array], batch_size: int = EVAL_BATCH,
-                 image_size: int = keypoints.IMAGE_SIZE):
+                 image_size: int = keypoints.IMAGE_SIZE,
+                 flip_permutation: np.ndarray = keypoints.FLIP_PERMUTATION):
         self._fn, self.batch_size, self.image_size = fn, batch_size, image_size
+        self.flip_permutation = flip_permutation
 
     @classmethod
-    def from_params(cls, graphdef, params, batch_size: int = EVAL_BATCH,
-                    image_size: int = keypoints.IMAGE_SIZE) -> "Predictor":
-        """Compile the model once; the parameters are an argument, not baked-in constants."""
-        from fkd_jax import training
-
-        spec = jax.ShapeDtypeStruct((batch_size, image_size, image_size, 1), jnp.float32)
-        compiled = jax.jit(lambda p, x: training.apply_model(graphdef, p, x)).lower(
-            params, spec).compile()
-        return cls(lambda x: compiled(params, x), batch_size, image_size)
+    def from_params(cls, apply: Callable, params, batch_size: int = EVAL_BATCH,
+                    image_size: int = keypoints.IMAGE_SIZE,
+                    flip_permutation: np.ndarray = keypoints.FLIP_PERMUTATION) -> "Predictor":
+        """`apply` is a jitted `(params, images) -> normalised` (`model_apply`); the
+        parameters stay an argument, not baked-in constants, so a training loop reuses the
+        compiled function with each epoch's parameters."""
+        return cls(lambda x: apply(params, x), batch_size, image_size, flip_permutation)
 
     @classmethod
     def from_run(cls, run: Run, batch_size: int = EVAL_BATCH) -> "Predictor":
-        return cls.from_params(run.graphdef, run.params, batch_size)
+        keypoint_set = keypoints.KEYPOINT_SETS[run.config.data.keypoints]
+        return cls.from_params(model_apply(run.graphdef), run.params, batch_size,
+                               flip_permutation=keypoint_set.flip_permutation)
 
     def __call__(self, images: np.ndarray, tta: bool = False) -> np.ndarray:
         """(N, 2K) pixels; with `tta`, averaged with the (un-mirrored) mirror-image prediction."""
         pred = self._predict(images)
         if tta:
             mirrored = self._predict(np.asarray(images)[:, :, ::-1, :])
-            pred = 0.5 * (pred + keypoints.flip_keypoints_px(mirrored, width=self.image_size))
+            pred = 0.5 * (pred + keypoints.flip_keypoints_px(mirrored, None, self.image_size,
+                                                              self.flip_permutation))
         return pred
 
     def _predict(self, images: np.ndarray) -> np.ndarray:
@@ -113,5 +116,13 @@ class Predictor:
             padded[: len(chunk)] = chunk
             out.append(np.asarray(self._fn(padded))[: len(chunk)])
         if not out:
-            return np.zeros((0, 0), np.float32)
-        return np.asarray(keypoints.to_pixels(np.concatenate(out)), np.float32)
+            return np.zeros((0, len(self.flip_permutation)), np.float32)
+        return np.asarray(keypoints.to_pixels(np.concatenate(out), self.image_size), np.float32)
+
+
+def model_apply(graphdef) -> Callable:
+    """The jitted `(params, images (B, S, S, 1)) -> (B, 2K) normalised` of a model structure;
+    jit's cache compiles it once per batch shape."""
+    from fkd_jax import training
+
+    return jax.jit(lambda params, images: training.apply_model(graphdef, params, images))

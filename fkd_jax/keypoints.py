@@ -11,9 +11,16 @@ Pixel convention (used everywhere in fkd-jax):
 
 Arrays of keypoints have shape (..., 30) in Kaggle's column order (x, y interleaved) or
 (..., 15, 2) after `as_points`.
+
+Other keypoint sets (`KeypointSet`, chosen by `config.data.keypoints`): the module-level names
+below describe Kaggle's 15 (`KAGGLE15`), the default everywhere; `IBUG68` is the 68-landmark
+iBUG/300W set. Code that must work for any set takes a `KeypointSet` (names, flip permutation,
+groups) from the data instead of these constants.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -103,27 +110,96 @@ def to_pixels(keypoints_norm, size: int = IMAGE_SIZE):
     return (keypoints_norm + 1.0) * half
 
 
-def flip_keypoints_px(keypoints_px, mask=None, width: int = IMAGE_SIZE):
-    """Keypoints (..., 30) in pixels of a horizontally flipped image.
+def flip_keypoints_px(keypoints_px, mask=None, width: int = IMAGE_SIZE,
+                      flip_permutation: np.ndarray = FLIP_PERMUTATION):
+    """Keypoints (..., 2K) in pixels of a horizontally flipped image.
 
-    x -> width - x, y unchanged, and left/right names swap. The mask (..., 30), if given, is
-    permuted alongside and returned as a second value.
+    x -> width - x, y unchanged, and left/right names swap (`flip_permutation`, Kaggle's by
+    default; `KeypointSet.flip_permutation` for another set). The mask (..., 2K), if given,
+    is permuted alongside and returned as a second value.
     """
-    flipped = keypoints_px[..., FLIP_PERMUTATION]
-    sign = np.where(np.arange(NUM_COORDS) % 2 == 0, -1.0, 1.0).astype(np.float32)
-    offset = np.where(np.arange(NUM_COORDS) % 2 == 0, float(width), 0.0).astype(np.float32)
+    flipped = keypoints_px[..., flip_permutation]
+    n = len(flip_permutation)
+    sign = np.where(np.arange(n) % 2 == 0, -1.0, 1.0).astype(np.float32)
+    offset = np.where(np.arange(n) % 2 == 0, float(width), 0.0).astype(np.float32)
     flipped = flipped * sign + offset
     if mask is None:
         return flipped
-    return flipped, mask[..., FLIP_PERMUTATION]
+    return flipped, mask[..., flip_permutation]
 
 
 def as_points(keypoints):
-    """(..., 30) interleaved -> (..., 15, 2) as (x, y) per keypoint."""
-    return keypoints.reshape(keypoints.shape[:-1] + (NUM_KEYPOINTS, 2))
+    """(..., 2K) interleaved -> (..., K, 2) as (x, y) per keypoint."""
+    return keypoints.reshape(keypoints.shape[:-1] + (keypoints.shape[-1] // 2, 2))
 
 
-def column_indices(names) -> np.ndarray:
-    """Indices into the 30 columns of both coordinates of the named keypoints."""
-    idx = [KEYPOINT_NAMES.index(n) for n in names]
+def column_indices(names, all_names: tuple[str, ...] = KEYPOINT_NAMES) -> np.ndarray:
+    """Indices into the 2K columns of both coordinates of the named keypoints."""
+    idx = [all_names.index(n) for n in names]
     return np.array([c for i in idx for c in (2 * i, 2 * i + 1)], dtype=np.int32)
+
+
+@dataclass(frozen=True)
+class KeypointSet:
+    """A set of K keypoints: names (CSV columns NAME_x, NAME_y), mirror partners, groups."""
+
+    name: str
+    names: tuple[str, ...]
+    mirror: tuple[int, ...]  # mirror[i]: the keypoint that lands in slot i after a flip
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def __post_init__(self):
+        m = np.asarray(self.mirror)
+        if sorted(self.mirror) != list(range(len(self.names))) or not np.array_equal(m[m],
+                                                                                     np.arange(len(m))):
+            raise ValueError(f"{self.name}: mirror must be an involutive permutation")
+
+    @property
+    def num_keypoints(self) -> int:
+        return len(self.names)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return tuple(f"{n}_{axis}" for n in self.names for axis in "xy")
+
+    @property
+    def flip_permutation(self) -> np.ndarray:
+        """The mirror permutation on the 2K interleaved columns."""
+        m = np.asarray(self.mirror, np.int32)
+        return np.stack([2 * m, 2 * m + 1], axis=-1).reshape(-1)
+
+
+KAGGLE15 = KeypointSet("kaggle15", KEYPOINT_NAMES, tuple(int(i) for i in KEYPOINT_FLIP_PERMUTATION),
+                       GROUPS)
+
+
+def _ibug68_mirror() -> tuple[int, ...]:
+    """The iBUG 68-point mirror pairs (0-based): jaw, brows, nose, eyes, outer and inner lips."""
+    pairs = [(i, 16 - i) for i in range(8)]  # jaw 0-16, 8 is the chin
+    pairs += [(17 + i, 26 - i) for i in range(5)]  # brows
+    pairs += [(31, 35), (32, 34)]  # nostrils; 27-30 and 33 lie on the midline
+    pairs += [(36, 45), (37, 44), (38, 43), (39, 42), (40, 47), (41, 46)]  # eyes
+    pairs += [(48, 54), (49, 53), (50, 52), (55, 59), (56, 58)]  # outer lips; 51, 57 midline
+    pairs += [(60, 64), (61, 63), (65, 67)]  # inner lips; 62, 66 midline
+    mirror = list(range(68))
+    for a, b in pairs:
+        mirror[a], mirror[b] = b, a
+    return tuple(mirror)
+
+
+_IBUG_NAMES = tuple(f"p{i}" for i in range(68))  # landmarks68.csv's header: p0_x, p0_y, ...
+IBUG68 = KeypointSet("ibug68", _IBUG_NAMES, _ibug68_mirror(), {
+    "jaw": _IBUG_NAMES[0:17], "eyebrows": _IBUG_NAMES[17:27], "nose": _IBUG_NAMES[27:36],
+    "eyes": _IBUG_NAMES[36:48], "mouth": _IBUG_NAMES[48:68]})
+
+KEYPOINT_SETS: dict[str, KeypointSet] = {s.name: s for s in (KAGGLE15, IBUG68)}
+
+
+def kaggle15_from_ibug68(points68):
+    """(..., 136) iBUG landmarks -> (..., 30) Kaggle keypoints, by the usual correspondence:
+    eye centres = mean of each eye's six points, corners 42/45 (left) 39/36 (right), brow ends
+    22/26 (left) 21/17 (right), nose tip 30, mouth corners 54 (left) / 48, lips 51 / 57."""
+    p = np.asarray(points68).reshape(np.shape(points68)[:-1] + (68, 2))
+    rows = [p[..., 42:48, :].mean(-2), p[..., 36:42, :].mean(-2)]
+    rows += [p[..., i, :] for i in (42, 45, 39, 36, 22, 26, 21, 17, 30, 54, 48, 51, 57)]
+    return np.stack(rows, axis=-2).reshape(np.shape(points68)[:-1] + (NUM_COORDS,))

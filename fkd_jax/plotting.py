@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -26,8 +25,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from fkd_jax import files
 from fkd_jax.errors import UserError, exit_on_user_error
-from fkd_jax.keypoints import KEYPOINT_NAMES, NUM_COORDS, NUM_KEYPOINTS, as_points
+from fkd_jax.keypoints import KEYPOINT_NAMES, KEYPOINT_SETS, as_points
 
 _DPI = 100
 _CELL_IN = 1.6  # inches per face in a grid
@@ -46,7 +46,19 @@ def _side(name: str) -> str:
     return "midline"
 
 
-_SIDE_OF = np.array([_side(n) for n in KEYPOINT_NAMES])
+def _sides(n_coords: int) -> np.ndarray:
+    """Side of each keypoint of the set with `n_coords` coordinates (Kaggle's 30 or iBUG's
+    136). Unnamed mirror pairs (iBUG numbers) put the subject's left on the higher index."""
+    ks = next((s for s in KEYPOINT_SETS.values() if 2 * s.num_keypoints == n_coords), None)
+    if ks is None:
+        raise ValueError(f"no keypoint set has {n_coords} coordinates")
+    out = []
+    for i, name in enumerate(ks.names):
+        side = _side(name)
+        if side == "midline" and ks.mirror[i] != i:
+            side = "left" if i > ks.mirror[i] else "right"
+        out.append(side)
+    return np.array(out)
 
 
 def _new_figure(width_in: float, height_in: float) -> Figure:
@@ -56,16 +68,7 @@ def _new_figure(width_in: float, height_in: float) -> Figure:
 
 
 def _save(fig: Figure, path) -> Path:
-    """Render `fig` to `path` atomically (format from the suffix, PNG by default)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        fig.savefig(tmp, format=path.suffix.lstrip(".").lower() or "png", dpi=_DPI)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return files.save_figure(fig, path, dpi=_DPI)
 
 
 def _as_gray(images) -> np.ndarray:
@@ -84,15 +87,16 @@ def _points(keypoints_px, n: int, what: str) -> np.ndarray | None:
     if keypoints_px is None:
         return None
     k = np.asarray(keypoints_px, dtype=np.float64)
-    if k.shape != (n, NUM_COORDS):
-        raise ValueError(f"{what} must have shape ({n}, {NUM_COORDS}), got {k.shape}")
+    if k.ndim != 2 or k.shape[0] != n or k.shape[1] % 2:
+        raise ValueError(f"{what} must have shape ({n}, 2K), got {k.shape}")
     return as_points(k)
 
 
 def _draw_points(ax, points: np.ndarray, show: np.ndarray, which: int, marker: str) -> None:
-    """Scatter one face's points (15, 2) where `show` (15,) is True, coloured by side."""
+    """Scatter one face's points (K, 2) where `show` (K,) is True, coloured by side."""
+    side_of = _sides(2 * len(points))
     for side in _SIDES:
-        sel = show & (_SIDE_OF == side)
+        sel = show & (side_of == side)
         if sel.any():
             kw = {"linewidths": 1.0} if marker == "x" else {"edgecolors": "black",
                                                             "linewidths": 0.3}
@@ -136,12 +140,14 @@ def plot_face_grid(path, images, keypoints_px=None, predictions_px=None, mask=No
         raise ValueError("plot_face_grid needs at least one image")
     truth = _points(keypoints_px, n, "keypoints_px")
     pred = _points(predictions_px, n, "predictions_px")
+    n_coords = (truth if truth is not None else pred).shape[1] * 2 if (
+        truth is not None or pred is not None) else 0
     if mask is None:
-        show_true = np.ones((n, NUM_KEYPOINTS), dtype=bool)
+        show_true = np.ones((n, n_coords // 2), dtype=bool)
     else:
         mask = np.asarray(mask, dtype=bool)
-        if mask.shape != (n, NUM_COORDS):
-            raise ValueError(f"mask must have shape ({n}, {NUM_COORDS}), got {mask.shape}")
+        if mask.shape != (n, n_coords):
+            raise ValueError(f"mask must have shape ({n}, {n_coords}), got {mask.shape}")
         show_true = as_points(mask).all(axis=-1)
     if truth is not None:
         show_true &= np.isfinite(truth).all(axis=-1)
@@ -192,8 +198,9 @@ def plot_overlay(path, image, keypoints_px) -> Path:
     ax = fig.add_axes((0.0, 0.0, 1.0, 1.0 - 0.35 / fig.get_figheight()))
     ax.set_axis_off()
     ax.imshow(gray, cmap="gray", vmin=0.0, vmax=1.0, extent=(0, width, height, 0))
+    side_of = _sides(2 * len(points))
     for side in _SIDES:
-        sel = (_SIDE_OF == side) & np.isfinite(points).all(axis=-1)
+        sel = (side_of == side) & np.isfinite(points).all(axis=-1)
         ax.scatter(points[sel, 0], points[sel, 1], s=18, c=_COLOURS[side][1], marker="x",
                    linewidths=1.2)
     ax.set_xlim(0, width)

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from fkd_jax import face_shape_stats as stats
+from fkd_jax import files
 from fkd_jax.errors import UserError, exit_on_user_error
 from fkd_jax.keypoints import COLUMNS, IMAGE_SIZE, KEYPOINT_NAMES, SPARSE_SET, column_indices
 
@@ -143,8 +144,6 @@ def write_kaggle_files(out_dir, n: int, seed: int, kaggle_missing: bool = False,
     rest for the 8 of SPARSE_SET only. Files are byte-identical for the same arguments and are
     written atomically.
     """
-    from fkd_jax.experiment import atomic_write_text  # lazy: experiment imports this module
-
     n, n_test, seed = _check_count(n, "n"), _check_count(n_test, "n_test", 0), _check_seed(seed)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -158,7 +157,7 @@ def write_kaggle_files(out_dir, n: int, seed: int, kaggle_missing: bool = False,
         cells = [f"{v:.{_KP_DECIMALS}f}" if ok else "" for v, ok in zip(kp, present)]
         rows.append(",".join(cells) + "," + text)
     paths = {"training": out_dir / "training.csv"}
-    atomic_write_text(paths["training"], "\n".join(rows) + "\n")
+    files.write_text(paths["training"], "\n".join(rows) + "\n")
     if n_test == 0:
         return paths
 
@@ -171,8 +170,8 @@ def write_kaggle_files(out_dir, n: int, seed: int, kaggle_missing: bool = False,
             lookup.append(f"{len(lookup)},{image_id},{name},")
     paths["test"] = out_dir / "test.csv"
     paths["lookup"] = out_dir / "IdLookupTable.csv"
-    atomic_write_text(paths["test"], "\n".join(test_rows) + "\n")
-    atomic_write_text(paths["lookup"], "\n".join(lookup) + "\n")
+    files.write_text(paths["test"], "\n".join(test_rows) + "\n")
+    files.write_text(paths["lookup"], "\n".join(lookup) + "\n")
     return paths
 
 

@@ -4,9 +4,10 @@ State is a dict pytree `{"params", "opt_state", "step"}` (params as a nested dic
 the model's structure lives in an NNX `GraphDef` that the jitted functions close over. Nothing
 here touches files: `train.py` owns checkpoints, logging and the work directory.
 
-Units: batches carry keypoints in *pixels* (B, 30) with a bool mask (B, 30); the network
-regresses normalised coordinates (u = x / 48 - 1), so the loss is the MSE over present
-coordinates in normalised units and the reported RMSE is in pixels.
+Units: batches carry keypoints in *pixels* (B, 2K) with a bool mask (B, 2K) (K = 15 for
+Kaggle's keypoints); the network regresses normalised coordinates (u = x / (S/2) - 1 for
+S x S images, S = 96), so the loss is the MSE over present coordinates in normalised units
+and the reported RMSE is in pixels.
 
 Randomness: every key comes from `config.seed` through `jax.random.fold_in`, per epoch for the
 shuffle and per step for augmentation and dropout, so a resumed run draws exactly the keys
@@ -24,14 +25,12 @@ import optax
 from flax import nnx
 
 from fkd_jax import augment, keypoints, models
-from fkd_jax.errors import UserError
 
 State = dict[str, Any]
-Batch = dict[str, jax.Array]  # images (B,96,96,1) f32 [0,1]; keypoints (B,30) px; mask (B,30) bool
+Batch = dict[str, jax.Array]  # images (B,S,S,1) f32 [0,1]; keypoints (B,2K) px; mask (B,2K) bool
 
 # fold_in tags separating the random streams derived from config.seed.
 _SHUFFLE, _STEP = 1, 2
-_PX_PER_UNIT = keypoints.IMAGE_SIZE / 2.0  # 48 pixels per normalised unit
 
 
 def root_key(seed: int) -> jax.Array:
@@ -59,10 +58,9 @@ def make_schedule(train_cfg, steps_per_epoch: int) -> optax.Schedule:
             [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup])
     if train_cfg.schedule == "cosine":
         return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, total, end_value=lr * 1e-2)
-    if train_cfg.schedule == "onecycle":
-        return optax.cosine_onecycle_schedule(total, lr)
-    raise UserError(f"--config.train.schedule={train_cfg.schedule!r} is not one of "
-                    "constant, cosine, onecycle")
+    if train_cfg.schedule == "onecycle":  # warm-up share: warmup_epochs, else optax's 30%
+        return optax.cosine_onecycle_schedule(total, lr, pct_start=warmup / total if warmup else 0.3)
+    raise ValueError(train_cfg.schedule)  # config_schema allows only the three above
 
 
 def make_optimizer(train_cfg, steps_per_epoch: int) -> optax.GradientTransformation:
@@ -77,9 +75,10 @@ def make_optimizer(train_cfg, steps_per_epoch: int) -> optax.GradientTransformat
     return opt
 
 
-def init_state(model_cfg, tx: optax.GradientTransformation, seed: int) -> tuple[nnx.GraphDef, State]:
+def init_state(model_cfg, tx: optax.GradientTransformation, seed: int,
+               num_keypoints: int = keypoints.NUM_KEYPOINTS) -> tuple[nnx.GraphDef, State]:
     """Model structure (static) and the initial training state (arrays only)."""
-    model = models.create_model(model_cfg, seed)
+    model = models.create_model(model_cfg, num_keypoints, seed)
     graphdef, params = nnx.split(model, nnx.Param)
     params = nnx.to_pure_dict(params)
     return graphdef, {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
@@ -88,7 +87,8 @@ def init_state(model_cfg, tx: optax.GradientTransformation, seed: int) -> tuple[
 def abstract_state(config) -> tuple[nnx.GraphDef, State]:
     """Model structure and the shapes/dtypes of a run's training state: a restore target."""
     tx = make_optimizer(config.train, 1)
-    graphdef, state = init_state(config.model, tx, config.seed)
+    k = keypoints.KEYPOINT_SETS[config.data.keypoints].num_keypoints
+    graphdef, state = init_state(config.model, tx, config.seed, k)
     return graphdef, jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state)
 
 
@@ -97,23 +97,21 @@ def apply_model(graphdef: nnx.GraphDef, params, images, *, train: bool = False, 
     return nnx.merge(graphdef, params)(images, train=train, dropout_key=dropout_key)
 
 
-def masked_squared_error(pred_norm, keypoints_px, mask):
-    """Squared error per coordinate (B, 30) in normalised units, zero where unlabelled.
+def masked_loss(pred_norm, keypoints_px, mask, image_size: int = keypoints.IMAGE_SIZE):
+    """(loss, se_sum, count): the MSE in normalised units over the labelled coordinates, and
+    the sum and count it averages (for an exact epoch RMSE in pixels). The training step's loss.
 
     The difference is masked *before* squaring, so a missing coordinate's gradient is exactly
     zero, even if its placeholder target were NaN (0 * NaN would not be).
     """
-    target = keypoints.to_normalised(keypoints_px)
-    return jnp.where(mask, pred_norm - target, 0.0) ** 2
+    target = keypoints.to_normalised(keypoints_px, image_size)
+    se_sum = (jnp.where(mask, pred_norm - target, 0.0) ** 2).sum()
+    count = mask.sum()
+    return se_sum / jnp.maximum(count, 1), se_sum, count
 
 
-def masked_mse(pred_norm, keypoints_px, mask):
-    """Mean of the squared error over the labelled coordinates only."""
-    se = masked_squared_error(pred_norm, keypoints_px, mask)
-    return se.sum() / jnp.maximum(mask.sum(), 1)
-
-
-def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, augment_cfg=None
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, augment_cfg=None,
+                    flip_permutation: np.ndarray = keypoints.FLIP_PERMUTATION
                     ) -> Callable[[State, Batch, jax.Array], tuple[State, dict]]:
     """`train_step(state, batch, key) -> (state, metrics)`: augment, forward, Adam update.
 
@@ -122,15 +120,15 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, au
 
     def loss_fn(params, images, kp, mask, dropout_key):
         pred = apply_model(graphdef, params, images, train=True, dropout_key=dropout_key)
-        se = masked_squared_error(pred, kp, mask)
-        count = jnp.maximum(mask.sum(), 1)
-        return se.sum() / count, (se.sum(), mask.sum())
+        loss, se_sum, count = masked_loss(pred, kp, mask, images.shape[1])
+        return loss, (se_sum, count)
 
     def train_step(state: State, batch: Batch, key: jax.Array):
         aug_key, drop_key = jax.random.split(key)
         images, kp, mask = batch["images"], batch["keypoints"], batch["mask"]
         if augment_cfg is not None:
-            images, kp, mask = augment.augment_batch(aug_key, images, kp, mask, augment_cfg)
+            images, kp, mask = augment.augment_batch(aug_key, images, kp, mask, augment_cfg,
+                                                     flip_permutation)
         (loss, (se_sum, n)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state["params"], images, kp, mask, drop_key)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -142,13 +140,14 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, au
     return train_step
 
 
-def rmse_px(se_sum_norm, count):
+def rmse_px(se_sum_norm, count, image_size: int = keypoints.IMAGE_SIZE):
     """RMSE in pixels from a sum of squared errors in normalised units."""
-    return jnp.sqrt(se_sum_norm / jnp.maximum(count, 1)) * _PX_PER_UNIT
+    return jnp.sqrt(se_sum_norm / jnp.maximum(count, 1)) * (image_size / 2.0)
 
 
 def make_train_epoch(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, batch_size: int,
-                     augment_cfg=None, seed: int = 0, data_sharding=None):
+                     augment_cfg=None, seed: int = 0, data_sharding=None,
+                     flip_permutation: np.ndarray = keypoints.FLIP_PERMUTATION):
     """A jitted `train_epoch(state, data, shuffle_key) -> (state, metrics)`.
 
     The whole epoch runs on the device: the training set `data` (a Batch-like dict of all N
@@ -157,7 +156,7 @@ def make_train_epoch(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, b
     every step with no host round trip. `data_sharding`, if given, shards each batch over
     devices (data parallel); parameters stay replicated.
     """
-    train_step = make_train_step(graphdef, tx, augment_cfg)
+    train_step = make_train_step(graphdef, tx, augment_cfg, flip_permutation)
     base_key = step_key(seed)
 
     def train_epoch(state: State, data: Batch, shuffle_key: jax.Array):
@@ -178,48 +177,30 @@ def make_train_epoch(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, b
         params_finite = jnp.all(jnp.stack([jnp.isfinite(p).all()
                                            for p in jax.tree.leaves(state["params"])]))
         metrics = {"train_loss": m["loss"].mean(),
-                   "train_rmse_px": rmse_px(m["se_sum"].sum(), m["count"].sum()),
+                   "train_rmse_px": rmse_px(m["se_sum"].sum(), m["count"].sum(),
+                                            data["images"].shape[1]),
                    "params_finite": params_finite}
         return state, metrics
 
     return jax.jit(train_epoch, donate_argnums=(0,))
 
 
-# Prediction batch: larger ones run slower on CPU (640 faces through heatmap_unet on 2 cores:
-# 3.8 s in batches of 64, 4.9 s in batches of 256).
-EVAL_BATCH = 64
-
-
-def make_predict(graphdef: nnx.GraphDef, batch_size: int = EVAL_BATCH):
-    """A jitted `predict(params, images) -> (N, 30)` normalised predictions, batched on device."""
-
-    def predict(params, images):
-        n = images.shape[0]
-        per_batch = min(batch_size, max(1, n))
-        pad = (-n) % per_batch
-        padded = jnp.pad(images, ((0, pad), (0, 0), (0, 0), (0, 0)))
-        batches = padded.reshape((-1, per_batch) + images.shape[1:])
-        preds = jax.lax.map(lambda x: apply_model(graphdef, params, x), batches)
-        return preds.reshape(-1, keypoints.NUM_COORDS)[:n]
-
-    return jax.jit(predict)
-
-
 def error_sums(pred_px: np.ndarray, keypoints_px: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-column sums of squared pixel error and label counts, each (30,), over labelled values."""
+    """Per-column sums of squared pixel error and label counts, each (2K,), over labelled values."""
     se = np.where(mask, (np.asarray(pred_px, np.float64) - keypoints_px) ** 2, 0.0)
     return se.sum(axis=0), mask.sum(axis=0)
 
 
-def rmse_report(pred_px: np.ndarray, keypoints_px: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+def rmse_report(pred_px: np.ndarray, keypoints_px: np.ndarray, mask: np.ndarray,
+                keypoint_set: keypoints.KeypointSet = keypoints.KAGGLE15) -> dict[str, float]:
     """RMSE in pixels: overall (`rmse_px`), per keypoint (x and y pooled) and per group."""
     se, n = error_sums(pred_px, keypoints_px, mask)
+
+    def rmse(names) -> float:
+        cols = keypoints.column_indices(names, keypoint_set.names)
+        return float(np.sqrt(se[cols].sum() / n[cols].sum())) if n[cols].sum() else float("nan")
+
     out = {"rmse_px": float(np.sqrt(se.sum() / max(n.sum(), 1)))}
-    for name in keypoints.KEYPOINT_NAMES:
-        cols = keypoints.column_indices([name])
-        out[name] = float(np.sqrt(se[cols].sum() / n[cols].sum())) if n[cols].sum() else float("nan")
-    for group, names in keypoints.GROUPS.items():
-        cols = keypoints.column_indices(names)
-        out[f"group/{group}"] = (float(np.sqrt(se[cols].sum() / n[cols].sum()))
-                                 if n[cols].sum() else float("nan"))
+    out.update({name: rmse([name]) for name in keypoint_set.names})
+    out.update({f"group/{group}": rmse(names) for group, names in keypoint_set.groups.items()})
     return out

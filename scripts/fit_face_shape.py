@@ -17,7 +17,6 @@ noise, so sampled shapes match the real per-coordinate spread.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import textwrap
 from pathlib import Path
@@ -28,6 +27,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from fkd_jax import files  # noqa: E402
 from fkd_jax.errors import DataError, exit_on_user_error  # noqa: E402
 from fkd_jax.keypoints import COLUMNS, KEYPOINT_NAMES, SPARSE_SET  # noqa: E402
 
@@ -142,9 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     full_fraction, n_test_images = lookup_full_fraction(_read_csv(args.lookup))
 
     text = render_module(shape, pattern, full_fraction, n_test_images)
-    tmp = args.out.with_name(f".{args.out.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, args.out)
+    files.write_text(args.out, text)
     print(f"wrote {args.out}: {len(complete)} complete of {pattern['n_rows']} rows, "
           f"{args.components} components explain {100 * shape['explained']:.1f}%, "
           f"sparse-only {pattern['n_sparse_only']}, lookup full fraction {full_fraction:.4f}")

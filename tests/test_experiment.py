@@ -42,7 +42,8 @@ def test_policies_share_the_validation_rows_and_differ_only_in_training(tmp_path
         workdir = tmp_path / policy
         workdir.mkdir()
         cfg = _config(path, label_policy=policy, missing_pattern_path=str(training_csv))
-        runs[policy] = experiment.load_run_data(cfg, workdir)
+        rd = experiment.read_run_data(cfg, workdir)
+        runs[policy] = rd.train, rd.val
     (mask_train, mask_val), (drop_train, drop_val) = runs["mask"], runs["drop"]
     np.testing.assert_array_equal(mask_val.row_ids, drop_val.row_ids)
     assert len(mask_val) == 10 and mask_val.mask.all()  # validation keeps its full labels
@@ -52,12 +53,54 @@ def test_policies_share_the_validation_rows_and_differ_only_in_training(tmp_path
     assert drop_train.mask.all()
 
 
-def test_split_is_saved_and_reused(tmp_path):
+def test_split_is_saved_only_when_asked_and_then_reused(tmp_path):
     path = _full_file(tmp_path)
     cfg = _config(path)
-    train, val = experiment.load_run_data(cfg, tmp_path)
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    rd = experiment.read_run_data(cfg, workdir)
+    assert list(workdir.iterdir()) == []  # reading writes nothing
+    experiment.save_run_data(rd, cfg, workdir)
+    assert (workdir / "split.json").exists()
+    train, val = rd.train, rd.val
     cfg.seed = 99  # a resumed run keeps the saved split whatever the seed says
-    train2, val2 = experiment.load_run_data(cfg, tmp_path)
+    rd2 = experiment.read_run_data(cfg, workdir)
+    train2, val2 = rd2.train, rd2.val
     np.testing.assert_array_equal(train.row_ids, train2.row_ids)
     np.testing.assert_array_equal(val.row_ids, val2.row_ids)
     assert set(train.row_ids) | set(val.row_ids) == set(range(40))
+
+
+def test_synthetic_set_is_generated_outside_the_workdir_until_saved(tmp_path):
+    cfg = base.get_config()
+    cfg.data.synthetic_n = 20
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    rd = experiment.read_run_data(cfg, workdir)
+    assert list(workdir.iterdir()) == [] and rd.new_synthetic.exists()
+    temp = rd.new_synthetic
+    experiment.save_run_data(rd, cfg, workdir)
+    assert not temp.exists()
+    saved = experiment.synthetic_dir(cfg, workdir) / "training.csv"
+    assert rd.source == saved and saved.exists()
+    again = experiment.read_run_data(cfg, workdir)  # reuses the saved set and split
+    assert again.new_synthetic is None and again.new_split is None
+    np.testing.assert_array_equal(again.val.images, rd.val.images)
+
+
+def test_a_file_with_no_labelled_keypoint_is_refused(tmp_path):
+    import pytest
+
+    from fkd_jax.errors import UserError
+
+    path = _full_file(tmp_path)
+    text = path.read_text().splitlines()
+    header, rows = text[0], text[1:]
+    n_kp = len(header.split(",")) - 1
+    blank = [",".join([""] * n_kp + [r.split(",")[-1]]) for r in rows]
+    path.write_text("\n".join([header] + blank) + "\n")
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    with pytest.raises(UserError, match="no training row has a labelled keypoint"):
+        experiment.read_run_data(_config(path), workdir)
+    assert list(workdir.iterdir()) == []

@@ -1,0 +1,215 @@
+"""The training run: set up, then one epoch after another as named steps.
+
+`train_and_evaluate(config, workdir)` is what train.py calls once its flags are parsed and the
+config checked. It owns the run's side effects (the work directory's lock, data files,
+metrics.jsonl, checkpoints, progress lines); the numerics are the pure functions of
+fkd_jax.training.
+
+Stops: a non-finite loss or parameters -> `RunStopped` (exit 3, last good checkpoint kept);
+Ctrl-C -> the current epoch finishes, is saved, then `RunStopped` (exit 130); early stopping
+after `train.early_stop_patience` epochs without a better validation RMSE.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+
+from fkd_jax import (augment, checkpoints, experiment, files, inference, keypoints, parallel,
+                     training)
+from fkd_jax.errors import RunStopped, UserError
+
+EXIT_NON_FINITE = 3
+EXIT_INTERRUPTED = 130
+
+
+@dataclass
+class Run:
+    """What the epoch loop needs, built once by `_set_up`."""
+
+    config: Any
+    workdir: Path
+    data: experiment.RunData
+    state: dict
+    train_arrays: dict
+    epoch_fn: Callable  # compiled (state, data, shuffle_key) -> (state, metrics)
+    predict: Callable  # params -> Predictor of the validation crops
+    schedule: Callable
+    steps_per_epoch: int
+    start_epoch: int
+    best: dict
+    compile_time: float
+    log: Callable
+    layout: parallel.Layout
+
+
+def train_and_evaluate(config, workdir: Path) -> dict:
+    """Train (or resume) the run in `workdir`; returns the last epoch's metrics record."""
+    main = parallel.is_main_process()
+    with _workdir_lock(workdir) if main else contextlib.nullcontext():
+        run = _set_up(config, workdir)  # nothing written in workdir before this succeeds
+        with checkpoints.Checkpoints(workdir) as ckpt:
+            _resume(run, ckpt)
+            return _epochs(run, ckpt)
+
+
+def _workdir_lock(workdir: Path):
+    from fkd_jax import workdir_lock
+
+    return workdir_lock.hold(workdir)
+
+
+def _set_up(config, workdir: Path) -> Run:
+    """Model, data, optimiser, compiled epoch.
+
+    Everything that can fail on the user's input (model options, data files, batch size)
+    fails here, before anything is written into the work directory; the synthetic set and
+    split.json are written last, once all of it worked.
+    """
+    log = print if parallel.is_main_process() else (lambda *a, **k: None)
+    keypoint_set = keypoints.KEYPOINT_SETS[config.data.keypoints]
+    # The model first, so that its options are checked before any data is read. The
+    # optimiser's initial state does not depend on the schedule's length, known only later.
+    graphdef, state = training.init_state(config.model, training.make_optimizer(config.train, 1),
+                                          config.seed, keypoint_set.num_keypoints)
+    data = parallel.main_first("run data", lambda: _read_and_save_data(config, workdir))
+    bs = config.train.batch_size
+    if bs > len(data.train):
+        raise UserError(f"--config.train.batch_size={bs} is larger than the {len(data.train)} "
+                        "training rows")
+    layout = parallel.make_layout(bs)  # data parallel over every device of every process
+    steps_per_epoch = len(data.train) // bs
+    tx = training.make_optimizer(config.train, steps_per_epoch)
+    t = data.train
+    train_arrays = layout.put_replicated({"images": t.images, "keypoints": t.keypoints,
+                                          "mask": t.mask})
+    epoch_fn = training.make_train_epoch(graphdef, tx, bs, augment.read_settings(config.augment),
+                                         config.seed, layout.batch, keypoint_set.flip_permutation)
+    state = layout.put_replicated(state)
+    t0 = time.perf_counter()
+    compiled = epoch_fn.lower(state, train_arrays, training.epoch_shuffle_key(config.seed, 0)).compile()
+    compile_time = time.perf_counter() - t0
+    apply = inference.model_apply(graphdef)
+    predict = lambda params: inference.Predictor(  # noqa: E731
+        lambda x: apply(params, layout.put_replicated(x)), image_size=t.image_size,
+        flip_permutation=keypoint_set.flip_permutation)
+    devices = jax.devices()
+    log(f"{len(t)} training / {len(data.val)} validation rows, {steps_per_epoch} steps "
+        f"of {bs} per epoch, {len(devices)} {devices[0].platform} device(s) in "
+        f"{jax.process_count()} process(es); compiled in {compile_time:.1f}s")
+    return Run(config, workdir, data, state, train_arrays, compiled, predict,
+               training.make_schedule(config.train, steps_per_epoch), steps_per_epoch,
+               0, {"val_rmse_px": math.inf, "epoch": 0}, compile_time, log, layout)
+
+
+def _resume(run: Run, ckpt: checkpoints.Checkpoints) -> None:
+    """Continue from the latest readable checkpoint, if any; record the config."""
+    restored = ckpt.restore_latest(checkpoints.abstract_like(run.state))
+    if restored is not None:
+        state, meta = restored
+        run.state = run.layout.put_replicated(state)
+        run.start_epoch, run.best = meta["epoch"], meta["best"]
+        run.log(f"resuming {run.workdir} from epoch {run.start_epoch} "
+                f"(step {int(state['step'])})")
+    if parallel.is_main_process():
+        experiment.truncate_metrics(run.workdir, run.start_epoch)
+        files.write_text(run.workdir / "config.json",
+                         run.config.to_json_best_effort(indent=2) + "\n")
+
+
+def _read_and_save_data(config, workdir: Path) -> experiment.RunData:
+    data = experiment.read_run_data(config, workdir)
+    if parallel.is_main_process():
+        experiment.save_run_data(data, config, workdir)
+    else:
+        experiment.discard_run_data(data)
+    return data
+
+
+def _epochs(run: Run, ckpt: checkpoints.Checkpoints) -> dict:
+    """The loop: run the epoch, stop if it broke, evaluate, record, save, stop rules."""
+    config, workdir = run.config, run.workdir
+    interrupted: list[bool] = []
+    previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+    record: dict = {}
+    try:
+        run_start = time.perf_counter()
+        for epoch in range(run.start_epoch + 1, config.train.epochs + 1):
+            t_epoch = time.perf_counter()
+            run.state, m = run.epoch_fn(run.state, run.train_arrays,
+                                        training.epoch_shuffle_key(config.seed, epoch))
+            train_loss = float(m["train_loss"])  # waits for the epoch
+            epoch_time = time.perf_counter() - t_epoch
+            _stop_if_not_finite(train_loss, bool(m["params_finite"]), epoch, workdir)
+
+            t_eval = time.perf_counter()
+            val_rmse = evaluate(run.predict(run.state["params"]), run.data.val)
+            eval_time = time.perf_counter() - t_eval
+            if val_rmse < run.best["val_rmse_px"]:
+                run.best = {"val_rmse_px": val_rmse, "epoch": epoch}
+
+            step = int(run.state["step"])
+            record = {
+                "epoch": epoch, "step": step, "train_loss": train_loss,
+                "train_rmse_px": float(m["train_rmse_px"]), "val_rmse_px": val_rmse,
+                "learning_rate": float(run.schedule(step)), "epoch_time_s": epoch_time,
+                "eval_time_s": eval_time,
+                "images_per_s": run.steps_per_epoch * config.train.batch_size / epoch_time,
+                "compile_time_s": run.compile_time,
+            }
+            if parallel.is_main_process():  # before the checkpoint: a resume truncates to it
+                experiment.append_metrics(workdir, record)
+            # Returns once the state is copied off the device: the next epoch may donate it.
+            ckpt.save(epoch, run.state, {"epoch": epoch, "step": step, "best": run.best,
+                                         "model": config.model.name}, val_rmse_px=val_rmse)
+            _log_epoch(run, record, time.perf_counter() - run_start, epoch)
+
+            if interrupted:
+                ckpt.wait()
+                raise RunStopped(f"saved epoch {epoch} in {workdir}; run the same command to "
+                                 "resume", EXIT_INTERRUPTED, prefix="interrupted")
+            patience = config.train.early_stop_patience
+            if patience and epoch - run.best["epoch"] >= patience:
+                run.log(f"early stop: no validation improvement for {patience} epochs")
+                break
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
+    run.log(f"best val_rmse {run.best['val_rmse_px']:.3f} px at epoch {run.best['epoch']}; "
+            f"run in {workdir}")
+    return record
+
+
+def evaluate(predictor: inference.Predictor, val) -> float:
+    """Validation RMSE in pixels over the labelled coordinates."""
+    pred_px = predictor(val.images)
+    return training.rmse_report(pred_px, val.keypoints, val.mask, val.keypoint_set)["rmse_px"]
+
+
+def _stop_if_not_finite(train_loss: float, params_finite: bool, epoch: int, workdir: Path):
+    if math.isfinite(train_loss) and params_finite:
+        return
+    what = (f"training loss became {train_loss}" if not math.isfinite(train_loss)
+            else "the parameters became non-finite")
+    raise RunStopped(f"{what} in epoch {epoch}; stopped. The last good checkpoint (epoch "
+                     f"{epoch - 1}) is in {workdir}/checkpoints. Try a lower "
+                     "--config.train.learning_rate or --config.train.grad_clip.",
+                     EXIT_NON_FINITE)
+
+
+def _log_epoch(run: Run, record: dict, elapsed: float, epoch: int) -> None:
+    epochs = run.config.train.epochs
+    eta = elapsed / (epoch - run.start_epoch) * (epochs - epoch)
+    m, s = divmod(int(eta), 60)
+    h, m = divmod(m, 60)
+    best = run.best
+    run.log(f"epoch {epoch:3d}/{epochs}  train_loss {record['train_loss']:.5f}  "
+            f"val_rmse {record['val_rmse_px']:6.3f} px (best {best['val_rmse_px']:.3f} "
+            f"@{best['epoch']})  {record['images_per_s']:6.0f} img/s  "
+            f"{record['epoch_time_s']:5.1f}s  left {h}:{m:02d}:{s:02d}", flush=True)
