@@ -505,7 +505,7 @@ def _parse_keypoints(table: pd.DataFrame, source: str, columns: tuple[str, ...] 
     not_number = ~missing & np.isnan(values)
     outside = ~missing & ~not_number & ~((values >= 0) & (values <= IMAGE_SIZE))
     if outside_is_missing:
-        missing |= np.repeat(outside.reshape(len(values), -1, 2).any(-1), 2, axis=1)
+        missing = missing | np.repeat(outside.reshape(len(values), -1, 2).any(-1), 2, axis=1)
         outside = np.zeros_like(outside)
     bad = not_number | outside
     if bad.any():

@@ -1,0 +1,87 @@
+"""Keypoint sets beyond Kaggle's 15: the iBUG 68 mirror table, and a 68-landmark run end to end
+on generated data (train.py and eval.py as a user runs them)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fkd_jax import data, keypoints, synthetic
+from fkd_jax.errors import DataError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _face68(kp15: np.ndarray, rng) -> np.ndarray:
+    """Plausible 68 landmarks (N, 136) around Kaggle keypoints (N, 30): each iBUG point placed
+    near the Kaggle keypoint of its region, so the set is learnable from the face image."""
+    p = keypoints.as_points(kp15)
+    idx = {"jaw": 10, "brow_r": 9, "brow_l": 7, "nose": 10, "eye_r": 1, "eye_l": 0,
+           "mouth": 13}
+    region = ["jaw"] * 17 + ["brow_r"] * 5 + ["brow_l"] * 5 + ["nose"] * 9 + ["eye_r"] * 6 + \
+             ["eye_l"] * 6 + ["mouth"] * 20
+    offsets = rng.uniform(-3, 3, size=(68, 2))
+    pts = np.stack([p[:, idx[r]] for r in region], axis=1) + offsets[None]
+    return pts.reshape(len(kp15), 136)
+
+
+def test_ibug68_mirror_agrees_with_kaggle_flip_pairs():
+    rng = np.random.default_rng(0)
+    p68 = rng.uniform(10, 86, size=(4, 136)).astype(np.float32)
+    flipped68 = keypoints.flip_keypoints_px(p68, None, 96, keypoints.IBUG68.flip_permutation)
+    # Reading Kaggle's 15 out of the mirrored 68 equals mirroring the 15 read out.
+    np.testing.assert_allclose(keypoints.kaggle15_from_ibug68(flipped68),
+                               keypoints.flip_keypoints_px(keypoints.kaggle15_from_ibug68(p68)),
+                               atol=1e-4)
+    twice = keypoints.flip_keypoints_px(flipped68, None, 96, keypoints.IBUG68.flip_permutation)
+    np.testing.assert_allclose(twice, p68, atol=1e-4)
+    assert keypoints.IBUG68.columns[:2] == ("p0_x", "p0_y")
+
+
+def _write_68_files(tmp_path, n=64, seed=1):
+    paths = synthetic.write_kaggle_files(tmp_path / "faces", n, seed)
+    kp15 = data.load_training(paths["training"]).keypoints
+    p68 = _face68(kp15, np.random.default_rng(seed))
+    p68[0, :2] = [-3.0, 40.0]  # a jaw point outside the crop: counted as not labelled
+    lines = [",".join(keypoints.IBUG68.columns)] + [",".join(f"{v:.3f}" for v in row)
+                                                   for row in p68]
+    lm = tmp_path / "landmarks68.csv"
+    lm.write_text("\n".join(lines) + "\n")
+    return paths["training"], lm, p68
+
+
+def test_loader_reads_a_keypoint_file_row_for_row(tmp_path):
+    train_csv, lm, p68 = _write_68_files(tmp_path, n=8)
+    d = data.load_training(train_csv, keypoints.IBUG68, lm)
+    assert d.keypoint_set is keypoints.IBUG68 and d.keypoints.shape == (8, 136)
+    assert not d.mask[0, :2].any() and d.mask[0, 2:].all() and d.mask[1:].all()
+    np.testing.assert_allclose(d.keypoints[1:], p68[1:], atol=1e-3)
+    short = tmp_path / "short.csv"
+    short.write_text("\n".join(lm.read_text().splitlines()[:5]) + "\n")
+    with pytest.raises(DataError, match="has 4 rows but .* has 8"):
+        data.load_training(train_csv, keypoints.IBUG68, short)
+
+
+def test_a_68_landmark_run_trains_and_evaluates(tmp_path):
+    train_csv, lm, _ = _write_68_files(tmp_path)
+    workdir = tmp_path / "run68"
+    args = ["--config", "configs/base.py", f"--config.data.train_path={train_csv}",
+            "--config.data.keypoints=ibug68", f"--config.data.keypoints_path={lm}",
+            "--config.model.name=heatmap", "--config.train.batch_size=16",
+            "--config.train.epochs=2", "--workdir", str(workdir)]
+    proc = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and np.isfinite(records[-1]["val_rmse_px"])
+    proc = subprocess.run([sys.executable, "eval.py", "--workdir", str(workdir)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((workdir / "eval" / "metrics.json").read_text())
+    assert {"p0", "p67", "group/jaw", "group/mouth"} <= set(report)
+    assert report["rmse_px"] == pytest.approx(records[-1]["val_rmse_px"], rel=1e-4)
