@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 from absl import flags
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by train.py.")
@@ -29,8 +30,6 @@ _N_SHOW = flags.DEFINE_integer("n_show", 32, "Faces in the prediction grid.")
 
 
 def main(argv: list[str]) -> None:
-    import numpy as np
-
     from fkd_jax import (cli, data, experiment, files, images as image_io, inference, keypoints,
                          plotting, training)
     from fkd_jax.errors import UserError
@@ -73,6 +72,8 @@ def main(argv: list[str]) -> None:
     predict = inference.Predictor.from_run(run)  # compiled once, for every input below
     pred = predict(ev.images, tta=_TTA.value)
     report = training.rmse_report(pred, ev.keypoints, ev.mask, ev.keypoint_set)
+    if ev.keypoint_set == keypoints.KAGGLE15:
+        report.update(_nme_report(pred, ev))
     report.update({"n_images": len(ev), "data": source, "checkpoint": _CHECKPOINT.value,
                    "checkpoint_epoch": run.meta["epoch"], "tta": bool(_TTA.value)})
     _print_table(report, ev.keypoint_set)
@@ -115,10 +116,28 @@ def main(argv: list[str]) -> None:
     print(f"wrote {out}/metrics.json and figures")
 
 
+def _nme_report(pred, ev) -> dict:
+    """NME (300-W: mean error / outer-eye-corner distance) over the faces whose outer eye
+    corners and every keypoint are labelled, as photos are scored by predict.py."""
+    from fkd_jax import picture_metrics
+
+    scored = ev.mask.all(axis=1)
+    if not scored.any():
+        return {}
+    nmes = picture_metrics.nme(pred[scored], ev.keypoints[scored])
+    return {"nme": float(nmes.mean()), "nme_median": float(np.median(nmes)),
+            "nme_failure_rate": picture_metrics.failure_rate(nmes),
+            "nme_faces": int(scored.sum())}
+
+
 def _print_table(report: dict, keypoint_set) -> None:
     print(f"RMSE on {report['n_images']} images ({report['data']}; {report['checkpoint']} "
           f"checkpoint, epoch {report['checkpoint_epoch']}{', TTA' if report['tta'] else ''})")
     print(f"  {'overall':28s} {report['rmse_px']:7.3f} px")
+    if "nme" in report:
+        print(f"  {'NME (outer eye corners)':28s} {100 * report['nme']:7.2f} %   (median "
+              f"{100 * report['nme_median']:.2f} %, failures > 10%: "
+              f"{100 * report['nme_failure_rate']:.1f} % of {report['nme_faces']} faces)")
     for group in keypoint_set.groups:
         print(f"  {'group/' + group:28s} {report['group/' + group]:7.3f} px")
     for name in keypoint_set.names:

@@ -67,7 +67,7 @@ def _schema() -> dict[str, Key]:
         "data.synthetic_seed": _at_least(0),
         "data.synthetic_kaggle_missing": Key("bool"),
         # model
-        "model.name": _choice(*sorted(models.MODELS)),
+        "model.name": Key("str"),  # with its sizes, checked by models.model_sizes
         "model.dropout": _in_range(0.0, 1.0, closed_high=False),
         "model.conv_impl": _choice(*ops.CONV_IMPLS),
         "model.compute_dtype": _choice(*models.COMPUTE_DTYPES),
@@ -154,6 +154,9 @@ def check_config(config) -> None:
 
 
 def _check_combinations(config) -> None:
+    from fkd_jax import models
+
+    models.model_sizes(config.model)  # the model exists and takes the sizes given
     t, d = config.train, config.data
     if t.warmup_epochs >= t.epochs:
         raise UserError(f"--config.train.warmup_epochs={t.warmup_epochs!r} must be smaller than "

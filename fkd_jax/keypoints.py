@@ -93,9 +93,6 @@ KEYPOINT_FLIP_PERMUTATION: np.ndarray = np.array(
 FLIP_PERMUTATION: np.ndarray = np.stack(
     [2 * KEYPOINT_FLIP_PERMUTATION, 2 * KEYPOINT_FLIP_PERMUTATION + 1], axis=-1
 ).reshape(-1)
-# Indices of the x and of the y columns among the 30.
-X_COLUMNS: np.ndarray = np.arange(0, NUM_COORDS, 2)
-Y_COLUMNS: np.ndarray = np.arange(1, NUM_COORDS, 2)
 
 
 def to_normalised(keypoints_px, size: int = IMAGE_SIZE):

@@ -109,7 +109,7 @@ def test_restore_into_another_architecture_fails_clearly(trained):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     line = proc.stderr.strip().splitlines()[-1]
-    assert "does not match the configured model" in line and "checkpoints/latest" in line
+    assert "does not match the configured model" in line and "checkpoints" in line
 
 
 def test_eval_writes_metrics_and_figures(trained, tmp_path, training_csv):
@@ -118,6 +118,7 @@ def test_eval_writes_metrics_and_figures(trained, tmp_path, training_csv):
     proc = run("eval.py", "--workdir", str(workdir), "--out", str(out))
     report = json.loads((out / "metrics.json").read_text())
     assert report["rmse_px"] > 0 and report["checkpoint"] == "best"
+    assert 0 < report["nme"] < 10 and report["nme_faces"] > 0  # synthetic faces are complete
     assert {"left_eye_center", "nose_tip", "group/mouth"} <= set(report)
     for png in ("predictions.png", "worst.png", "learning_curves.png", "per_keypoint_rmse.png"):
         assert (out / png).stat().st_size > 1000, png
@@ -143,20 +144,27 @@ def test_eval_writes_a_kaggle_submission(trained, tmp_path, test_csv, lookup_csv
     assert sub["Location"].between(0, 96).all()
 
 
-def test_eval_predicts_on_image_files(trained, tmp_path):
+def test_eval_predicts_on_image_files_and_same_names_do_not_collide(trained, tmp_path):
     from PIL import Image
 
     workdir, _ = trained
-    img = tmp_path / "face.png"
-    Image.new("RGB", (200, 120), (120, 90, 60)).save(img)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, second = tmp_path / "a" / "face.png", tmp_path / "b" / "face.png"
+    Image.new("RGB", (200, 120), (120, 90, 60)).save(first)
+    Image.new("RGB", (80, 160), (20, 190, 60)).save(second)
     out = tmp_path / "imgs"
-    run("eval.py", "--workdir", str(workdir), "--out", str(out), "--images", str(img))
-    result = json.loads((out / "images" / "face.json").read_text())
-    assert result["width"] == 200 and result["height"] == 120
-    assert len(result["keypoints"]) == 15
-    xs = [p[0] for p in result["keypoints"].values()]
+    run("eval.py", "--workdir", str(workdir), "--out", str(out), "--images",
+        f"{first},{second}")
+    a = json.loads((out / "images" / "a" / "face.png.json").read_text())
+    b = json.loads((out / "images" / "b" / "face.png.json").read_text())
+    assert (a["width"], a["height"], b["width"], b["height"]) == (200, 120, 80, 160)
+    assert a["file"] == str(first) and b["file"] == str(second)
+    assert len(a["keypoints"]) == 15
+    xs = [p[0] for p in a["keypoints"].values()]
     assert all(-40 <= x <= 240 for x in xs)
-    assert (out / "images" / "face_keypoints.png").stat().st_size > 1000
+    for sub in ("a", "b"):
+        assert (out / "images" / sub / "face.png_keypoints.png").stat().st_size > 1000
 
 
 def test_relative_workdir_trains(tmp_path):
@@ -166,5 +174,5 @@ def test_relative_workdir_trains(tmp_path):
             "--workdir", "rel/run", "--config.train.epochs=1"]
     proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "rel/run/checkpoints/latest/1").is_dir()
+    assert (tmp_path / "rel/run/checkpoints/1").is_dir()
     assert len(metrics(tmp_path / "rel/run")) == 1
