@@ -1,0 +1,74 @@
+"""Export a trained run as one file that runs with jax alone (a `jax.export` artefact).
+
+  python export.py --workdir RUN_DIR [--out model.jaxexport] [--checkpoint best|latest]
+
+The file holds the prediction function with its parameters, lowered for cpu, cuda and tpu,
+for any batch size: input float32 (B, 96, 96, 1) grayscale in [0, 1], output float32 (B, 2K)
+normalised coordinates u = x / 48 - 1, x and y interleaved (K = 15 in Kaggle's column order;
+68 iBUG points for an ibug68 run). Details: fkd_jax/exported.py. `predict.py --model FILE` uses
+it; so can plain jax (no fkd_jax needed):
+
+    import jax, numpy as np
+    model = jax.export.deserialize(bytearray(open("model.jaxexport", "rb").read()))
+    keypoints_px = (np.asarray(model.call(images)) + 1) * 48   # images: (B, 96, 96, 1)
+
+Default --out: RUN_DIR/model.jaxexport. The file is written atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from absl import flags
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by train.py.")
+_OUT = flags.DEFINE_string("out", None, "Output file (default: WORKDIR/model.jaxexport).")
+_CHECKPOINT = flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint.")
+
+
+def check_out(out: Path) -> None:
+    """Say before the (seconds-long) export whether --out can be written at all."""
+    from fkd_jax.errors import UserError
+
+    if out.is_dir():
+        raise UserError(f"--out {out} is a directory; give a file name, e.g. {out}/model.jaxexport")
+    parent = out.parent
+    while not parent.exists():  # the writer creates missing folders; check the first that exists
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"--out {out}: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: {parent} is not writable")
+
+
+def main(argv: list[str]) -> None:
+    from fkd_jax import cli, exported, files, inference, keypoints
+    from fkd_jax.errors import UserError
+
+    cli.parse_flags(argv, flags.FLAGS)
+    if not _WORKDIR.value:
+        raise UserError("--workdir is required (a run directory written by train.py)")
+    workdir = Path(_WORKDIR.value)
+    if not workdir.is_dir():
+        raise UserError(f"--workdir {workdir}: no such directory")
+    out = Path(_OUT.value) if _OUT.value else workdir / f"model{exported.SUFFIX}"
+    check_out(out)
+
+    run = inference.load_run(workdir, _CHECKPOINT.value)
+    data = exported.export_run(run)
+    run_k = keypoints.KEYPOINT_SETS[run.config.data.get("keypoints", "kaggle15")].num_keypoints
+    try:
+        files.write_bytes(out, data)
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot write ({e.strerror or e})") from None
+    print(f"wrote {out} ({len(data) / 1e6:.1f} MB; {_CHECKPOINT.value} checkpoint, epoch "
+          f"{run.meta.get('epoch')}; platforms {', '.join(exported.PLATFORMS)}; "
+          f"input (B, 96, 96, 1) float32 in [0, 1], output (B, {2 * run_k}) normalised)")
+
+
+if __name__ == "__main__":
+    from fkd_jax.errors import exit_on_user_error
+
+    exit_on_user_error(main)(sys.argv)

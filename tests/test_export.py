@@ -1,0 +1,150 @@
+"""The exported model (fkd_jax.exported, export.py): same keypoints as the checkpoint, any batch
+size, runs with jax alone; bad inputs are one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import best_cpu
+from fkd_jax import exported, inference, synthetic, training
+from fkd_jax.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def run() -> inference.Run:
+    """best_cpu's net (heatmap_unet), initialised and nudged off its initial weights so that
+    its predictions depend on every layer (no checkpoint needed: export takes a Run)."""
+    config = best_cpu.get_config()
+    graphdef, state = training.init_state(config.model, training.make_optimizer(config.train, 1),
+                                          seed=3)
+    leaves, treedef = jax.tree.flatten(state["params"])
+    keys = jax.random.split(jax.random.key(7), len(leaves))
+    params = jax.tree.unflatten(treedef, [p + 0.05 * jax.random.normal(k, p.shape, p.dtype)
+                                          for p, k in zip(leaves, keys)])
+    return inference.Run(config, graphdef, params, {"epoch": 0})
+
+
+@pytest.fixture(scope="module")
+def model_file(run, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("export") / "model.jaxexport"
+    path.write_bytes(exported.export_run(run))
+    return path
+
+
+@pytest.fixture(scope="module")
+def faces() -> np.ndarray:
+    images, _ = synthetic.generate_faces(11, seed=5)
+    return (images.astype(np.float32) / 255.0)[..., None]
+
+
+@pytest.fixture(scope="module")
+def reference(run, faces) -> dict[str, np.ndarray]:
+    """The checkpoint's own Predictor on `faces`: keypoints in pixels, plain and with TTA."""
+    predictor = inference.Predictor.from_run(run, batch_size=8)
+    return {"plain": predictor(faces), "tta": predictor(faces, tta=True)}
+
+
+def test_same_keypoints_as_the_checkpoint(model_file, faces, reference):
+    assert reference["plain"].shape == (11, 30)
+    assert np.ptp(reference["plain"]) > 1.0  # the net's output depends on its input
+    predictor = exported.load_predictor(model_file, batch_size=4)  # 3 calls, the last padded
+    np.testing.assert_allclose(predictor(faces), reference["plain"], atol=2e-3)  # pixels
+    # The mirror-image average works too (the keypoint set was read from the output width).
+    np.testing.assert_allclose(predictor(faces, tta=True), reference["tta"], atol=2e-3)
+
+
+def test_the_artefact_has_a_symbolic_batch_and_three_platforms(model_file, faces, reference):
+    model = jax.export.deserialize(bytearray(model_file.read_bytes()))
+    assert set(model.platforms) == {"cpu", "cuda", "tpu"}
+    (spec,) = model.in_avals
+    assert not isinstance(spec.shape[0], int) and spec.shape[1:] == (96, 96, 1)
+    assert spec.dtype == jnp.float32 and model.out_avals[0].shape[1] == 30
+    for n in (1, 11):  # raw calls of any batch size; normalised coordinates out
+        got_px = (np.asarray(model.call(faces[:n])) + 1.0) * 48.0
+        np.testing.assert_allclose(got_px, reference["plain"][:n], atol=2e-3)
+
+
+def test_runs_with_jax_alone(model_file, faces, reference, tmp_path):
+    """The docstring's three lines, in a fresh interpreter that never imports fkd_jax."""
+    np.save(tmp_path / "faces.npy", faces)
+    script = textwrap.dedent(f"""
+        import sys, jax, numpy as np
+        images = np.load({str(tmp_path / 'faces.npy')!r})
+        model = jax.export.deserialize(bytearray(open({str(model_file)!r}, "rb").read()))
+        keypoints_px = (np.asarray(model.call(images)) + 1) * 48
+        assert not any(m.startswith(("fkd_jax", "flax")) for m in sys.modules), "imported"
+        np.save({str(tmp_path / 'out.npy')!r}, keypoints_px)
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path)
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), reference["plain"], atol=2e-3)
+
+
+def test_missing_or_corrupt_model_files_are_user_errors(model_file, tmp_path):
+    with pytest.raises(UserError, match="no such file"):
+        exported.load_predictor(tmp_path / "nope.jaxexport")
+    with pytest.raises(UserError, match="directory"):
+        exported.load_predictor(tmp_path)
+    garbage = tmp_path / "garbage.jaxexport"
+    garbage.write_bytes(b"\x00\x01not a model" * 50)
+    with pytest.raises(UserError, match="garbage.jaxexport: not a jax.export model"):
+        exported.load_predictor(garbage)
+    cut = tmp_path / "cut.jaxexport"
+    cut.write_bytes(model_file.read_bytes()[:5000])
+    with pytest.raises(UserError, match="cut.jaxexport"):
+        exported.load_predictor(cut)
+
+
+@pytest.mark.parametrize("fn, channels, message", [
+    (lambda x: x.sum(axis=(1, 2, 3))[:, None] * jnp.ones(7), 1, "none of the keypoint sets"),
+    (lambda x: x.mean(axis=(1, 2, 3))[:, None] * jnp.ones(30), 3, "not a keypoint model"),
+])
+def test_an_exported_function_that_is_no_keypoint_model_is_refused(tmp_path, fn, channels,
+                                                                   message):
+    other = jax.export.export(jax.jit(fn))(jax.ShapeDtypeStruct((2, 96, 96, channels),
+                                                                jnp.float32))
+    path = tmp_path / "other.jaxexport"
+    path.write_bytes(bytes(other.serialize()))
+    with pytest.raises(UserError, match=message):
+        exported.load_predictor(path)
+
+
+# --------------------------------------------------------------------------- export.py
+
+
+def _export_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "export.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _one_line_error(result: subprocess.CompletedProcess, *words: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def test_export_cli_bad_inputs_are_one_line_errors(tmp_path):
+    _one_line_error(_export_cli("--out", str(tmp_path / "m.jaxexport")), "--workdir")
+    _one_line_error(_export_cli("--workdir", str(tmp_path / "missing"), "--out",
+                                str(tmp_path / "m.jaxexport")), "--workdir", "missing")
+    not_a_run = tmp_path / "not_a_run"
+    not_a_run.mkdir()
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    _one_line_error(_export_cli("--workdir", str(not_a_run), "--out",
+                                str(a_file / "m.jaxexport")), "--out", "not a directory")
+    _one_line_error(_export_cli("--workdir", str(not_a_run), "--out", str(tmp_path)),
+                    "--out", "is a directory")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "not_a_run"]
+    assert list(not_a_run.iterdir()) == []
