@@ -1,13 +1,51 @@
 """Faces in whole pictures: detection, framing a face as the model was trained, mapping back.
 
-(Being built for issue 12; `Face` is the record every stage passes along.)
+The model only knows 96x96 crops framed by one rule (../shared/data/README.md): a square of
+side 1.1305 x the 68-landmark box, centred on the mean of the 15 keypoints (+ a small offset).
+A picture is turned into such crops in three steps:
+  1. detect: OpenCV's Haar cascade (shipped inside opencv-python-headless 4.x) gives boxes;
+  2. frame from the box: a fitted map (framing_stats.BOX_*) from the detector's box to the
+     training square, then crop and predict (pass 1);
+  3. frame from the keypoints: apply the training rule to the predicted keypoints (the side
+     from the 15 keypoints by a fitted regression, framing_stats.SIDE_FROM_KEYPOINTS), crop
+     again, predict again (passes 2, 3, ...).
+Each crop is one affine resample (cv2.warpAffine, bilinear, edge replicated, as the training
+crops were made), and keypoints go back to the picture through the exact inverse.
+
+Conventions: every coordinate is in pixels with fkd_jax.keypoints' continuous convention
+(pixel (i, j) covers [j, j+1) x [i, i+1), its centre is (j + 0.5, i + 0.5)), keypoints (..., 30)
+in Kaggle column order. Pictures are uint8: RGB (H, W, 3) or grayscale (H, W).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Sequence
 
+import cv2
 import numpy as np
+
+from fkd_jax import face_shape_stats, framing_stats, keypoints
+from fkd_jax.errors import UserError
+
+CROP = keypoints.IMAGE_SIZE  # the model's input side, pixels
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+DEFAULT_CASCADE = "haarcascade_frontalface_default.xml"
+DEFAULT_PASSES = 3  # 1 from the detector box + 2 from keypoints (see docs/photos_and_videos.md)
+# A face is kept only if its keypoints, aligned onto the mean face by a similarity, lie within
+# this RMS distance of it (in outer-eye-corner distances): non-faces and lost tracks fail.
+MAX_SHAPE_ERROR = 0.12
+_CONFIRM_SIZE, _CONFIRM_WIDEN = 160, 1.6  # FaceDetector.confirms: crop pixels, x the square
+CONFIRM_MIN_SCORE = framing_stats.CONFIRM_MIN_SCORE
+
+_IDX = {name: i for i, name in enumerate(keypoints.KEYPOINT_NAMES)}
+_MEAN_POINTS = np.asarray(face_shape_stats.MEAN_SHAPE, np.float64).reshape(-1, 2)
+
+# A predictor: crops (N, 96, 96, 1) float32 in [0, 1] -> keypoints (N, 30) in crop pixels.
+# fkd_jax.inference.Predictor fits (its `tta` keyword is passed when asked for).
+PredictFn = Callable[..., np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -18,3 +56,436 @@ class Face:
     box: tuple[float, float, float, float]  # x, y, w, h of the detector's (or given) box
     score: float  # detector confidence (higher is surer); 1.0 for a box given by the user
     keypoints_px: np.ndarray  # (2K,) keypoints in Kaggle column order (x, y interleaved)
+    # Keypoints after each pass (the last equals keypoints_px): to measure what a pass gains.
+    history: tuple[np.ndarray, ...] = field(default=(), compare=False, repr=False)
+    shape_error: float = float("nan")  # see MAX_SHAPE_ERROR
+
+
+@dataclass(frozen=True)
+class Detection:
+    """A face box in picture pixels (x, y of the top-left corner, w, h) and its score."""
+
+    box: tuple[float, float, float, float]
+    score: float
+
+
+def _points(kp) -> np.ndarray:
+    """(..., 2K) interleaved -> (..., K, 2), any K (a single point (2,) too)."""
+    kp = np.asarray(kp)
+    return kp.reshape(kp.shape[:-1] + (-1, 2))
+
+
+# ---------------------------------------------------------------------------------------------
+# Pictures
+
+
+def read_picture(path: str | Path) -> np.ndarray:
+    """Decode an image file to RGB uint8 (H, W, 3), EXIF orientation applied.
+
+    Raises UserError naming the file when it is missing, empty or not a readable image.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such image file")
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: empty file, not an image")
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            rgb = np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise UserError(f"{path}: not a readable image ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:120]})") from None
+    if rgb.ndim != 3 or rgb.shape[0] < 1 or rgb.shape[1] < 1:
+        raise UserError(f"{path}: image has no pixels")
+    return np.ascontiguousarray(rgb)
+
+
+def to_gray(picture: np.ndarray) -> np.ndarray:
+    """uint8 (H, W) luma 0.299 R + 0.587 G + 0.114 B (as the training crops: Pillow's "L")."""
+    picture = np.asarray(picture)
+    if picture.ndim == 2:
+        return np.ascontiguousarray(picture, dtype=np.uint8)
+    return cv2.cvtColor(np.ascontiguousarray(picture, dtype=np.uint8), cv2.COLOR_RGB2GRAY)
+
+
+# ---------------------------------------------------------------------------------------------
+# Framing: a square in the picture that becomes the 96x96 crop
+
+
+@dataclass(frozen=True)
+class Framing:
+    """A square crop of a picture: centre (cx, cy) and side in picture pixels, and the angle
+    (radians) of the crop's x axis in the picture (0: upright, axis-aligned as in training).
+
+    A crop point q (crop pixels, 0..96) is the picture point p = c + side / 96 * R(angle) (q - 48).
+    """
+
+    cx: float
+    cy: float
+    side: float
+    angle: float = 0.0
+
+    def _linear(self) -> np.ndarray:
+        s = self.side / CROP
+        c, n = math.cos(self.angle), math.sin(self.angle)
+        return s * np.array([[c, -n], [n, c]])
+
+    def to_picture(self, keypoints_crop: np.ndarray) -> np.ndarray:
+        """(..., 2K) keypoints in crop pixels -> picture pixels (float64)."""
+        pts = _points(np.asarray(keypoints_crop, np.float64))
+        out = (pts - CROP / 2) @ self._linear().T + (self.cx, self.cy)
+        return out.reshape(np.shape(keypoints_crop))
+
+    def to_crop(self, keypoints_px: np.ndarray) -> np.ndarray:
+        """(..., 2K) keypoints in picture pixels -> crop pixels (float64)."""
+        pts = _points(np.asarray(keypoints_px, np.float64))
+        out = (pts - (self.cx, self.cy)) @ np.linalg.inv(self._linear()).T + CROP / 2
+        return out.reshape(np.shape(keypoints_px))
+
+    def warp_matrix(self, size: int = CROP) -> np.ndarray:
+        """(2, 3) for cv2.warpAffine(..., WARP_INVERSE_MAP) rendering the square at `size` x
+        `size` pixels: output pixel index -> picture pixel index. OpenCV puts pixel centres at
+        whole numbers, fkd-jax at +0.5: both shifts are folded in here, so an output pixel's
+        centre samples exactly `to_picture` of its centre (for size 96)."""
+        s = self.side / size
+        c, n = math.cos(self.angle), math.sin(self.angle)
+        a = s * np.array([[c, -n], [n, c]])
+        t = np.array([self.cx, self.cy]) + a @ np.array([0.5 - size / 2, 0.5 - size / 2]) - 0.5
+        return np.concatenate([a, t[:, None]], axis=1)
+
+    def box(self) -> tuple[float, float, float, float]:
+        """Axis-aligned (x, y, w, h) around the square."""
+        half = 0.5 * self.side * (abs(math.cos(self.angle)) + abs(math.sin(self.angle)))
+        return (self.cx - half, self.cy - half, 2 * half, 2 * half)
+
+
+def crop_faces(gray: np.ndarray, framings: Sequence[Framing]) -> np.ndarray:
+    """Crops (N, 96, 96, 1) float32 in [0, 1] of a grayscale uint8 picture (H, W): one bilinear
+    affine resample each, the picture's border replicated outside it (as in training)."""
+    gray = to_gray(gray)
+    out = np.empty((len(framings), CROP, CROP, 1), np.float32)
+    for i, f in enumerate(framings):
+        crop = cv2.warpAffine(gray, f.warp_matrix(), (CROP, CROP),
+                              flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                              borderMode=cv2.BORDER_REPLICATE)
+        out[i, :, :, 0] = crop
+    out *= 1.0 / 255.0
+    return out
+
+
+def framing_from_box(box: Sequence[float]) -> Framing:
+    """The first guess at the training square from a detector (or user) box (x, y, w, h),
+    by the map fitted on the training people's photos (framing_stats.BOX_*)."""
+    x, y, w, h = (float(v) for v in box)
+    fx, fy = framing_stats.BOX_CENTRE
+    return Framing(x + w * fx, y + h * fy, framing_stats.BOX_SIDE * math.sqrt(w * h))
+
+
+def eye_angle(keypoints_px: np.ndarray) -> float:
+    """In-plane roll (radians) of the line from the right eye centre to the left eye centre
+    (0 when the eyes are level: the subject's left eye is on the picture's right)."""
+    p = _points(np.asarray(keypoints_px, np.float64))
+    d = p[_IDX["left_eye_center"]] - p[_IDX["right_eye_center"]]
+    return math.atan2(d[1], d[0])
+
+
+def side_from_keypoints(points: np.ndarray) -> float:
+    """Training-square side estimated from the 15 keypoints (15, 2) given in the square's axes."""
+    wx, wy = framing_stats.SIDE_FROM_KEYPOINTS
+    span = points.max(axis=0) - points.min(axis=0)
+    return float(wx * span[0] + wy * span[1])
+
+
+def framing_from_keypoints(keypoints_px: np.ndarray, rotate: bool = False) -> Framing:
+    """The training rule applied to (predicted) keypoints (2K,) in picture pixels: centre =
+    mean of the keypoints + TRAIN_CENTRE_OFFSET x side, side from `side_from_keypoints`.
+    With `rotate` the square turns with the eye line (undoes in-plane roll; training crops
+    were upright, so roll then comes out as 0)."""
+    p = _points(np.asarray(keypoints_px, np.float64))
+    angle = eye_angle(keypoints_px) if rotate else 0.0
+    c, n = math.cos(angle), math.sin(angle)
+    rot = np.array([[c, -n], [n, c]])
+    mean = p.mean(axis=0)
+    side = side_from_keypoints((p - mean) @ rot)  # coordinates in the square's own axes
+    centre = mean + rot @ (np.asarray(framing_stats.TRAIN_CENTRE_OFFSET) * side)
+    return Framing(float(centre[0]), float(centre[1]), side, angle)
+
+
+def training_framing(keypoints_px: np.ndarray, landmarks68_px: np.ndarray) -> Framing:
+    """The exact training square from true labels: 15 keypoints (2K,) and 68 landmarks (136,)."""
+    p = _points(np.asarray(keypoints_px, np.float64))
+    lm = np.asarray(landmarks68_px, np.float64).reshape(-1, 2)
+    span = lm.max(axis=0) - lm.min(axis=0)
+    side = framing_stats.TRAIN_SIDE_PER_BBOX68 * float(span.max())
+    centre = p.mean(axis=0) + np.asarray(framing_stats.TRAIN_CENTRE_OFFSET) * side
+    return Framing(float(centre[0]), float(centre[1]), side)
+
+
+def shape_error(keypoints_px: np.ndarray) -> float:
+    """RMS distance of the keypoints (2K,) from the mean face after the best similarity
+    alignment, in units of the mean face's outer-eye-corner distance. Real faces: ~0.03-0.08."""
+    p = _points(np.asarray(keypoints_px, np.float64))
+    if not np.all(np.isfinite(p)):
+        return float("inf")
+    a, b = p - p.mean(0), _MEAN_POINTS - _MEAN_POINTS.mean(0)
+    # Complex least squares: b ~ z * a with z = scale * e^{i angle}.
+    za, zb = a[:, 0] + 1j * a[:, 1], b[:, 0] + 1j * b[:, 1]
+    denom = float(np.vdot(za, za).real)
+    if denom <= 1e-12:
+        return float("inf")
+    z = np.vdot(za, zb) / denom
+    resid = np.abs(z * za - zb)
+    iod = np.linalg.norm(_MEAN_POINTS[_IDX["left_eye_outer_corner"]]
+                         - _MEAN_POINTS[_IDX["right_eye_outer_corner"]])
+    return float(np.sqrt(np.mean(resid ** 2)) / iod)
+
+
+# ---------------------------------------------------------------------------------------------
+# Detection
+
+
+def cascade_path(name: str = DEFAULT_CASCADE) -> Path:
+    """Path of a Haar cascade shipped inside the opencv-python-headless wheel."""
+    return Path(cv2.data.haarcascades) / name
+
+
+class FaceDetector:
+    """OpenCV Haar cascade face detector (frontal faces), loaded once and reused.
+
+    `detect(gray)` runs haarcascade_frontalface_default with scaleFactor 1.1, minNeighbors 3,
+    minSize 30 px; `detect_loose(gray)` the same with minNeighbors 1 (more faces and more false
+    boxes: its results are kept only if the predicted keypoints look like a face).
+    """
+
+    def __init__(self, cascade: str = DEFAULT_CASCADE, scale_factor: float = 1.1,
+                 min_neighbors: int = 3, min_size: int = 30):
+        path = cascade_path(cascade)
+        self._cascade = cv2.CascadeClassifier(str(path))
+        if self._cascade.empty():
+            raise UserError(f"cannot load the face detector {path} (opencv-python-headless "
+                            "4.x ships it; 5.x does not)")
+        self.scale_factor, self.min_neighbors, self.min_size = scale_factor, min_neighbors, min_size
+
+    def detect(self, gray: np.ndarray, min_neighbors: int | None = None) -> list[Detection]:
+        """Face boxes of a grayscale uint8 picture (H, W), best score first. The score is the
+        cascade's last-stage weight (levelWeights): higher is surer, not a probability."""
+        gray = to_gray(gray)
+        n = self.min_neighbors if min_neighbors is None else min_neighbors
+        rects, _, weights = self._cascade.detectMultiScale3(
+            gray, scaleFactor=self.scale_factor, minNeighbors=n,
+            minSize=(self.min_size, self.min_size), outputRejectLevels=True)
+        found = [Detection(tuple(float(v) for v in r), float(s))
+                 for r, s in zip(np.reshape(rects, (-1, 4)), np.ravel(weights))]
+        return sorted(found, key=lambda d: -d.score)
+
+    def detect_loose(self, gray: np.ndarray) -> list[Detection]:
+        """The fallback for pictures where `detect` finds nothing (minNeighbors 1)."""
+        return self.detect(gray, min_neighbors=1)
+
+    def confirms(self, gray: np.ndarray, keypoints_px: np.ndarray, main: bool = False) -> bool:
+        """Whether the cascade finds the face again in the upright crop framed by the face's
+        own keypoints: surely enough (`confirm_score` >= CONFIRM_MIN_SCORE), or at all for the
+        `main` face (a picture's best-scored box). The keypoint model puts a face shape onto
+        anything; this second look rejects boxes that were not faces."""
+        score = self.confirm_score(gray, keypoints_px)
+        return score > -math.inf if main else score >= CONFIRM_MIN_SCORE
+
+    def confirm_score(self, gray: np.ndarray, keypoints_px: np.ndarray) -> float:
+        """The cascade's score for a face found in the training square framed by the
+        keypoints (1.6x wider, turned with the eye line, rendered at 160 px) whose box is
+        centred within a quarter side and 0.5-1.5 sides wide; -inf when there is none."""
+        f = framing_from_keypoints(keypoints_px, rotate=True)
+        size = _CONFIRM_SIZE
+        m = Framing(f.cx, f.cy, f.side * _CONFIRM_WIDEN, f.angle).warp_matrix(size)
+        crop = cv2.warpAffine(to_gray(gray), m, (size, size),
+                              flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                              borderMode=cv2.BORDER_REPLICATE)
+        rects, _, weights = self._cascade.detectMultiScale3(
+            crop, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
+            minSize=(self.min_size, self.min_size), outputRejectLevels=True)
+        side, best = size / _CONFIRM_WIDEN, -math.inf
+        for (x, y, w, h), score in zip(np.reshape(rects, (-1, 4)), np.ravel(weights)):
+            if (abs(x + w / 2 - size / 2) < 0.25 * side and abs(y + h / 2 - size / 2) < 0.25 * side
+                    and 0.5 * side < w < 1.5 * side):
+                best = max(best, float(score))
+        return best
+
+
+# ---------------------------------------------------------------------------------------------
+# Locating keypoints: crops of many pictures per predictor call
+
+
+def locate(grays: Sequence[np.ndarray], picture_index: Sequence[int],
+           framings: Sequence[Framing], predict: PredictFn, passes: int = DEFAULT_PASSES,
+           tta: bool = False, rotate: bool = True) -> list[np.ndarray]:
+    """Keypoints (N, 2K) in picture pixels after each of `passes` passes, for N faces given by
+    the picture each lies in (`picture_index` into `grays`) and its first framing.
+
+    Pass 1 crops the given framings; every later pass re-frames each face from the previous
+    pass's keypoints by the training rule (`framing_from_keypoints`). All N crops of a pass go
+    through `predict` in one call (it batches; nothing recompiles).
+    """
+    if passes < 1:
+        raise ValueError("passes must be >= 1")
+    framings = list(framings)
+    history: list[np.ndarray] = []
+    for p in range(passes):
+        if p > 0:
+            framings = [framing_from_keypoints(k, rotate) for k in history[-1]]
+        crops = _crops(grays, picture_index, framings)
+        pred = _predict(predict, crops, tta)
+        history.append(np.stack([f.to_picture(k) for f, k in zip(framings, pred)])
+                       if len(framings) else np.zeros((0, keypoints.NUM_COORDS)))
+    return history
+
+
+def _crops(grays, picture_index, framings) -> np.ndarray:
+    out = np.empty((len(framings), CROP, CROP, 1), np.float32)
+    by_picture: dict[int, list[int]] = {}
+    for i, pic in enumerate(picture_index):
+        by_picture.setdefault(int(pic), []).append(i)
+    for pic, rows in by_picture.items():
+        out[rows] = crop_faces(grays[pic], [framings[i] for i in rows])
+    return out
+
+
+def _predict(predict: PredictFn, crops: np.ndarray, tta: bool) -> np.ndarray:
+    if len(crops) == 0:
+        return np.zeros((0, keypoints.NUM_COORDS), np.float64)
+    out = predict(crops, tta=True) if tta else predict(crops)
+    return np.asarray(out, np.float64)
+
+
+def detect_faces(grays: Sequence[np.ndarray], detector: FaceDetector
+                 ) -> tuple[list[list[Detection]], list[bool]]:
+    """Detector boxes of each picture (the loose fallback where the detector finds none), and
+    whether they came from the fallback."""
+    boxes, loose = [], []
+    for g in grays:
+        found = detector.detect(g)
+        loose.append(not found)
+        boxes.append(found or detector.detect_loose(g))
+    return boxes, loose
+
+
+def find_faces(grays: Sequence[np.ndarray], predict: PredictFn,
+               detector: FaceDetector | None = None,
+               boxes: Sequence[Sequence[Detection]] | None = None,
+               confirm: bool | None = None, loose: Sequence[bool] | None = None,
+               passes: int = DEFAULT_PASSES, tta: bool = False, rotate: bool = True,
+               max_shape_error: float = MAX_SHAPE_ERROR) -> list[list[Face]]:
+    """Every face of each picture (grayscale uint8 (H, W)), located: one list of Faces per
+    picture, best score first; an empty list when there is no face (never a guess).
+
+    Boxes come from `boxes` (one list per picture) or else from `detect_faces`. With `confirm`
+    (default: when the boxes come from the detector here) a face is kept only if its keypoints
+    look like a face (`shape_error`) and the detector finds it again in the crop they frame
+    (`FaceDetector.confirms`: surely, or at all for the best box of a picture that is not
+    from the loose fallback, `loose[i]`); a user's box is kept as given. Faces whose
+    keypoints coincide (two boxes on one face) are merged, keeping the higher score.
+    """
+    confirm = boxes is None if confirm is None else confirm
+    if confirm and detector is None:
+        raise ValueError("confirming faces needs the detector")
+    if boxes is None:
+        if detector is None:
+            raise ValueError("give a detector or boxes")
+        boxes, loose = detect_faces(grays, detector)
+    if len(boxes) != len(grays):
+        raise ValueError("one list of boxes per picture")
+    loose = [False] * len(grays) if loose is None else list(loose)
+    index = [i for i, bs in enumerate(boxes) for _ in bs]
+    dets = [d for bs in boxes for d in bs]
+    history = locate(grays, index, [framing_from_box(d.box) for d in dets], predict,
+                     passes, tta, rotate)
+    faces: list[list[Face]] = [[] for _ in grays]
+    best = {i: max(range(len(bs)), key=lambda k: bs[k].score)
+            for i, bs in enumerate(boxes) if bs}
+    for j, (pic, det) in enumerate(zip(index, dets)):
+        kp = history[-1][j]
+        err = shape_error(kp)
+        main = not loose[pic] and det is boxes[pic][best[pic]]
+        if confirm and not (err <= max_shape_error and detector.confirms(grays[pic], kp, main)):
+            continue
+        faces[pic].append(Face(det.box, det.score, kp, tuple(h[j] for h in history), err))
+    return [merge_duplicates(fs) for fs in faces]
+
+
+def merge_duplicates(faces: Sequence[Face], overlap: float = 0.5) -> list[Face]:
+    """Drop a face whose keypoints' centre lies within `overlap` x its eye-corner distance of
+    a higher-scored face's (two boxes that converged on one face). Best score first."""
+    kept: list[Face] = []
+    for f in sorted(faces, key=lambda f: -f.score):
+        c, d = _centre_and_size(f.keypoints_px)
+        if all(np.linalg.norm(c - _centre_and_size(g.keypoints_px)[0]) > overlap * d
+               for g in kept):
+            kept.append(f)
+    return kept
+
+
+def _centre_and_size(kp: np.ndarray) -> tuple[np.ndarray, float]:
+    p = _points(np.asarray(kp, np.float64))
+    d = np.linalg.norm(p[_IDX["left_eye_outer_corner"]] - p[_IDX["right_eye_outer_corner"]])
+    return p.mean(axis=0), max(float(d), 1e-6)
+
+
+def refine_faces(gray: np.ndarray, previous: Sequence[np.ndarray], predict: PredictFn,
+                 passes: int = 1, tta: bool = False, rotate: bool = True,
+                 max_shape_error: float = MAX_SHAPE_ERROR,
+                 detector: FaceDetector | None = None) -> list[Face | None]:
+    """Track faces into a new frame: frame each from its previous keypoints (2K,), predict;
+    None for a face that is lost: its keypoints fail the face-shape check or (with a
+    `detector`) `FaceDetector.confirms` fails. The box is the square the face was framed by;
+    the score is 1 - shape error (tracked, not detected)."""
+    framings = [framing_from_keypoints(k, rotate) for k in previous]
+    history = locate([gray], [0] * len(framings), framings, predict, passes, tta, rotate)
+    out: list[Face | None] = []
+    for j, f in enumerate(framings):
+        kp = history[-1][j]
+        err = shape_error(kp)
+        ok = err <= max_shape_error and (detector is None or detector.confirms(gray, kp))
+        out.append(Face(f.box(), 1.0 - err, kp, tuple(h[j] for h in history), err)
+                   if ok else None)
+    return out
+
+
+def with_keypoints(face: Face, keypoints_px: np.ndarray) -> Face:
+    """The same face with other keypoints (e.g. smoothed over time)."""
+    return replace(face, keypoints_px=np.asarray(keypoints_px, np.float64))
+
+
+# ---------------------------------------------------------------------------------------------
+# Drawing
+
+# RGB colours: the subject's left side red, right side blue, the midline green (as in the
+# project's figures); boxes yellow.
+_LEFT, _RIGHT, _MID, _BOX = (230, 40, 40), (40, 90, 255), (40, 200, 60), (255, 210, 0)
+_POINT_COLOURS = [(_LEFT if ("left" in n) else _RIGHT if ("right" in n) else _MID)
+                  for n in keypoints.KEYPOINT_NAMES]
+
+
+def draw_faces(picture: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
+    """A colour copy (RGB uint8 (H, W, 3)) of the picture with each face's box, number and
+    keypoints drawn (marks scale with the picture's size)."""
+    out = np.array(picture, dtype=np.uint8)
+    if out.ndim == 2:
+        out = cv2.cvtColor(out, cv2.COLOR_GRAY2RGB)
+    out = np.ascontiguousarray(out)
+    unit = max(1, round(max(out.shape[:2]) / 300))
+    shift = 4  # sub-pixel drawing: coordinates in 1/16 px
+    for i, f in enumerate(faces):
+        x, y, w, h = f.box
+        cv2.rectangle(out, (round(x), round(y)), (round(x + w), round(y + h)), _BOX, unit)
+        cv2.putText(out, str(i), (round(x) + 2 * unit, round(y) + 12 * unit),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.4 * unit, _BOX, unit, cv2.LINE_AA)
+        pts = _points(np.asarray(f.keypoints_px, np.float64))
+        colours = _POINT_COLOURS if len(pts) == len(_POINT_COLOURS) else [_MID] * len(pts)
+        for (px, py), colour in zip(pts, colours):
+            if np.isfinite(px) and np.isfinite(py):
+                # continuous coordinates -> OpenCV's pixel-centre-at-integer convention
+                centre = (round((px - 0.5) * (1 << shift)), round((py - 0.5) * (1 << shift)))
+                cv2.circle(out, centre, (unit + 1) << shift, colour, -1, cv2.LINE_AA, shift)
+    return out

@@ -1,0 +1,142 @@
+"""Accuracy of keypoints on pictures (or crops): NME, failure rate, CED and its AUC, matching.
+
+NME (normalised mean error, the 300-W convention): the mean over the 15 keypoints of the
+point-to-point distance between prediction and truth, divided by the distance between the
+truth's OUTER eye corners (left_eye_outer_corner to right_eye_outer_corner). Scale-free, so it
+compares pictures of any size and 96x96 crops alike. A face fails when its NME > 10%.
+CED: the share of faces with NME <= x, for x from 0 to 10%; AUC: the area under it on
+[0, 10%] divided by 10% (1 = every face perfect; a missed face counts as a failure).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from fkd_jax import keypoints
+
+FAILURE_NME = 0.10
+_LEFT_OUTER = keypoints.KEYPOINT_NAMES.index("left_eye_outer_corner")
+_RIGHT_OUTER = keypoints.KEYPOINT_NAMES.index("right_eye_outer_corner")
+
+
+def outer_eye_distance(true_px: np.ndarray) -> np.ndarray:
+    """(...,) distance between the outer eye corners of keypoints (..., 30), same units."""
+    p = keypoints.as_points(np.asarray(true_px, np.float64))
+    return np.linalg.norm(p[..., _LEFT_OUTER, :] - p[..., _RIGHT_OUTER, :], axis=-1)
+
+
+def nme(pred_px: np.ndarray, true_px: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """(...,) NME of predictions against truth (..., 30), both in the same pixels.
+
+    `mask` (..., 30) marks labelled coordinates; a keypoint counts where both of its
+    coordinates are labelled (the outer eye corners must be labelled)."""
+    p = keypoints.as_points(np.asarray(pred_px, np.float64))
+    t = keypoints.as_points(np.asarray(true_px, np.float64))
+    dist = np.linalg.norm(p - t, axis=-1)  # (..., 15)
+    if mask is None:
+        mean = dist.mean(axis=-1)
+    else:
+        m = keypoints.as_points(np.asarray(mask, bool)).all(axis=-1)
+        mean = np.where(m, dist, 0.0).sum(axis=-1) / np.maximum(m.sum(axis=-1), 1)
+    return mean / outer_eye_distance(true_px)
+
+
+def ced(nmes: Sequence[float], limit: float = FAILURE_NME, steps: int = 1001
+        ) -> tuple[np.ndarray, np.ndarray]:
+    """(thresholds (steps,), share of faces with NME <= threshold); NaN/inf (missed) never."""
+    x = np.linspace(0.0, limit, steps)
+    v = np.asarray(nmes, np.float64)
+    v = np.where(np.isfinite(v), v, np.inf)
+    if v.size == 0:
+        return x, np.zeros_like(x)
+    return x, (v[None, :] <= x[:, None]).mean(axis=1)
+
+
+def auc(nmes: Sequence[float], limit: float = FAILURE_NME) -> float:
+    """Area under the CED on [0, limit], divided by limit (exact for the step function)."""
+    v = np.asarray(nmes, np.float64)
+    if v.size == 0:
+        return 0.0
+    v = np.where(np.isfinite(v), np.minimum(v, limit), limit)
+    return float(np.mean(limit - v) / limit)
+
+
+def failure_rate(nmes: Sequence[float], threshold: float = FAILURE_NME) -> float:
+    """Share of faces with NME > threshold (a missed face, NaN or inf, fails)."""
+    v = np.asarray(nmes, np.float64)
+    if v.size == 0:
+        return 0.0
+    return float(np.mean(~(np.where(np.isfinite(v), v, np.inf) <= threshold)))
+
+
+def match_faces(pred_px: np.ndarray, true_px: np.ndarray, max_nme: float = 0.5
+                ) -> list[tuple[int, int]]:
+    """Pair predicted faces (M, 30) with labelled faces (T, 30) of one picture: greedily by
+    smallest NME, each face at most once, pairs with NME above `max_nme` left unpaired (a
+    prediction that far off is on another face or none). Returns (pred index, true index)."""
+    pred_px, true_px = np.asarray(pred_px, np.float64), np.asarray(true_px, np.float64)
+    if len(pred_px) == 0 or len(true_px) == 0:
+        return []
+    cost = nme(pred_px[:, None, :], true_px[None, :, :])  # (M, T)
+    pairs, used_p, used_t = [], set(), set()
+    for flat in np.argsort(cost, axis=None):
+        i, j = np.unravel_index(flat, cost.shape)
+        if cost[i, j] > max_nme:
+            break
+        if i in used_p or j in used_t:
+            continue
+        pairs.append((int(i), int(j)))
+        used_p.add(i)
+        used_t.add(j)
+    return sorted(pairs, key=lambda p: p[1])
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Summary of NMEs of labelled faces (NaN for a face not found)."""
+
+    n_faces: int
+    found: float  # share of labelled faces with a matched prediction
+    nme_mean: float  # over found faces
+    nme_median: float
+    failure_rate: float  # NME > 10%, over all labelled faces (missed = failed)
+    auc_10: float  # over all labelled faces
+
+    def as_dict(self) -> dict:
+        return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+
+
+def summarise(nmes: Sequence[float]) -> Scores:
+    """Scores of one NME per labelled face (NaN where the face was not found)."""
+    v = np.asarray(nmes, np.float64)
+    found = np.isfinite(v)
+    return Scores(n_faces=int(v.size), found=float(found.mean()) if v.size else 0.0,
+                  nme_mean=float(v[found].mean()) if found.any() else float("nan"),
+                  nme_median=float(np.median(v[found])) if found.any() else float("nan"),
+                  failure_rate=failure_rate(v), auc_10=auc(v))
+
+
+def plot_ced(path: str | Path, curves: dict[str, Sequence[float]], limit: float = FAILURE_NME
+             ) -> Path:
+    """CED figure (PNG), one curve per label (e.g. per pass), AUC in the legend."""
+    from matplotlib.figure import Figure
+
+    from fkd_jax import files
+
+    fig = Figure(figsize=(5.5, 4.0))
+    ax = fig.add_subplot()
+    for label, v in curves.items():
+        x, y = ced(v, limit)
+        ax.plot(100 * x, 100 * y, label=f"{label} (AUC@10% {auc(v, limit):.3f})")
+    ax.set_xlabel("NME (% of outer-eye-corner distance)")
+    ax.set_ylabel("faces with NME <= x (%)")
+    ax.set_xlim(0, 100 * limit)
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return files.save_figure(fig, path)

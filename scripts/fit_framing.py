@@ -1,0 +1,153 @@
+"""Fit the numbers of fkd_jax/framing_stats.py on photos of the TRAINING people only.
+
+  uv run python scripts/fit_framing.py --split RUN/split.json \
+      [--photos ../shared/data/photos] [--youtube ../shared/data/youtube_faces] \
+      [--list_validation FILE]
+
+Which person a photo shows: photos/keypoints.csv names people (`person`); the run's split.json
+lists rows of youtube_faces/training.zip and person_ids.txt gives each row's person id. Each
+photo is matched to its training.zip row by content (its 15 keypoints carried into the
+training crop frame by the exact crop rule equal that row's keypoints to < 0.02 px) and the
+script checks that this agrees with the other route (person names sorted alphabetically are
+person ids 0, 1, 2, ...). Training people = people with a row in `train_row_ids`.
+
+Prints the fitted numbers as a block for framing_stats.py and the residual spreads; with
+--list_validation writes the validation people's photo paths (one a line) for scoring with
+predict.py --labels. Never copies photos or labels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fkd_jax import faces, files, framing_stats, keypoints  # noqa: E402
+from fkd_jax.errors import UserError, exit_on_user_error  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def load_photos(photos: Path) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """(keypoints.csv table, keypoints (N, 30), landmarks (N, 136)), rows aligned by file."""
+    kp = pd.read_csv(photos / "keypoints.csv")
+    lm = pd.read_csv(photos / "landmarks68.csv")
+    if list(kp["file"]) != list(lm["file"]):
+        raise UserError(f"{photos}: keypoints.csv and landmarks68.csv list different files")
+    return kp, kp[list(keypoints.COLUMNS)].to_numpy(np.float64), lm.iloc[:, 1:].to_numpy(np.float64)
+
+
+def person_ids(kp: pd.DataFrame, pts: np.ndarray, lms: np.ndarray, youtube: Path) -> np.ndarray:
+    """Person id (person_ids.txt numbering) of every photo, by content, cross-checked by name."""
+    with zipfile.ZipFile(youtube / "training.zip") as z:
+        rows = pd.read_csv(z.open("training.csv"), usecols=list(keypoints.COLUMNS))
+    table = rows[list(keypoints.COLUMNS)].to_numpy(np.float64)
+    ids = np.loadtxt(youtube / "person_ids.txt", dtype=np.int64)
+    in_crop = np.stack([faces.training_framing(p, lm).to_crop(p) for p, lm in zip(pts, lms)])
+    dist = np.abs(in_crop[:, None, :] - table[None]).max(axis=-1)
+    row = dist.argmin(axis=1)
+    if dist.min(axis=1).max() > 0.02:
+        raise UserError("some photo matches no training.zip row (labels differ by > 0.02 px)")
+    by_content = ids[row]
+    names = sorted(set(kp["person"]))
+    by_name = np.array([names.index(n) for n in kp["person"]])
+    if not np.array_equal(by_content, by_name):
+        raise UserError("person ids by content and by sorted name disagree")
+    return by_content
+
+
+def best_box(detector: faces.FaceDetector, gray: np.ndarray, centre: np.ndarray):
+    """The highest-scored detector box that contains the true keypoints' centre, or None."""
+    for d in detector.detect(gray):
+        x, y, w, h = d.box
+        if x <= centre[0] <= x + w and y <= centre[1] <= y + h:
+            return d
+    return None
+
+
+def robust_std(x: np.ndarray) -> float:
+    return float(1.4826 * np.median(np.abs(x - np.median(x))))
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--split", required=True, type=Path, help="a run's split.json")
+    ap.add_argument("--photos", type=Path, default=SHARED / "photos")
+    ap.add_argument("--youtube", type=Path, default=SHARED / "youtube_faces")
+    ap.add_argument("--list_validation", type=Path, default=None)
+    args = ap.parse_args(argv)
+
+    kp, pts, lms = load_photos(args.photos)
+    pid = person_ids(kp, pts, lms, args.youtube)
+    split = json.loads(args.split.read_text())
+    all_ids = np.loadtxt(args.youtube / "person_ids.txt", dtype=np.int64)
+    train_people = set(all_ids[split["train_row_ids"]].tolist())
+    val_people = set(all_ids[split["val_row_ids"]].tolist())
+    if train_people & val_people:
+        raise UserError(f"{args.split}: a person is on both sides of the split")
+    train = np.array([p in train_people for p in pid])
+    print(f"photos: {len(kp)}; training people {len(train_people)} ({train.sum()} photos), "
+          f"validation people {len(val_people)} ({(~train).sum()} photos)")
+
+    truth = [faces.training_framing(p, lm) for p, lm in zip(pts, lms)]
+
+    # 1. Side from the 15 keypoints: relative least squares, w and h of their box.
+    spans = np.stack([np.ptp(keypoints.as_points(p), axis=0) for p in pts])  # (N, 2)
+    sides = np.array([t.side for t in truth])
+    a = spans[train] / sides[train, None]
+    weights, *_ = np.linalg.lstsq(a, np.ones(train.sum()), rcond=None)
+    rel = spans @ weights / sides - 1
+    print(f"side from keypoints: weights {weights.round(4)}, relative error std "
+          f"{rel[train].std():.4f} (train) {rel[~train].std():.4f} (validation)")
+
+    # 2. Detector box -> training square.
+    detector = faces.FaceDetector()
+    rows = []
+    for i in np.flatnonzero(train):
+        gray = faces.to_gray(faces.read_picture(args.photos / kp["file"][i]))
+        d = best_box(detector, gray, keypoints.as_points(pts[i]).mean(axis=0))
+        if d is not None:
+            x, y, w, h = d.box
+            t = truth[i]
+            rows.append(((t.cx - x) / w, (t.cy - y) / h, t.side / np.sqrt(w * h), t.side / w))
+    r = np.array(rows)
+    centre = np.median(r[:, :2], axis=0)
+    side = float(np.exp(np.median(np.log(r[:, 2]))))
+    resid = (robust_std(r[:, 0] / r[:, 3]), robust_std(r[:, 1] / r[:, 3]),
+             robust_std(np.log(r[:, 2])))
+    print(f"detector boxes containing the face: {len(r)} of {train.sum()} training photos")
+
+    # 3. Second look: the cascade's score on the crop framed by each face's TRUE keypoints.
+    conf = np.array([detector.confirm_score(
+        faces.to_gray(faces.read_picture(args.photos / kp["file"][i])), pts[i])
+        for i in np.flatnonzero(train)])
+    low = np.percentile(conf, 1)
+    print(f"confirm score of the true faces: lowest {np.sort(conf)[:5].round(2)}, "
+          f"1st percentile {low:.2f}, median {np.median(conf):.2f}")
+
+    print("\n# ---- framing_stats.py ----")
+    print(f"BOX_CENTRE = ({centre[0]:.4f}, {centre[1]:.4f})")
+    print(f"BOX_SIDE = {side:.4f}")
+    print(f"BOX_RESIDUAL_STD = ({resid[0]:.4f}, {resid[1]:.4f}, {resid[2]:.4f})")
+    print(f"SIDE_FROM_KEYPOINTS = ({weights[0]:.4f}, {weights[1]:.4f})")
+    print(f"SIDE_RESIDUAL_STD = {robust_std(rel[train]):.4f}")
+    print(f"CONFIRM_MIN_SCORE = {np.floor(low * 10) / 10:.1f}  # 1st percentile, rounded down")
+    print(f"# (in force now: BOX_CENTRE {framing_stats.BOX_CENTRE}, BOX_SIDE "
+          f"{framing_stats.BOX_SIDE}, SIDE_FROM_KEYPOINTS {framing_stats.SIDE_FROM_KEYPOINTS})")
+
+    if args.list_validation is not None:
+        paths = [str((args.photos / f).resolve()) for f in kp["file"][~train]]
+        files.write_text(args.list_validation, "\n".join(paths) + "\n")
+        print(f"wrote {len(paths)} validation photo paths to {args.list_validation}")
+
+
+if __name__ == "__main__":
+    main()

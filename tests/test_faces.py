@@ -1,0 +1,221 @@
+"""Faces in whole pictures: the cascade ships, crops follow the pixel convention, keypoints
+map back exactly, the pipeline never guesses, and the picture metrics (NME, CED, AUC)."""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from fkd_jax import face_shape_stats, faces, keypoints, picture_metrics as pm, synthetic
+
+MEAN = np.asarray(face_shape_stats.MEAN_SHAPE, np.float64)
+
+
+def test_opencv_4_ships_the_haar_cascades():
+    # opencv-python-headless 5.x dropped the cascade files; pyproject pins < 5.
+    assert int(cv2.__version__.split(".")[0]) == 4
+    assert faces.cascade_path().is_file()
+    assert faces.FaceDetector() is not None
+
+
+def similarity(scale: float, angle: float, tx: float, ty: float) -> np.ndarray:
+    """(2, 3): crop continuous coordinates -> picture continuous coordinates."""
+    c, s = math.cos(angle), math.sin(angle)
+    return np.array([[scale * c, -scale * s, tx], [scale * s, scale * c, ty]])
+
+
+def paste(face: np.ndarray, m: np.ndarray, size=(300, 400), background=90) -> np.ndarray:
+    """Render a 96x96 face into a larger picture through the continuous map `m`, written
+    independently of fkd_jax.faces: OpenCV's forward map on pixel indices is
+    idx_pic = A idx_crop + A (0.5, 0.5) + t - 0.5."""
+    a, t = m[:, :2], m[:, 2]
+    fwd = np.concatenate([a, (a @ [0.5, 0.5] + t - 0.5)[:, None]], axis=1)
+    pic = np.full(size, background, np.uint8)
+    mask = cv2.warpAffine(np.full((96, 96), 255, np.uint8), fwd, size[::-1],
+                          flags=cv2.INTER_LINEAR, borderValue=0)
+    warped = cv2.warpAffine(face, fwd, size[::-1], flags=cv2.INTER_LINEAR,
+                            borderMode=cv2.BORDER_REPLICATE)
+    return np.where(mask == 255, warped, pic).astype(np.uint8)
+
+
+def apply(m: np.ndarray, kp: np.ndarray) -> np.ndarray:
+    pts = keypoints.as_points(np.asarray(kp, np.float64))
+    return (pts @ m[:, :2].T + m[:, 2]).reshape(np.shape(kp))
+
+
+@pytest.mark.parametrize("scale,angle_deg,tx,ty", [(1.0, 0.0, 150.0, 100.0),
+                                                   (1.7, 0.0, 37.25, 20.5),
+                                                   (1.3, 20.0, 180.0, 40.0),
+                                                   (0.8, -35.0, 220.0, 90.0)])
+def test_pasted_face_crops_back_and_keypoints_map_back_exactly(scale, angle_deg, tx, ty):
+    images, kps = synthetic.generate_faces(2, seed=3)
+    face, kp = images[0], kps[0]
+    m = similarity(scale, math.radians(angle_deg), tx, ty)
+    picture = paste(face, m)
+    kp_picture = apply(m, kp)
+    # The square the face was pasted into, as a Framing: centre = image of the crop centre.
+    cx, cy = m @ [48.0, 48.0, 1.0]
+    framing = faces.Framing(cx, cy, 96 * scale, math.radians(angle_deg))
+    # Coordinates: both directions, exactly.
+    np.testing.assert_allclose(framing.to_picture(kp), kp_picture, atol=1e-9)
+    np.testing.assert_allclose(framing.to_crop(kp_picture), kp, atol=1e-9)
+    # Pixels: the crop of the picture is the face again (two bilinear resamples blur a little;
+    # half a crop pixel off is clearly worse, so the pixel-centre convention is right).
+    crop = faces.crop_faces(picture, [framing])[0, 8:-8, 8:-8, 0] * 255
+    err = np.abs(crop - face[8:-8, 8:-8]).mean()
+    off = faces.Framing(cx + 0.5 * scale, cy, 96 * scale, math.radians(angle_deg))
+    err_off = np.abs(faces.crop_faces(picture, [off])[0, 8:-8, 8:-8, 0] * 255
+                     - face[8:-8, 8:-8]).mean()
+    assert err < 6 and err_off > 1.3 * err
+
+
+def test_one_bright_pixel_lands_where_to_crop_says():
+    picture = np.zeros((120, 150), np.uint8)
+    picture[70, 41] = 255  # centre at (41.5, 70.5) in continuous coordinates
+    for angle in (0.0, math.pi / 2):
+        framing = faces.Framing(45.0, 60.0, 96.0, angle)  # 1 picture px per crop px
+        crop = faces.crop_faces(picture, [framing])[0, :, :, 0]
+        i, j = np.unravel_index(np.argmax(crop), crop.shape)
+        qx, qy = framing.to_crop(np.array([41.5, 70.5]))
+        assert crop[i, j] == pytest.approx(1.0) and (j + 0.5, i + 0.5) == pytest.approx((qx, qy))
+
+
+def test_locate_with_true_keypoints_as_predictions_returns_them(monkeypatch):
+    """The pipeline's own crop/map-back, with an oracle for the model (true keypoints in each
+    crop's pixels): faces pasted at known position, scale and rotation come back exactly."""
+    images, kps = synthetic.generate_faces(3, seed=1)
+    maps = [similarity(1.5, math.radians(15), 200, 60), similarity(0.9, math.radians(-25), 40, 80),
+            similarity(2.0, 0.0, 10, 150)]
+    pictures = [faces.to_gray(paste(images[i], maps[i], size=(400, 420))) for i in range(3)]
+    truth = np.stack([apply(maps[i], kps[i]) for i in range(3)])
+    start = []
+    for m in maps:  # a detector-like box around each face, 10% too large
+        (cx, cy), w = m @ [48.0, 48.0, 1.0], 96 * 1.1 * np.hypot(*m[:, 0])
+        start.append(faces.framing_from_box((cx - w / 2, cy - w / 2, w, w)))
+    chosen, real = [], faces.framing_from_keypoints
+
+    def spy(kp, rotate=False):  # the framings the pipeline chooses, in order
+        chosen.append(real(kp, rotate))
+        return chosen[-1]
+
+    def oracle(crops, tta=False):
+        used = chosen[-len(crops):] if chosen else start
+        # Each crop shows its face where the framing says (checked by its darkest pixels
+        # lying inside the face's keypoint hull, loosely): the crops are of the right place.
+        for crop, f, t in zip(crops, used, truth):
+            q = keypoints.as_points(f.to_crop(t))
+            assert q.min() > -5 and q.max() < 101
+        return np.stack([f.to_crop(t) for f, t in zip(used, truth)])
+
+    monkeypatch.setattr(faces, "framing_from_keypoints", spy)
+    history = faces.locate(pictures, [0, 1, 2], start, oracle, passes=3, rotate=True)
+    assert len(history) == 3 and len(chosen) == 6  # passes 2 and 3 re-frame all 3 faces
+    for h in history:
+        np.testing.assert_allclose(h, truth, atol=1e-6)
+    # The re-framed squares follow the eye line: the pasted rotation is undone.
+    assert chosen[-3].angle == pytest.approx(math.radians(15) + faces.eye_angle(kps[0]))
+
+
+def test_framing_from_keypoints_is_the_training_rule_and_rotation_invariant():
+    kp = MEAN.copy()
+    f = faces.framing_from_keypoints(kp)
+    pts = keypoints.as_points(kp)
+    side = faces.side_from_keypoints(pts)
+    assert f.side == pytest.approx(side) and f.angle == 0.0
+    assert (f.cx, f.cy) == pytest.approx(tuple(pts.mean(0) + np.array([0.0008, 0.0079]) * side))
+    # The mean face framed by the rule is about the 96-px training square.
+    assert 85 < f.side < 107 and abs(f.cx - 48) < 4 and abs(f.cy - 48) < 6
+    # Turned by 30 degrees about a point and scaled by 2: the square turns and scales with it.
+    m = similarity(2.0, math.radians(30), 100, 50)
+    g = faces.framing_from_keypoints(apply(m, kp), rotate=True)
+    level = faces.framing_from_keypoints(kp, rotate=True)
+    assert g.side == pytest.approx(2 * level.side)
+    assert g.angle == pytest.approx(level.angle + math.radians(30))
+    np.testing.assert_allclose(g.to_crop(apply(m, kp)), level.to_crop(kp), atol=1e-9)
+
+
+def test_shape_error_zero_for_any_similarity_of_the_mean_face_large_for_noise():
+    assert faces.shape_error(MEAN) == pytest.approx(0, abs=1e-9)
+    assert faces.shape_error(apply(similarity(3.0, 1.0, 5, 7), MEAN)) == pytest.approx(0, abs=1e-9)
+    rng = np.random.default_rng(0)
+    assert faces.shape_error(rng.uniform(0, 96, 30)) > 3 * faces.MAX_SHAPE_ERROR
+    _, kps = synthetic.generate_faces(64, seed=0)
+    errs = [faces.shape_error(k) for k in kps]
+    assert np.mean(np.less(errs, faces.MAX_SHAPE_ERROR)) > 0.9
+
+
+def test_detector_finds_a_pasted_face_and_nothing_in_a_blank_picture():
+    images, kps = synthetic.generate_faces(2, seed=0)
+    m = similarity(2.0, 0.0, 100, 60)
+    picture = paste(images[0], m, size=(320, 400))
+    found = faces.FaceDetector().detect(picture)
+    centre = keypoints.as_points(apply(m, kps[0])).mean(0)
+    assert any(d.box[0] < centre[0] < d.box[0] + d.box[2] and
+               d.box[1] < centre[1] < d.box[1] + d.box[3] for d in found)
+    blank = np.full((240, 320), 128, np.uint8)
+    assert faces.FaceDetector().detect(blank) == []
+    calls = []
+
+    def predict(crops, tta=False):
+        calls.append(len(crops))
+        return np.tile(MEAN, (len(crops), 1))
+
+    # No face: no guess, whatever the model would have said.
+    assert faces.find_faces([blank], predict, faces.FaceDetector()) == [[]]
+
+
+def test_user_box_is_kept_and_duplicates_merge():
+    predict = lambda crops, tta=False: np.tile(MEAN, (len(crops), 1))  # noqa: E731
+    gray = np.full((200, 200), 100, np.uint8)
+    box = faces.Detection((50.0, 40.0, 100.0, 100.0), 1.0)
+    twin = faces.Detection((52.0, 42.0, 100.0, 100.0), 0.5)
+    out = faces.find_faces([gray], predict, boxes=[[box, twin]], passes=2)
+    assert len(out[0]) == 1 and out[0][0].box == box.box and out[0][0].score == 1.0
+    assert len(out[0][0].history) == 2
+    far = faces.Detection((0.0, 0.0, 60.0, 60.0), 0.7)
+    assert len(faces.find_faces([gray], predict, boxes=[[box, far]])[0]) == 2
+
+
+def test_draw_faces_marks_box_and_keypoints_in_colour():
+    gray = np.full((120, 160), 128, np.uint8)
+    face = faces.Face((20.0, 10.0, 90.0, 90.0), 1.0, MEAN + 10)
+    out = faces.draw_faces(gray, [face])
+    assert out.shape == (120, 160, 3) and gray.shape == (120, 160)
+    x, y = (MEAN + 10)[0:2]
+    r, g, b = out[int(y), int(x)]
+    assert r > 150 and g < 100  # the subject's left eye centre: red
+    assert (out[10, 20:110] != 128).any()  # box edge
+
+
+def test_nme_failure_auc_and_ced():
+    truth = np.tile(MEAN, (4, 1))
+    iod = pm.outer_eye_distance(truth[0])
+    assert iod == pytest.approx(np.linalg.norm(MEAN[6:8] - MEAN[10:12]))
+    shift = np.zeros(30)
+    shift[0::2] = 3.0
+    shift[1::2] = 4.0  # every keypoint 5 px off
+    pred = truth + shift * np.array([0, 1, 2, 0.5])[:, None]
+    nmes = pm.nme(pred, truth)
+    np.testing.assert_allclose(nmes, 5 * np.array([0, 1, 2, 0.5]) / iod)
+    assert pm.failure_rate([0.05, 0.2, np.nan, 0.1]) == pytest.approx(0.5)
+    assert pm.auc([0.0, 0.0]) == pytest.approx(1.0)
+    assert pm.auc([0.05]) == pytest.approx(0.5)
+    assert pm.auc([0.5, np.nan]) == pytest.approx(0.0)
+    x, y = pm.ced([0.02, 0.04, np.nan], steps=11)
+    assert y[0] == 0 and y[-1] == pytest.approx(2 / 3) and np.all(np.diff(y) >= 0)
+    s = pm.summarise([0.02, 0.04, np.nan])
+    assert s.found == pytest.approx(2 / 3) and s.nme_mean == pytest.approx(0.03)
+    mask = np.ones(30, bool)
+    mask[0:2] = False
+    assert pm.nme(pred[1], truth[1], mask) == pytest.approx(5 / iod)
+
+
+def test_match_faces_pairs_each_prediction_with_its_own_face():
+    a, b = MEAN, apply(similarity(1.0, 0.0, 150, 0), MEAN)
+    pairs = pm.match_faces(np.stack([b + 1, a - 1]), np.stack([a, b]))
+    assert pairs == [(1, 0), (0, 1)]
+    # A prediction on no labelled face pairs with nothing.
+    assert pm.match_faces(np.stack([MEAN + 400]), np.stack([a])) == []
