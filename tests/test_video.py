@@ -29,12 +29,20 @@ def test_constant_passes_through():
 
 def test_noise_on_a_constant_is_reduced():
     rng = np.random.default_rng(0)
-    noise = rng.normal(0.0, 1.0, (300, 30))
-    out = _run(OneEuroFilter(OneEuroSettings()), 50.0 + noise)
     settled = slice(30, None)
-    assert np.sqrt(np.mean((out[settled] - 50.0) ** 2)) < 0.5 * np.sqrt(np.mean(noise[settled] ** 2))
+    # Default settings, noise of the size the model's keypoints jitter by (0.1-0.3 px).
+    noise = rng.normal(0.0, 0.3, (300, 30))
+    out = _run(OneEuroFilter(OneEuroSettings()), 50.0 + noise)
+    assert np.sqrt(np.mean((out[settled] - 50.0) ** 2)) < 0.5 * 0.3
     # Frame-to-frame jitter (what a viewer sees) drops by more still.
     assert np.std(np.diff(out[settled], axis=0)) < 0.3 * np.std(np.diff(noise[settled], axis=0))
+    # beta = 0: a fixed first-order low-pass, whose white-noise gain is sqrt(a / (2 - a)).
+    s = OneEuroSettings(min_cutoff=1.0, beta=0.0)
+    noise = rng.normal(0.0, 1.0, (300, 30))
+    out = _run(OneEuroFilter(s), 50.0 + noise)
+    a = 1.0 / (1.0 + FPS / (2 * math.pi * s.min_cutoff))
+    gain = np.sqrt(np.mean((out[settled] - 50.0) ** 2)) / np.sqrt(np.mean(noise[settled] ** 2))
+    assert gain == pytest.approx(math.sqrt(a / (2 - a)), rel=0.1)
 
 
 @pytest.mark.parametrize("beta", [0.0, 0.05])
@@ -317,3 +325,59 @@ def test_a_folder_is_not_a_video(tmp_path):
 def test_writer_rejects_an_unknown_suffix(tmp_path):
     with pytest.raises(UserError, match=r"\.gif"):
         video.VideoWriter(tmp_path / "a.gif", 10.0, (64, 48))
+
+
+# --------------------------------------------------------------------------- the jitter benchmark
+
+
+@pytest.fixture(scope="module")
+def jitter():
+    """benchmarks/video_jitter.py as a module (benchmarks/ is no package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "video_jitter.py"
+    spec = importlib.util.spec_from_file_location("video_jitter", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_video_moves_the_picture_by_exact_sub_pixel_amounts(jitter):
+    h, w = 80, 100
+    y, x = np.mgrid[0:h, 0:w] + 0.5  # pixel centres (fkd_jax.keypoints' convention)
+    cx, cy = 40.3, 37.8
+    blob = 200 * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * 4.0 ** 2))
+    offsets = np.array([[0.0, 0.0], [3.3, -1.7], [0.25, 0.6], [-7.9, 5.05]])
+    for dtype, tol in ((np.float32, 1e-4), (np.uint8, 0.02)):
+        frames = jitter.render(np.repeat(blob[..., None], 3, 2).astype(dtype), offsets)
+        for f, (dx, dy) in zip(frames, offsets):
+            assert f.dtype == dtype and f.shape == (h, w, 3)
+            g = f[..., 1].astype(np.float64)
+            centroid = ((g * x).sum() / g.sum(), (g * y).sum() / g.sum())
+            np.testing.assert_allclose(centroid, (cx + dx, cy + dy), atol=tol)
+
+
+def test_benchmark_measures_a_known_lag_and_jitter(jitter):
+    fps, still = 30.0, 2.5
+    t = np.arange(255) / fps
+    true = np.tile(jitter.path_offsets(t, still), (1, 15)) + np.arange(30)  # + a bias
+    exact = jitter.measure(true, t, still, 1.0, fps)
+    assert exact["error_rms"] < 1e-9 and exact["d2_rms"] < 1e-9 and abs(exact["lag_ms"]) < 1
+    delayed = np.tile(jitter.path_offsets(t - 0.1, still), (1, 15))  # 100 ms late
+    assert jitter.measure(delayed, t, still, 1.0, fps)["lag_ms"] == pytest.approx(100, abs=1)
+    noisy = true + np.random.default_rng(0).normal(0, 0.5, true.shape)
+    m = jitter.measure(noisy, t, still, 1.0, fps)
+    assert m["still_rms"] == pytest.approx(0.5, rel=0.1)
+    assert m["d2_rms"] == pytest.approx(0.5 * math.sqrt(6), rel=0.1)  # white noise: sqrt(6) sigma
+
+
+def test_benchmark_runs_on_a_synthetic_face_and_smoothing_removes_jitter(jitter, tmp_path):
+    out = tmp_path / "jitter.json"
+    summary = jitter.main(["--synthetic", "--noise", "0.5", "--seconds", "5", "--out", str(out)])
+    assert out.is_file() and summary["lost"] == 0
+    raw, smoothed = summary["raw"], summary["smoothed"]
+    assert raw["still_rms"] == pytest.approx(0.5, rel=0.15)  # the stand-in's own noise
+    assert abs(raw["lag_ms"]) < 10
+    assert smoothed["d2_rms"] < raw["d2_rms"] / 3 and smoothed["still_rms"] < raw["still_rms"]
+    assert smoothed["lag_ms"] > raw["lag_ms"] + 10
