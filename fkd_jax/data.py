@@ -142,40 +142,30 @@ def load_lookup(path) -> pd.DataFrame:
     _check_unique(row_id, source, "RowId")
     image_id = _parse_integers(table["ImageId"], source, "ImageId")
     feature = table["FeatureName"].str.strip()
-    unknown = np.flatnonzero(~feature.isin(COLUMNS).to_numpy())
-    if len(unknown):
-        i = int(unknown[0])
-        raise DataError(
-            source,
-            f"unknown FeatureName {feature.iloc[i]!r} (expected a Kaggle keypoint column "
-            f"such as {COLUMNS[0]!r})",
-            row=i + _FIRST_DATA_ROW,
-            column="FeatureName",
-        )
+    _fail_at_first(~feature.isin(COLUMNS).to_numpy(), source, "FeatureName", lambda i: (
+        f"unknown FeatureName {feature.iloc[i]!r} (expected a Kaggle keypoint column such as "
+        f"{COLUMNS[0]!r})"))
     lookup = pd.DataFrame({"RowId": row_id, "ImageId": image_id, "FeatureName": feature})
-    twice = np.flatnonzero(lookup.duplicated(["ImageId", "FeatureName"]).to_numpy())
-    if len(twice):
-        i = int(twice[0])
-        raise DataError(
-            source,
-            f"ImageId {image_id[i]} asks for {feature.iloc[i]} a second time",
-            row=i + _FIRST_DATA_ROW,
-        )
+    _fail_at_first(lookup.duplicated(["ImageId", "FeatureName"]).to_numpy(), source, None,
+                   lambda i: f"ImageId {image_id[i]} asks for {feature.iloc[i]} a second time")
     return lookup
 
 
 def check_lookup_against_test(lookup_df: pd.DataFrame, image_ids, lookup_path) -> None:
     """Raise DataError if the lookup table names an ImageId that test.csv does not hold."""
-    absent = np.flatnonzero(~np.isin(lookup_df["ImageId"].to_numpy(), np.asarray(image_ids)))
-    if len(absent):
-        i = int(absent[0])
-        raise DataError(
-            lookup_path,
-            f"ImageId {lookup_df['ImageId'].iloc[i]} is not in the test images "
-            f"({len(np.unique(lookup_df['ImageId'].iloc[absent]))} unknown ImageIds in all)",
-            row=int(lookup_df.index[i]) + _FIRST_DATA_ROW,
-            column="ImageId",
-        )
+    ids = lookup_df["ImageId"]
+    absent = ~np.isin(ids.to_numpy(), np.asarray(image_ids))
+    _fail_at_first(absent, lookup_path, "ImageId", lambda i: (
+        f"ImageId {ids.iloc[i]} is not in the test images ({len(np.unique(ids[absent]))} "
+        "unknown ImageIds in all)"))
+
+
+def _fail_at_first(bad: np.ndarray, source, column: str | None, message) -> None:
+    """DataError at the first True of `bad` (one per data row), worded by message(index)."""
+    where = np.flatnonzero(bad)
+    if len(where):
+        i = int(where[0])
+        raise DataError(source, message(i), row=i + _FIRST_DATA_ROW, column=column)
 
 
 def submission_csv(lookup_df: pd.DataFrame, image_ids, predictions_px: np.ndarray) -> str:
