@@ -1,48 +1,79 @@
-"""Orbax checkpoints of the training state: the latest (for resuming) and the best (for eval).
+"""Orbax checkpoints of the training state: one manager keeps the latest two and the best epoch.
 
 Layout under the work directory:
-  checkpoints/latest/<epoch>/  the two most recent epochs (the older one is the fallback if the
-                               newest is unreadable, e.g. a kill during its save)
-  checkpoints/best/<epoch>/    the epoch with the lowest validation RMSE so far
-Each checkpoint holds `state` (the training-state pytree) and `meta` (JSON: epoch, step, best
-validation RMSE, model name, ..., and the SHA-256 of the state's bytes). Orbax writes into a
-temporary directory and renames it when complete, so a half-written checkpoint is never taken
-for a finished one; leftover temporary directories (a kill mid-save) are removed on the next
-start. Orbax's zstd chunks carry no checksum, so a damaged data file can decode to different
-numbers: the digest catches that, and such a checkpoint counts as unreadable.
+  checkpoints/<epoch>/   one directory per kept epoch: the two most recent (the older one is the
+                         fallback if the newest is unreadable, e.g. a kill during its save) and
+                         the one with the lowest validation RMSE (`val_rmse_px`), which may be
+                         one of those two. Each epoch is written once.
+Each checkpoint holds `state` (the training-state pytree), `meta` (JSON: epoch, step, best
+validation RMSE, model name, ..., and the SHA-256 of the state's bytes) and orbax's `metrics`
+(`val_rmse_px`, which orbax's preservation policy ranks). Orbax writes into a temporary
+directory and renames it when complete, so a half-written checkpoint is never taken for a
+finished one; leftover temporary directories (a kill mid-save) are removed on the next start.
+Orbax's zstd chunks carry no checksum, so a damaged data file can decode to different numbers:
+the digest catches that, and such a checkpoint counts as unreadable.
 
-A save that fails (disk full, directory made read-only) is a `UserError` naming the directory
-and the reason; the checkpoints saved before it are untouched.
+Saves are asynchronous. `save()` itself hashes the state (SHA-256 of its bytes, for the digest)
+and checks the free space (it needs the state's uncompressed size plus 1 MiB: the previous
+checkpoints are deleted only after the new one is complete). When it returns, every array of
+the state has been copied to host
+memory (orbax transfers all arrays to host before it returns unless a device-to-host byte limit
+is set, which this module does not set; on CPU the host copy is a view that holds the buffer,
+and XLA then declines to donate that buffer), so the caller may donate or overwrite the state's
+device buffers at once (`jax.jit(..., donate_argnums=0)`) while the files are written in the
+background. The next `save()`, `wait()` or `close()` waits for that write; a write that failed
+(disk full, directory made read-only) surfaces there as a `UserError` naming the epoch's
+directory and the OS's reason; the checkpoints saved before it are untouched (orbax deletes the
+epochs that fall out of the policy only after the new one is committed).
 
 Restores always go against an abstract target (shapes and dtypes of the current model), and a
 structure or shape mismatch is a `UserError` naming the first differing array.
+
+Nothing here changes process-wide state for longer than one of our calls: orbax reports a
+failed read or write itself (log lines with tracebacks, tensorstore callbacks into a closed
+event loop, coroutines that re-raise when collected) before it hands the error to us, and we
+report it as one line, so those reports are dropped only while our call runs (`_quiet`), which
+also waits for the failed operation's leftovers before it restores every hook and logger. A
+write that fails in the background between our calls is reported by orbax at that moment;
+disk full, the common cause, is therefore checked before each save starts (`_check_space`).
+
+Run directories written before this layout (`checkpoints/latest/<epoch>/`,
+`checkpoints/best/<epoch>/`) are still read while the new layout holds no checkpoint.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import gc
 import hashlib
 import logging
+import math
 import os
 import re
 import sys
-import threading
+import time
+import types
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as ocm
 
 from fkd_jax.errors import UserError
+
+BEST_METRIC = "val_rmse_px"  # lower is better
+KEEP_LATEST = 2
+_DIGEST_KEY = "state_sha256"
+_METADATA_BYTES = 2**20  # a checkpoint's files besides the arrays' bytes: ~40 KB, rounded up
+_LEGACY = ("latest", "best")  # the two managers of the previous layout, in fallback order
 
 
 def abstract_like(state) -> Any:
     """ShapeDtypeStructs of `state` (works on arrays or on `jax.eval_shape` output)."""
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-
-
-_DIGEST_KEY = "state_sha256"
 
 
 def state_digest(state) -> str:
@@ -56,68 +87,147 @@ def state_digest(state) -> str:
     return h.hexdigest()
 
 
-class _DropOrbaxLogs(logging.Filter):
-    """Orbax logs each failure from its threads, tracebacks included, before we see it; every
-    such failure reaches the user as our own one-line error or warning instead."""
+def _rank(metrics: dict | None) -> float:
+    """The value orbax ranks checkpoints by (lower is better); unknown or non-finite: last."""
+    value = (metrics or {}).get(BEST_METRIC)
+    return float(value) if value is not None and math.isfinite(value) else math.inf
+
+
+# --- scoped quiet -------------------------------------------------------------------------------
+
+
+def _from_orbax(exc: BaseException | None) -> bool:
+    """Whether an exception is orbax's leftover of a failed read or write: a read coroutine
+    closed at garbage collection that re-raises its error, or a tensorstore callback into the
+    event loop orbax has already closed."""
+    if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+        return True
+    tb = getattr(exc, "__traceback__", None)
+    while tb is not None:
+        if f"{os.sep}orbax{os.sep}" in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _is_orbax_coroutine(obj) -> bool:
+    return (isinstance(obj, types.CoroutineType) and obj.cr_frame is not None
+            and f"{os.sep}orbax{os.sep}" in obj.cr_code.co_filename)
+
+
+def _settle(timeout_s: float = 5.0) -> None:
+    """After a failed read or write, wait (inside `_quiet`) until orbax's other coroutines of
+    that operation are gone: tensorstore still holds them until its in-flight I/O completes,
+    and each then reports itself (a closed event loop, an error re-raised at close)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        gc.collect()
+        if not any(_is_orbax_coroutine(o) for o in gc.get_objects()):
+            return
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.01)
+
+
+class _DropOrbaxRecords(logging.Filter):
+    """Orbax logs each failure (traceback included) before it hands it to us, and asyncio logs
+    the tasks a failed read left pending; we report the failure as one line instead."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "orbax" not in record.pathname and "orbax" not in str(record.msg)
+        if f"{os.sep}orbax{os.sep}" in record.pathname:
+            return False
+        return not (record.exc_info and _from_orbax(record.exc_info[1]))
 
 
-for _name in ("absl", "asyncio"):
-    logging.getLogger(_name).addFilter(_DropOrbaxLogs())
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Mute orbax's noise about a failure while one of our calls runs, and only then.
 
-
-def _is_closed_loop_noise(exc: BaseException | None) -> bool:
-    return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
-
-
-def _drop_closed_loop_noise() -> None:
-    """When a write fails (disk full), tensorstore's native threads still call back into the
-    asyncio loop orbax has already closed, and each callback prints a 'RuntimeError: Event
-    loop is closed' traceback. Those callbacks carry no information (the failure itself is
-    reported as a UserError), so only they are dropped; every other exception still prints."""
-    excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
-    sys.excepthook = lambda t, v, tb: None if _is_closed_loop_noise(v) else excepthook(t, v, tb)
-    sys.unraisablehook = lambda u: (None if _is_closed_loop_noise(u.exc_value)
-                                    else unraisablehook(u))
-
-
-_drop_closed_loop_noise()
-
-
-def _quiet_failed_io() -> None:
-    """After a failed read or write, orbax's leftover asyncio tasks print tracebacks when they
-    are collected or at exit ("Event loop is closed"); the one line we print replaces them."""
-    sys.unraisablehook = lambda *_: None
-    threading.excepthook = lambda *_: None
-
-
-def _save_error(directory: Path, e: BaseException) -> UserError:
-    """One-line UserError for a failed save, naming the directory and the OS's reason.
-
-    The run ends with it, so the leftover noise of the failed write (tracebacks from native
-    callback threads via sys.excepthook, concurrent.futures' logged callbacks) is muted too.
+    A failed read leaves orbax coroutines that raise again when they are collected
+    (`sys.unraisablehook`); a failed write leaves tensorstore callbacks into a closed event loop
+    (`sys.excepthook`); orbax logs both failures from its threads. Within the block those
+    reports are dropped (anything else still reaches the original hook or handler); on exit
+    every hook and logger is as it was.
     """
-    _quiet_failed_io()
-    sys.excepthook = lambda *_: None
-    logging.disable(logging.CRITICAL)
-    text, cause = "", e
-    while cause is not None:  # the reason is usually in a chained tensorstore error
+    drop = _DropOrbaxRecords()
+    loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
+    unraisable, excepthook = sys.unraisablehook, sys.excepthook
+
+    def quiet_unraisable(u):
+        if not _from_orbax(u.exc_value):
+            unraisable(u)
+
+    def quiet_excepthook(t, v, tb):
+        if not _from_orbax(v):
+            excepthook(t, v, tb)
+
+    for logger in loggers:
+        logger.addFilter(drop)
+    sys.unraisablehook, sys.excepthook = quiet_unraisable, quiet_excepthook
+    try:
+        yield
+    finally:
+        if sys.unraisablehook is quiet_unraisable:  # someone else's later change stays
+            sys.unraisablehook = unraisable
+        if sys.excepthook is quiet_excepthook:
+            sys.excepthook = excepthook
+        for logger in loggers:
+            logger.removeFilter(drop)
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+
+def _save_error(directory: Path, e: BaseException | None, reason: str = "",
+                detail: str = "") -> UserError:
+    """One-line UserError for a failed save, naming the directory and the OS's reason."""
+    if e is not None:
+        reason = _os_reason(e)
+    return UserError(f"could not save a checkpoint in {directory} ({reason}); the checkpoints "
+                     f"saved before it are intact. {detail}Free space or fix the directory, "
+                     "then run the same command to resume")
+
+
+def _os_reason(e: BaseException) -> str:
+    """'No space left on device' from an OSError or from the error code in tensorstore's
+    message (often in a chained exception); else the error's type and first words."""
+    text, cause, seen = "", e, set()
+    while cause is not None and id(cause) not in seen:  # the reason is often in a chained error
+        seen.add(id(cause))
         text += f" {cause}"
         cause = cause.__cause__ or cause.__context__
-    code = re.search(r"os_error_code=\\?'(\d+)", text)
+    code = re.search(r"os_error_code=\\?'?(\d+)", text)
     if isinstance(e, OSError) and e.strerror:
         reason = e.strerror
     elif code:
         reason = os.strerror(int(code.group(1)))
     else:
-        reason = f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
-    error = UserError(f"could not save a checkpoint in {directory} ({reason}); the checkpoints "
-                      "saved before it are intact. Free space or fix the directory, then run "
-                      "the same command to resume")
-    error.abandon_threads = True  # see errors.exit_on_user_error
-    return error
+        reason = f"{type(e).__name__}: {_first_words(e)}"
+    return reason
+
+
+def _state_bytes(state) -> int:
+    """Bytes of every leaf of `state` (global arrays: their whole size)."""
+    return sum(int(getattr(leaf, "nbytes", None) or np.asarray(leaf).nbytes)
+               for leaf in jax.tree.leaves(state))
+
+
+def _check_space(directory: Path, where: Path, need: int) -> None:
+    """Refuse a save the disk cannot hold before orbax starts it.
+
+    Orbax cannot stop a write that fails midway cleanly: its other in-flight writes print
+    tracebacks from tensorstore's threads while training goes on. The uncompressed size plus
+    the metadata is an upper bound of what a checkpoint takes (float weights barely compress).
+    Every process of a multi-process run sees the same shared filesystem after the previous
+    save's barrier, so they agree.
+    """
+    st = os.statvfs(directory)
+    free = st.f_bavail * st.f_frsize
+    if free < need:
+        mb = 2**20
+        raise _save_error(where, None, reason=os.strerror(errno.ENOSPC),
+                          detail=f"It needs about {need / mb:.1f} MB, {free / mb:.1f} MB are "
+                                 "free. ")
 
 
 def _key_name(key) -> str:
@@ -146,64 +256,88 @@ def _check_compatible(saved_tree, abstract, where: Path) -> None:
                             "use the config it was trained with or a new --workdir")
 
 
-class _Manager:
-    """One orbax CheckpointManager holding (state, meta) per epoch."""
+# --- orbax --------------------------------------------------------------------------------------
 
-    def __init__(self, directory: Path, max_to_keep: int, read_only: bool = False):
-        self.directory = directory
-        # A kill mid-save leaves a "<epoch>.orbax-checkpoint-tmp" directory: drop it on start.
-        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
-                                               read_only=read_only,
-                                               cleanup_tmp_directories=not read_only)
-        # Handlers up front, so a fresh (e.g. read-only) manager can read item metadata.
-        self._mgr = ocp.CheckpointManager(directory, options=options, item_handlers={
-            "state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
 
-    def steps(self) -> list[int]:
-        return sorted(self._mgr.all_steps())
+def _manager(directory: Path, read_only: bool) -> ocp.CheckpointManager:
+    """One CheckpointManager of (state, meta) per epoch, keeping the latest KEEP_LATEST and the
+    epoch with the lowest BEST_METRIC."""
+    policy = None
+    if not read_only:
+        policy = ocm.AnyPreservationPolicy([
+            ocm.LatestN(n=KEEP_LATEST),
+            # reverse=True sorts descending and keeps the last n: the lowest value.
+            ocm.BestN(get_metric_fn=_rank, reverse=True, n=1,
+                      keep_checkpoints_without_metrics=False)])
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=policy,
+        best_fn=_rank, best_mode="min",  # makes orbax write the `metrics` item with each save
+        create=not read_only, read_only=read_only,
+        # A kill mid-save leaves a "<epoch>.orbax-checkpoint-tmp-*" directory: dropped at start.
+        cleanup_tmp_directories=not read_only)
+    # Handlers up front, so a fresh (e.g. read-only) manager can read item metadata.
+    return ocp.CheckpointManager(directory, options=options, item_handlers={
+        "state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
 
-    def save(self, epoch: int, state, meta: dict) -> None:
-        meta = {**meta, _DIGEST_KEY: state_digest(state)}
-        try:
-            if epoch in self._mgr.all_steps():  # redone after falling back from it
-                self._mgr.delete(epoch)
-            self._mgr.save(epoch, args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
-        except Exception as e:  # noqa: BLE001 - any write failure: say where and why
-            raise _save_error(self.directory, e) from e
 
-    def restore(self, epoch: int, abstract) -> tuple[Any, dict]:
-        where = self.directory / str(epoch)
-        saved = self._mgr.item_metadata(epoch)["state"]
-        if saved is None:
-            raise ValueError(f"no readable metadata in {where}")
-        _check_compatible(getattr(saved, "tree", saved), abstract, where)
-        out = self._mgr.restore(epoch, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-        meta = dict(out["meta"])
-        digest = meta.pop(_DIGEST_KEY, None)  # absent in checkpoints from before the digest
-        if digest is not None and digest != state_digest(out["state"]):
-            raise ValueError("the state's bytes do not match the digest saved with them")
-        return out["state"], meta
+def _restore(manager: ocp.CheckpointManager, epoch: int, abstract) -> tuple[Any, dict]:
+    where = Path(manager.directory) / str(epoch)
+    saved = manager.item_metadata(epoch)["state"]
+    if saved is None:
+        raise ValueError(f"no readable metadata in {where}")
+    _check_compatible(getattr(saved, "tree", saved), abstract, where)
+    out = manager.restore(epoch, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    meta = dict(out["meta"])
+    digest = meta.pop(_DIGEST_KEY, None)  # absent in checkpoints from before the digest
+    if digest is not None and digest != state_digest(out["state"]):
+        raise ValueError("the state's bytes do not match the digest saved with them")
+    return out["state"], meta
 
-    def wait(self) -> None:
-        try:
-            self._mgr.wait_until_finished()
-        except Exception as e:  # noqa: BLE001 - an async write failed
-            raise _save_error(self.directory, e) from e
 
-    def close(self) -> None:
-        self._mgr.close()
+def _restore_first_readable(manager: ocp.CheckpointManager, epochs: list[int], abstract,
+                            instead: str) -> tuple[Any, dict] | None:
+    """Restore the first readable of `epochs`, warning (one line) about each unreadable one;
+    a model mismatch is an error, never a silent fallback."""
+    with _quiet():
+        for i, epoch in enumerate(epochs):
+            where = Path(manager.directory) / str(epoch)
+            try:
+                return _restore(manager, epoch, abstract)
+            except UserError:
+                raise
+            except Exception as e:  # noqa: BLE001 - any read failure means "unreadable"
+                reason = f"{type(e).__name__}: {_first_words(e)}"
+            _settle()
+            if i + 1 == len(epochs):
+                raise UserError(f"checkpoint {where} is unreadable ({reason}) and no earlier one "
+                                "exists; delete it to start over")
+            print(f"warning: checkpoint {where} is unreadable ({reason}); using {instead}",
+                  file=sys.stderr)
+    return None
+
+
+def _first_words(e: BaseException) -> str:
+    """The start of an error's message on one line (tensorstore appends a whole spec)."""
+    text = " ".join(str(e).split()).split(" See full TensorStore details")[0]
+    return text[:200]
 
 
 class Checkpoints:
-    """The run's latest and best checkpoints. Call `close()` (or use `with`) before exit."""
+    """The run's checkpoints (latest two + best). Use `with` or call `close()` before exit.
+
+    Multi-process runs: every process opens the same directory and calls `save` with its part
+    of the state (orbax syncs them); `read_only=True` (eval) creates and deletes nothing.
+    """
 
     def __init__(self, workdir: str | Path, read_only: bool = False):
-        root = Path(workdir).absolute() / "checkpoints"  # orbax needs absolute paths
+        self.directory = Path(workdir).absolute() / "checkpoints"  # orbax needs absolute paths
+        self.read_only = read_only
         self._closed = self._failed = False
-        self.latest = _Manager(root / "latest", max_to_keep=2, read_only=read_only)
-        self.best = _Manager(root / "best", max_to_keep=1, read_only=read_only)
+        self._pending: int | None = None  # the epoch whose write may still be running
+        self._legacy: dict[str, ocp.CheckpointManager] = {}
+        with _quiet():
+            self._mgr = _manager(self.directory, read_only)
 
     def __enter__(self) -> "Checkpoints":
         return self
@@ -211,79 +345,122 @@ class Checkpoints:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def save(self, epoch: int, state, meta: dict, is_best: bool) -> None:
-        """Save asynchronously; `state` must not be donated/deleted before `wait()`."""
-        with self._noting_failure():
-            self.latest.save(epoch, state, meta)
-            if is_best:
-                self.best.save(epoch, state, meta)
+    def epochs(self) -> list[int]:
+        """The kept epochs, oldest first."""
+        return sorted(self._mgr.all_steps())
+
+    def save(self, epoch: int, state, meta: dict, val_rmse_px: float) -> None:
+        """Start writing `state` and `meta` (JSON) as `epoch`; returns once the state is on the
+        host (see the module doc: the caller may then donate its buffers). Waits first for the
+        previous save's write, raising its failure.
+
+        `val_rmse_px` (the epoch's validation RMSE in pixels, lower is better; NaN: unknown,
+        never best) ranks the epoch for the best slot. An epoch that already exists (redone
+        after a fallback from it) is replaced.
+        """
+        value = float(val_rmse_px)
+        metrics = {BEST_METRIC: value if math.isfinite(value) else None}
+        meta = {**meta, _DIGEST_KEY: state_digest(state)}
+        self._wait()  # the previous write's failure is reported as that epoch's
+        with self._failing_as_user_error(epoch):
+            if epoch in self._mgr.all_steps():  # redone after falling back from it
+                self._mgr.delete(epoch)
+            _check_space(self.directory, self.directory / str(epoch),
+                         _state_bytes(state) + _METADATA_BYTES)
+            self._pending = epoch
+            self._mgr.save(epoch, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+                metrics=metrics, force=True)
 
     def restore_latest(self, abstract) -> tuple[Any, dict] | None:
-        """The newest readable latest checkpoint, or None if there is none.
+        """(state, meta) of the newest readable epoch, or None if there is none.
 
         An unreadable newest checkpoint (corrupted or cut short) falls back to the previous one
-        with a warning; a model mismatch is an error, never a silent fallback.
+        with a one-line warning on stderr.
         """
-        return _restore_newest(self.latest, abstract)
+        manager = self._readable("latest")
+        epochs = sorted(manager.all_steps(), reverse=True)
+        return _restore_first_readable(manager, epochs, abstract, "the previous one")
 
     def restore_best(self, abstract) -> tuple[Any, dict] | None:
-        return _restore_newest(self.best, abstract)
+        """(state, meta) of the kept epoch with the lowest validation RMSE (ties: the earliest
+        reached it; none known: the newest), or None; an unreadable one falls back to the next
+        best with a warning."""
+        manager = self._readable("best")
+
+        def order(epoch: int) -> tuple[float, int]:
+            rank = _rank(manager.metrics(epoch))
+            return rank, epoch if math.isfinite(rank) else -epoch
+
+        epochs = sorted(manager.all_steps(), key=order)
+        return _restore_first_readable(manager, epochs, abstract, "the next best one")
 
     def wait(self) -> None:
-        with self._noting_failure():
-            self.latest.wait()
-            self.best.wait()
+        """Block until the pending write is on disk (raises its failure as a UserError)."""
+        self._wait()
 
     def close(self) -> None:
-        """Wait for pending saves and release the managers (safe to call twice).
+        """Wait for the pending write and release orbax's threads (safe to call twice).
 
-        After a failed save (its UserError already raised) this only releases the managers,
-        so a `finally: close()` does not replace that error with a second one.
+        After a failed save (its UserError already raised) this only releases the manager, so
+        a `finally: close()` does not replace that error with a second one.
         """
         if self._closed:
             return
         self._closed = True
-        if not self._failed:
-            try:
-                self.wait()
-            except UserError:
-                self._release_quietly()
-                raise
-            self.latest.close()
-            self.best.close()
-        else:
-            self._release_quietly()
+        try:
+            if not self._failed:
+                self._wait()
+        finally:
+            self._release()
+
+    # -- internals --
+
+    def _wait(self) -> None:
+        if self._pending is None:
+            return
+        with self._failing_as_user_error(self._pending):
+            self._mgr.wait_until_finished()
+        self._pending = None
 
     @contextlib.contextmanager
-    def _noting_failure(self):
+    def _failing_as_user_error(self, epoch: int) -> Iterator[None]:
         try:
-            yield
+            with _quiet():
+                yield
         except UserError:
             self._failed = True
             raise
+        except Exception as e:  # noqa: BLE001 - any write failure: say where and why
+            self._failed = True
+            error = _save_error(self.directory / str(epoch), e)
+        else:
+            return
+        with _quiet():
+            _settle()
+        raise error
 
-    def _release_quietly(self) -> None:
-        for manager in (self.latest, self.best):
+    def _release(self) -> None:
+        managers = [self._mgr, *self._legacy.values()]
+        for manager in managers:
             try:
-                manager.close()
-            except Exception:  # noqa: BLE001 - the failed save is the error to report
-                pass
+                with _quiet():
+                    manager.close()
+            except Exception:  # noqa: BLE001 - a failed save was already reported
+                if not self._failed:
+                    raise
 
-
-def _restore_newest(manager: _Manager, abstract):
-    steps = manager.steps()
-    for i, epoch in enumerate(reversed(steps)):
-        try:
-            return manager.restore(epoch, abstract)
-        except UserError:
-            raise
-        except Exception as e:  # noqa: BLE001 - any read failure means "unreadable"
-            _quiet_failed_io()
-            where = manager.directory / str(epoch)
-            if i + 1 < len(steps):
-                print(f"warning: checkpoint {where} is unreadable ({type(e).__name__}: "
-                      f"{str(e).splitlines()[0][:200]}); using the previous one", file=sys.stderr)
-                continue
-            raise UserError(f"checkpoint {where} is unreadable ({type(e).__name__}) and no "
-                            "earlier one exists; delete it to start over") from e
-    return None
+    def _readable(self, which: str) -> ocp.CheckpointManager:
+        """This layout's manager, or, while it holds nothing, a read-only manager of the
+        previous layout's `checkpoints/<which>/` (run directories from before this layout)."""
+        if self._mgr.all_steps():
+            return self._mgr
+        order = (which, *[name for name in _LEGACY if name != which])
+        for name in order:
+            if (self.directory / name).is_dir():
+                if name not in self._legacy:
+                    with _quiet():
+                        self._legacy[name] = _manager(self.directory / name, read_only=True)
+                if self._legacy[name].all_steps():
+                    return self._legacy[name]
+        return self._mgr
