@@ -335,6 +335,7 @@ class Runner:
         self.timings["overlays_s"] += time.perf_counter() - t3
 
     def _add_rows(self, name: str, frame: int, fs: list) -> None:
+        from fkd_jax import faces as F
         from fkd_jax import keypoints
 
         if not fs:
@@ -349,8 +350,7 @@ class Runner:
             row = {"file": name, "frame": frame, "face": i,
                    "box_x": f.box[0], "box_y": f.box[1], "box_w": f.box[2], "box_h": f.box[3],
                    "score": f.score}
-            kp = np.asarray(f.keypoints_px, np.float64)
-            row.update(zip(keypoints.COLUMNS, kp[: len(keypoints.COLUMNS)]))
+            row.update(zip(keypoints.COLUMNS, F.kaggle15(f.keypoints_px)))
             self.rows.append(row)
             self.n_faces += 1
 
@@ -479,6 +479,7 @@ def score(photo_faces: dict, labels: dict, out: Path, passes: int) -> dict:
     share, failure rate, AUC; writes scores.csv (one row per labelled face) and ced.png."""
     import pandas as pd
 
+    from fkd_jax import faces as F
     from fkd_jax import files
     from fkd_jax import picture_metrics as pm
 
@@ -489,16 +490,17 @@ def score(photo_faces: dict, labels: dict, out: Path, passes: int) -> dict:
         if key is None:
             continue
         truth = labels[key]
-        pred = np.stack([f.keypoints_px for f in fs]) if fs else np.zeros((0, truth.shape[1]))
+        pred = (np.stack([F.kaggle15(f.keypoints_px) for f in fs]) if fs
+                else np.zeros((0, truth.shape[1])))
         pairs = dict((t, p) for p, t in pm.match_faces(pred, truth))
         extra += len(fs) - len(pairs)
         for t in range(len(truth)):
             if t in pairs:
                 f = fs[pairs[t]]
                 hist = f.history or (f.keypoints_px,)
-                errs = [float(pm.nme(h, truth[t])) for h in hist]
+                errs = [float(pm.nme(F.kaggle15(h), truth[t])) for h in hist]
                 errs += [errs[-1]] * (passes - len(errs))
-                final = float(pm.nme(f.keypoints_px, truth[t]))
+                final = float(pm.nme(F.kaggle15(f.keypoints_px), truth[t]))
             else:
                 errs, final = [float("nan")] * passes, float("nan")
             for p in range(passes):

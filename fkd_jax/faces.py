@@ -69,6 +69,18 @@ class Detection:
     score: float
 
 
+def kaggle15(keypoints_px: np.ndarray) -> np.ndarray:
+    """(..., 30) Kaggle keypoints of a model's output: as they are, or derived from the 68
+    iBUG landmarks (..., 136) of a 68-point model (fkd_jax.keypoints.kaggle15_from_ibug68)."""
+    kp = np.asarray(keypoints_px, np.float64)
+    if kp.shape[-1] == keypoints.NUM_COORDS:
+        return kp
+    convert = getattr(keypoints, "kaggle15_from_ibug68", None)
+    if kp.shape[-1] == 136 and convert is not None:
+        return np.asarray(convert(kp), np.float64)
+    raise ValueError(f"keypoints of width {kp.shape[-1]}: expected 30 (Kaggle) or 136 (iBUG 68)")
+
+
 def _points(kp) -> np.ndarray:
     """(..., 2K) interleaved -> (..., K, 2), any K (a single point (2,) too)."""
     kp = np.asarray(kp)
@@ -187,7 +199,7 @@ def framing_from_box(box: Sequence[float]) -> Framing:
 def eye_angle(keypoints_px: np.ndarray) -> float:
     """In-plane roll (radians) of the line from the right eye centre to the left eye centre
     (0 when the eyes are level: the subject's left eye is on the picture's right)."""
-    p = _points(np.asarray(keypoints_px, np.float64))
+    p = _points(kaggle15(keypoints_px))
     d = p[_IDX["left_eye_center"]] - p[_IDX["right_eye_center"]]
     return math.atan2(d[1], d[0])
 
@@ -201,15 +213,21 @@ def side_from_keypoints(points: np.ndarray) -> float:
 
 def framing_from_keypoints(keypoints_px: np.ndarray, rotate: bool = False) -> Framing:
     """The training rule applied to (predicted) keypoints (2K,) in picture pixels: centre =
-    mean of the keypoints + TRAIN_CENTRE_OFFSET x side, side from `side_from_keypoints`.
-    With `rotate` the square turns with the eye line (undoes in-plane roll; training crops
-    were upright, so roll then comes out as 0)."""
-    p = _points(np.asarray(keypoints_px, np.float64))
+    mean of the 15 Kaggle keypoints + TRAIN_CENTRE_OFFSET x side; side from
+    `side_from_keypoints` (15 keypoints) or exactly as in training, 1.1305 x the larger side of
+    the landmarks' box (68-point models). With `rotate` the square turns with the eye line
+    (undoes in-plane roll; training crops were upright, so roll then comes out as 0)."""
+    all_points = _points(np.asarray(keypoints_px, np.float64))
+    p = _points(kaggle15(keypoints_px))
     angle = eye_angle(keypoints_px) if rotate else 0.0
     c, n = math.cos(angle), math.sin(angle)
     rot = np.array([[c, -n], [n, c]])
     mean = p.mean(axis=0)
-    side = side_from_keypoints((p - mean) @ rot)  # coordinates in the square's own axes
+    if len(all_points) == len(p):
+        side = side_from_keypoints((p - mean) @ rot)  # coordinates in the square's own axes
+    else:
+        span = np.ptp((all_points - mean) @ rot, axis=0)
+        side = framing_stats.TRAIN_SIDE_PER_BBOX68 * float(span.max())
     centre = mean + rot @ (np.asarray(framing_stats.TRAIN_CENTRE_OFFSET) * side)
     return Framing(float(centre[0]), float(centre[1]), side, angle)
 
@@ -226,8 +244,9 @@ def training_framing(keypoints_px: np.ndarray, landmarks68_px: np.ndarray) -> Fr
 
 def shape_error(keypoints_px: np.ndarray) -> float:
     """RMS distance of the keypoints (2K,) from the mean face after the best similarity
-    alignment, in units of the mean face's outer-eye-corner distance. Real faces: ~0.03-0.08."""
-    p = _points(np.asarray(keypoints_px, np.float64))
+    alignment, in units of the mean face's outer-eye-corner distance. Real faces: ~0.03-0.08.
+    (68-point models: their 15 Kaggle keypoints.)"""
+    p = _points(kaggle15(keypoints_px))
     if not np.all(np.isfinite(p)):
         return float("inf")
     a, b = p - p.mean(0), _MEAN_POINTS - _MEAN_POINTS.mean(0)
@@ -427,7 +446,7 @@ def merge_duplicates(faces: Sequence[Face], overlap: float = 0.5) -> list[Face]:
 
 
 def _centre_and_size(kp: np.ndarray) -> tuple[np.ndarray, float]:
-    p = _points(np.asarray(kp, np.float64))
+    p = _points(kaggle15(kp))
     d = np.linalg.norm(p[_IDX["left_eye_outer_corner"]] - p[_IDX["right_eye_outer_corner"]])
     return p.mean(axis=0), max(float(d), 1e-6)
 

@@ -1,0 +1,179 @@
+"""predict.py end to end, as a user runs it: a folder of photos and a video, a user's box,
+an exported model, scoring against labels, and every whole-command mistake (one line, exit 2,
+nothing written). The model is a 1-epoch tiny run: this checks plumbing, not accuracy."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from fkd_jax import keypoints, synthetic
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--config", "configs/base.py", "--config.data.synthetic_n=32",
+        "--config.train.batch_size=16", "--config.model.name=simple_cnn",
+        "--config.train.epochs=1"]
+HEADER = ["file", "frame", "face", "box_x", "box_y", "box_w", "box_h", "score",
+          *keypoints.COLUMNS]
+
+
+def run(script, *args):
+    return subprocess.run([sys.executable, script, *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+def scene(seed: int, size=(240, 320)) -> tuple[np.ndarray, np.ndarray]:
+    """RGB picture with one synthetic face pasted at 2x (OpenCV's Haar cascade finds it),
+    and its keypoints in picture pixels."""
+    images, kps = synthetic.generate_faces(1, seed)
+    pic = np.full(size + (3,), (70, 110, 90), np.uint8)
+    pic[20:212, 60:252] = cv2.resize(images[0], (192, 192), interpolation=cv2.INTER_LINEAR)[..., None]
+    kp = kps[0] * 2.0
+    kp[0::2] += 60
+    kp[1::2] += 20
+    return pic, kp
+
+
+def save(path: Path, rgb: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("predict")
+    proc = run("train.py", *TINY, "--workdir", tmp / "run")
+    assert proc.returncode == 0, proc.stderr
+    photos = tmp / "photos"
+    pic, kp = scene(0)
+    save(photos / "a" / "x.png", pic)
+    save(photos / "b" / "x.png", scene(5)[0])  # same name, other folder
+    save(photos / "blank.jpg", np.full((200, 260, 3), 128, np.uint8))  # no face
+    (photos / "corrupt.jpg").write_bytes(b"not a jpeg at all")
+    writer = cv2.VideoWriter(str(photos / "clip.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10,
+                             (320, 240))
+    for i in range(4):  # the scene moving by a few pixels
+        m = np.float32([[1, 0, 2 * i], [0, 1, math.sin(i)]])
+        writer.write(cv2.cvtColor(cv2.warpAffine(pic, m, (320, 240),
+                                                 borderMode=cv2.BORDER_REPLICATE),
+                                  cv2.COLOR_RGB2BGR))
+    writer.release()
+    labels = tmp / "labels.csv"
+    pd.DataFrame([["a/x.png", *kp]], columns=["file", *keypoints.COLUMNS]).to_csv(labels,
+                                                                                    index=False)
+    return tmp, photos, labels, kp
+
+
+def test_folder_with_photos_video_and_a_corrupt_file(setup):
+    tmp, photos, labels, _ = setup
+    out = tmp / "out"
+    proc = run("predict.py", "--workdir", tmp / "run", "--out", out, photos, "--labels", labels)
+    assert proc.returncode == 1, proc.stderr  # some files failed
+    assert "corrupt.jpg" in proc.stderr and "some files failed" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert f"no face found: {photos / 'blank.jpg'}" in proc.stdout
+
+    table = pd.read_csv(out / "keypoints.csv")
+    assert list(table.columns) == HEADER
+    names = set(table["file"])
+    assert {str(photos / "a" / "x.png"), str(photos / "b" / "x.png"), str(photos / "blank.jpg"),
+            str(photos / "clip.avi")} == names  # the corrupt file has no row
+    blank = table[table["file"] == str(photos / "blank.jpg")]
+    assert len(blank) == 1 and blank["face"].isna().all() and blank[list(keypoints.COLUMNS)].isna().all().all()
+    video = table[table["file"] == str(photos / "clip.avi")]
+    assert sorted(set(video["frame"])) == [0, 1, 2, 3]
+    assert (table[table["file"] != str(photos / "clip.avi")]["frame"] == 0).all()
+    found = table.dropna(subset=["face"])
+    assert np.isfinite(found[list(keypoints.COLUMNS)].to_numpy()).all()
+
+    overlays = out / "overlays"
+    assert (overlays / "a" / "x.png").is_file() and (overlays / "b" / "x.png").is_file()
+    assert (overlays / "blank.jpg").is_file() and (overlays / "clip.avi").is_file()
+    assert not (overlays / "corrupt.jpg").exists()
+    a = cv2.imread(str(overlays / "a" / "x.png"))
+    assert a.shape == (240, 320, 3)
+    cap = cv2.VideoCapture(str(overlays / "clip.avi"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 4
+    cap.release()
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["files"] == 5 and summary["photos"] == 3 and summary["videos"] == 1
+    assert summary["video_frames"] == 4
+    assert [f["file"] for f in summary["failed"]] == [str(photos / "corrupt.jpg")]
+    assert str(photos / "blank.jpg") in summary["no_face"]
+    assert summary["faces"] == len(found)
+    assert summary["timings_s"]["total_s"] > 0
+
+    scores = json.loads((out / "scores.json").read_text())
+    assert scores["final"]["n_faces"] == 1 and set(scores["per_pass"]) == {
+        "pass 1", "pass 2", "pass 3"}
+    assert (out / "ced.png").is_file() and (out / "scores.csv").is_file()
+
+
+def test_user_box_and_exported_model_give_the_same_keypoints(setup):
+    tmp, photos, _, kp = setup
+    box = "60,20,192,192"
+    out = tmp / "box"
+    proc = run("predict.py", "--workdir", tmp / "run", "--out", out, "--box", box,
+               photos / "a" / "x.png", "--passes", "2")
+    assert proc.returncode == 0, proc.stderr
+    rows = pd.read_csv(out / "keypoints.csv")
+    assert len(rows) == 1 and rows["face"][0] == 0 and rows["score"][0] == 1.0
+    assert tuple(rows[["box_x", "box_y", "box_w", "box_h"]].iloc[0]) == (60, 20, 192, 192)
+    pred = rows[list(keypoints.COLUMNS)].to_numpy()[0]
+    assert np.isfinite(pred).all()
+
+    model = tmp / "model.jaxexport"
+    proc = run("export.py", "--workdir", tmp / "run", "--out", model)
+    assert proc.returncode == 0, proc.stderr
+    out2 = tmp / "box_exported"
+    proc = run("predict.py", "--model", model, "--out", out2, "--box", box,
+               photos / "a" / "x.png", "--passes", "2")
+    assert proc.returncode == 0, proc.stderr
+    pred2 = pd.read_csv(out2 / "keypoints.csv")[list(keypoints.COLUMNS)].to_numpy()[0]
+    np.testing.assert_allclose(pred2, pred, atol=0.02)  # 2-decimal CSV
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["--out", "{out}", "{tmp}/missing.jpg"], "missing.jpg: no such file or folder"),
+    (["--out", "{out}", "{tmp}/empty"], "holds no images or videos"),
+    (["--out", "{out}", "--box", "1,2,3", "{photos}/blank.jpg"], "--box"),
+    (["--out", "{out}", "--box", "1,2,0,5", "{photos}/blank.jpg"], "--box"),
+    (["{photos}/blank.jpg"], "--out is required"),
+    (["--out", "{out}", "{tmp}/labels.csv"], "not an image or video"),
+    (["--out", "{out}", "--labels", "{tmp}/nolabels.csv", "{photos}/blank.jpg"], "--labels"),
+])
+def test_whole_command_mistakes_are_one_line_and_write_nothing(setup, args, expect):
+    tmp, photos, _, _ = setup
+    (tmp / "empty").mkdir(exist_ok=True)
+    out = tmp / "never"
+    args = [a.format(tmp=tmp, photos=photos, out=out) for a in args]
+    proc = run("predict.py", "--workdir", tmp / "run", *args)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and expect in lines[0], proc.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("bad", ["workdir", "model"])
+def test_unreadable_model_is_one_line_and_writes_nothing(setup, bad):
+    tmp, photos, _, _ = setup
+    out = tmp / f"never_{bad}"
+    if bad == "workdir":
+        (tmp / "notarun").mkdir(exist_ok=True)
+        source = ["--workdir", tmp / "notarun"]
+    else:
+        (tmp / "garbage.jaxexport").write_bytes(b"\x00garbage")
+        source = ["--model", tmp / "garbage.jaxexport"]
+    proc = run("predict.py", *source, "--out", out, photos / "blank.jpg")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert not out.exists()
