@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import functools
-import os
 import sys
 from typing import Callable, TypeVar
 
@@ -69,12 +68,6 @@ def exit_on_user_error(main: F) -> F:
         try:
             return main(*args, **kwargs)
         except UserError as e:
-            if getattr(e, "abandon_threads", False):
-                # A failed async write (checkpoint on a full disk): its I/O threads would print
-                # tracebacks while Python shuts down, so leave now, having said the one line.
-                _print_error(str(e))
-                sys.stdout.flush()
-                os._exit(EXIT_USER_ERROR)
             fail(str(e), getattr(e, "exit_code", EXIT_USER_ERROR), getattr(e, "prefix", "error"))
         except OSError as e:
             if e.errno not in ENVIRONMENT_ERRNOS:

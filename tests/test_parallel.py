@@ -135,7 +135,7 @@ def test_two_processes_match_one_and_checkpoint_together(runs, data_args, tmp_pa
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)})
     assert "4 cpu device(s) in 2 process(es)" in out["process 0"]
     assert "epoch" not in out["process 1"]  # and metrics.jsonl has one line per epoch (below)
-    state_dir = tmp_path / "checkpoints" / "latest" / str(EPOCHS) / "state"
+    state_dir = tmp_path / "checkpoints" / str(EPOCHS) / "state"
     assert {"ocdbt.process_0", "ocdbt.process_1"} <= {p.name for p in state_dir.iterdir()}
     assert_same_run(tmp_path, runs["single_dir"])
 
