@@ -1,46 +1,108 @@
-"""Keypoint regression networks (Flax NNX), chosen by `config.model.name`.
+"""Keypoint regression networks (Flax NNX), chosen by `config.model.name`, sized by config.
 
-Every model maps images float32 (B, 96, 96, 1) NHWC in [0, 1] to (B, 30) keypoints in
-*normalised* coordinates (u = x / 48 - 1, see `fkd_jax.keypoints`), Kaggle column order.
-Signature: `model(images, *, train=False, dropout_key=None)`. Dropout draws its randomness from
-`dropout_key` at call time, so the only state a model carries is its parameters and the
-training step stays a pure function of arrays.
+The model contract (what every model here does; what a new one must do):
+
+- Input: images float32 (B, S, S, 1), NHWC, grey values in [0, 1]; S = `image_size` (96 for
+  Kaggle's faces).
+- Output: float32 (B, 2K) keypoints in *normalised* coordinates u = x / (S/2) - 1 (x in pixels,
+  so the image spans [-1, 1]; `fkd_jax.keypoints` states the pixel convention), in Kaggle's
+  interleaved order x0, y0, x1, y1, ...; K = `num_keypoints`, given by the data.
+- Call: `model(images, *, train=False, dropout_key=None)`. Dropout (`nnx.Dropout`) draws from
+  `dropout_key` at call time; `train=True` with dropout > 0 needs the key.
+- The module carries parameters only (every `nnx.Variable` is an `nnx.Param`): no RNG state,
+  no running statistics. `training.py` splits it into a static `GraphDef` and a params dict, so
+  the training step is a pure function of arrays. This is why normalisation is GroupNorm, not
+  BatchNorm: BatchNorm's running means are state updated by the forward pass, and its batch
+  statistics make a prediction depend on the other images of the batch (GroupNorm works the
+  same at batch 8 and 128, and at evaluation).
+- Layers come from a `Layers` factory (compute dtype, convolution, pooling, initialisation
+  keys in one place); it is passed to constructors and never stored, so models stay
+  parameters only. Parameters are float32; `compute_dtype` only sets what convolutions and
+  matrix multiplies compute in.
+
+Sizes are config values, not model names (`--config.model.name=heatmap_unet
+--config.model.widths="(24,48,96,192)"`). The size keys (`SIZE_KEYS`) are `widths` (conv
+channels per stage), `hidden` (dense widths), `blocks` (residual blocks per stage) and
+`heatmap_size` (side of the heatmaps, cells); None in the config means "this model's default".
+A model declares which keys it takes and their defaults in its `ModelSpec`; setting any other
+key is a `UserError`.
+
+Adding a model: write an `nnx.Module` whose `__init__(make, *, num_keypoints, image_size,
+dropout, **sizes)` builds its layers with `make` (a `Layers`), and whose `__call__` follows the
+contract above; optionally a `check(sizes, image_size, set_keys)` raising `UserError` naming
+the option for sizes it cannot take; then add a `ModelSpec` to `MODELS` with its size
+defaults. `tests/test_models.py` pins every model's parameter count.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import dataclasses
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from fkd_jax import ops
-from fkd_jax.keypoints import IMAGE_SIZE, NUM_COORDS
-
+from fkd_jax.errors import UserError
+from fkd_jax.keypoints import IMAGE_SIZE, NUM_KEYPOINTS
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-CONV_IMPLS = ("auto", "im2col", "xla")  # see ops.get_conv
+CONV_IMPLS = ops.CONV_IMPLS  # see ops.get_conv
+SIZE_KEYS = ("widths", "hidden", "blocks", "heatmap_size")
 
 
-def _dtype(name: str):
-    return COMPUTE_DTYPES[name]
+# --------------------------------------------------------------------------- layer factory
+
+@dataclasses.dataclass(frozen=True)
+class Layers:
+    """Makes one model's layers with its compute dtype and convolution, drawing initial values
+    from `rngs` in construction order (which therefore fixes a seed's initial parameters).
+
+    Pass it to constructors; never store it in a module (it holds the RNG state).
+    """
+
+    dtype: Any
+    conv_impl: str
+    rngs: nnx.Rngs
+
+    @classmethod
+    def create(cls, compute_dtype: str = "float32", conv_impl: str = "auto", seed: int = 0
+               ) -> "Layers":
+        if compute_dtype not in COMPUTE_DTYPES:
+            raise UserError(f"--config.model.compute_dtype={compute_dtype!r} must be one of "
+                            f"{', '.join(COMPUTE_DTYPES)}")
+        if conv_impl not in CONV_IMPLS:
+            raise UserError(f"--config.model.conv_impl={conv_impl!r} must be one of "
+                            f"{', '.join(CONV_IMPLS)}")
+        return cls(COMPUTE_DTYPES[compute_dtype], conv_impl, nnx.Rngs(params=seed))
+
+    @property
+    def max_pool(self) -> Callable[[jax.Array], jax.Array]:
+        """The 2x2 max-pool matching the convolution (`ops.get_max_pool`); a plain function."""
+        return ops.get_max_pool(self.conv_impl)
+
+    def conv(self, in_ch: int, out_ch: int, kernel: int, *, stride: int = 1,
+             padding: str = "SAME", bias: bool = True) -> nnx.Conv:
+        return nnx.Conv(in_ch, out_ch, (kernel, kernel), strides=stride, padding=padding,
+                        use_bias=bias, dtype=self.dtype,
+                        conv_general_dilated=ops.get_conv(self.conv_impl), rngs=self.rngs)
+
+    def dense(self, in_features: int, out_features: int) -> nnx.Linear:
+        return nnx.Linear(in_features, out_features, dtype=self.dtype, rngs=self.rngs)
+
+    def group_norm(self, channels: int) -> nnx.GroupNorm:
+        """GroupNorm with up to 8 groups of at least 4 channels each."""
+        return nnx.GroupNorm(channels, num_groups=max(1, min(8, channels // 4)),
+                             dtype=self.dtype, rngs=self.rngs)
 
 
-class _Dropout(nnx.Module):
-    """Dropout whose key is passed at call time (no RNG state stored in the module)."""
+def _check_dropout_key(train: bool, rate: float, key) -> None:
+    if train and rate > 0 and key is None:
+        raise ValueError("dropout needs a dropout_key when train=True")
 
-    def __init__(self, rate: float):
-        self.rate = rate
 
-    def __call__(self, x, train: bool, key):
-        if not train or self.rate == 0.0:
-            return x
-        if key is None:
-            raise ValueError("dropout needs a dropout_key when train=True")
-        keep = jax.random.bernoulli(key, 1.0 - self.rate, x.shape)
-        return jnp.where(keep, x / (1.0 - self.rate), 0).astype(x.dtype)
-
+# --------------------------------------------------------------------------- conv-pool nets
 
 class ConvPoolNet(nnx.Module):
     """Conv(+ReLU) -> 2x2 max-pool blocks, then dense layers: the classic keypoint CNN.
@@ -49,79 +111,86 @@ class ConvPoolNet(nnx.Module):
     follows Nouri's kfkd nets; 'SAME' the seed notebook's simple CNN.
     """
 
-    def __init__(
-        self,
-        convs: tuple[tuple[int, int], ...],
-        hidden: tuple[int, ...],
-        *,
-        padding: str,
-        dropout: float = 0.0,
-        conv_impl: str = "auto",
-        compute_dtype: str = "float32",
-        rngs: nnx.Rngs,
-    ):
-        dtype = _dtype(compute_dtype)
-        conv_fn = ops.get_conv(conv_impl)
+    def __init__(self, make: Layers, convs: tuple[tuple[int, int], ...], hidden: tuple[int, ...],
+                 *, padding: str, num_keypoints: int, image_size: int, dropout: float = 0.0):
         self.convs = nnx.List()
-        size, in_ch = IMAGE_SIZE, 1
+        in_ch = 1
         for features, k in convs:
-            self.convs.append(
-                nnx.Conv(in_ch, features, (k, k), padding=padding, dtype=dtype,
-                         conv_general_dilated=conv_fn, rngs=rngs)
-            )
-            size = (size - (k - 1 if padding == "VALID" else 0)) // 2
+            self.convs.append(make.conv(in_ch, features, k, padding=padding))
             in_ch = features
+        size = self.out_size(convs, padding, image_size)
         self.denses = nnx.List()
         in_f = size * size * in_ch
         for width in hidden:
-            self.denses.append(nnx.Linear(in_f, width, dtype=dtype, rngs=rngs))
+            self.denses.append(make.dense(in_f, width))
             in_f = width
-        self.head = nnx.Linear(in_f, NUM_COORDS, dtype=dtype, rngs=rngs)
-        self.dropout = _Dropout(dropout)
-        self.compute_dtype = dtype
+        self.head = make.dense(in_f, 2 * num_keypoints)
+        self.dropout = nnx.Dropout(dropout)
+        self.pool = make.max_pool
+        self.compute_dtype = make.dtype
+
+    @staticmethod
+    def out_size(convs, padding: str, image_size: int) -> int:
+        """Side of the last pooled feature map (pixels of the final grid)."""
+        size = image_size
+        for _, k in convs:
+            size = (size - (k - 1 if padding == "VALID" else 0)) // 2
+        return size
 
     def __call__(self, x, *, train: bool = False, dropout_key=None):
+        _check_dropout_key(train, self.dropout.rate, dropout_key)
         x = x.astype(self.compute_dtype)
         for conv in self.convs:
-            x = ops.max_pool_2x2(jax.nn.relu(conv(x)))
+            x = self.pool(jax.nn.relu(conv(x)))
         x = x.reshape(x.shape[0], -1)
         keys = (jax.random.split(dropout_key, len(self.denses)) if dropout_key is not None
                 else [None] * len(self.denses))
         for dense, key in zip(self.denses, keys):
-            x = self.dropout(jax.nn.relu(dense(x)), train, key)
+            x = self.dropout(jax.nn.relu(dense(x)), deterministic=not train, rngs=key)
         return self.head(x).astype(jnp.float32)
 
 
-def simple_cnn(cfg, rngs: nnx.Rngs) -> nnx.Module:
-    """The seed notebook's small CNN: three SAME conv+pool blocks and one dense layer."""
-    return ConvPoolNet(((16, 3), (32, 3), (64, 3)), (128,), padding="SAME",
-                       dropout=cfg.dropout, conv_impl=cfg.conv_impl,
-                       compute_dtype=cfg.compute_dtype, rngs=rngs)
+def _check_conv_pool(kernels: Callable[[tuple], tuple], padding: str):
+    def check(sizes, image_size: int, set_keys) -> None:
+        convs = tuple(zip(sizes["widths"], kernels(sizes["widths"])))
+        if ConvPoolNet.out_size(convs, padding, image_size) < 1:
+            raise UserError(f"{_option('widths', sizes, set_keys)} has too many conv+pool "
+                            f"blocks for {image_size}x{image_size} images")
+    return check
 
 
-def nouri(cfg, rngs: nnx.Rngs, hidden: int = 500) -> nnx.Module:
-    """Nouri's kfkd net: conv 32@3x3, 64@2x2, 128@2x2 (VALID, each + 2x2 max-pool), dense x2."""
-    return ConvPoolNet(((32, 3), (64, 2), (128, 2)), (hidden, hidden), padding="VALID",
-                       dropout=cfg.dropout, conv_impl=cfg.conv_impl,
-                       compute_dtype=cfg.compute_dtype, rngs=rngs)
+def simple_cnn(make: Layers, *, widths, hidden, **kw) -> ConvPoolNet:
+    """The seed notebook's CNN: one SAME 3x3 conv + 2x2 pool block per width, dense layers."""
+    return ConvPoolNet(make, tuple((w, 3) for w in widths), hidden, padding="SAME", **kw)
 
 
-def _group_norm(channels: int, dtype, rngs: nnx.Rngs) -> nnx.GroupNorm:
-    """GroupNorm with up to 8 groups of at least 4 channels each."""
-    return nnx.GroupNorm(channels, num_groups=min(8, channels // 4), dtype=dtype, rngs=rngs)
+NOURI_KERNELS = (3, 2, 2)
 
+
+def nouri(make: Layers, *, widths, hidden, **kw) -> ConvPoolNet:
+    """Nouri's kfkd net: VALID convs 3x3, 2x2, 2x2 (each + 2x2 max-pool), dense layers."""
+    return ConvPoolNet(make, tuple(zip(widths, NOURI_KERNELS)), hidden, padding="VALID", **kw)
+
+
+def _check_nouri(sizes, image_size: int, set_keys) -> None:
+    if len(sizes["widths"]) != len(NOURI_KERNELS):
+        raise UserError(f"{_option('widths', sizes, set_keys)} must have "
+                        f"{len(NOURI_KERNELS)} entries for model nouri (kernels 3, 2, 2)")
+    _check_conv_pool(lambda w: NOURI_KERNELS, "VALID")(sizes, image_size, set_keys)
+
+
+# --------------------------------------------------------------------------- residual nets
 
 class ResidualBlock(nnx.Module):
-    """conv3x3-GN-ReLU-conv3x3-GN plus a (projected) skip. GroupNorm, not BatchNorm, so the
-    model carries no running statistics and the step stays a pure function of parameters."""
+    """conv3x3-GN-ReLU-conv3x3-GN plus a (projected) skip."""
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int, conv_fn, dtype, rngs: nnx.Rngs):
-        conv = lambda i, o, k, s: nnx.Conv(i, o, (k, k), strides=s, padding="SAME", use_bias=False,
-                                           dtype=dtype, conv_general_dilated=conv_fn, rngs=rngs)
-        self.conv1, self.conv2 = conv(in_ch, out_ch, 3, stride), conv(out_ch, out_ch, 3, 1)
-        self.norm1 = _group_norm(out_ch, dtype, rngs)
-        self.norm2 = _group_norm(out_ch, dtype, rngs)
-        self.proj = conv(in_ch, out_ch, 1, stride) if (stride != 1 or in_ch != out_ch) else None
+    def __init__(self, make: Layers, in_ch: int, out_ch: int, stride: int):
+        self.conv1 = make.conv(in_ch, out_ch, 3, stride=stride, bias=False)
+        self.conv2 = make.conv(out_ch, out_ch, 3, bias=False)
+        self.norm1 = make.group_norm(out_ch)
+        self.norm2 = make.group_norm(out_ch)
+        self.proj = (make.conv(in_ch, out_ch, 1, stride=stride, bias=False)
+                     if (stride != 1 or in_ch != out_ch) else None)
 
     def __call__(self, x):
         y = jax.nn.relu(self.norm1(self.conv1(x)))
@@ -131,19 +200,19 @@ class ResidualBlock(nnx.Module):
 
 
 class ResNetBackbone(nnx.Module):
-    """Stem conv (stride 2: 96 -> 48) and one stride-2 residual stage per width after the first."""
+    """Stem conv (stride 2: S -> S/2) and one stride-2 residual stage per width after the
+    first; `blocks` residual blocks per stage."""
 
-    def __init__(self, widths, blocks: int, conv_fn, dtype, rngs: nnx.Rngs):
-        self.stem = nnx.Conv(1, widths[0], (3, 3), strides=2, padding="SAME", dtype=dtype,
-                             conv_general_dilated=conv_fn, rngs=rngs)
+    def __init__(self, make: Layers, widths, blocks: int, image_size: int):
+        self.stem = make.conv(1, widths[0], 3, stride=2)
         self.blocks = nnx.List()
         in_ch = widths[0]
         for i, w in enumerate(widths):
             for b in range(blocks):
                 stride = 2 if (i > 0 and b == 0) else 1
-                self.blocks.append(ResidualBlock(in_ch, w, stride, conv_fn, dtype, rngs))
+                self.blocks.append(ResidualBlock(make, in_ch, w, stride))
                 in_ch = w
-        self.stage_sizes = [IMAGE_SIZE // 2 // 2 ** i for i in range(len(widths))]  # 48, 24, ...
+        self.stage_sizes = stage_sizes(widths, image_size)  # 48, 24, ... for 96
         self.out_size = self.stage_sizes[-1]
         self.out_ch = in_ch
         self.blocks_per_stage = blocks
@@ -152,7 +221,7 @@ class ResNetBackbone(nnx.Module):
         return self.stages(x)[-1]
 
     def stages(self, x) -> list[jax.Array]:
-        """The feature map at the end of each stage, finest (48x48) first."""
+        """The feature map at the end of each stage, finest (S/2 x S/2) first."""
         x = jax.nn.relu(self.stem(x))
         outs = []
         for i, block in enumerate(self.blocks):
@@ -162,26 +231,52 @@ class ResNetBackbone(nnx.Module):
         return outs
 
 
-class ResNetRegressor(nnx.Module):
-    """Small residual CNN; the final feature map (B, 6, 6, C) is flattened into a dense head,
-    which keeps where features are (global average pooling would throw that away)."""
+def stage_sizes(widths, image_size: int) -> list[int]:
+    """Side of each residual stage's feature map: S/2, S/4, ... (one per width)."""
+    return [image_size // 2 ** (i + 1) for i in range(len(widths))]
 
-    def __init__(self, widths=(32, 64, 128, 256), blocks: int = 1, hidden: int = 256, *,
-                 dropout: float = 0.0, conv_impl: str = "auto", compute_dtype: str = "float32",
-                 rngs: nnx.Rngs):
-        dtype = _dtype(compute_dtype)
-        self.backbone = ResNetBackbone(widths, blocks, ops.get_conv(conv_impl), dtype, rngs)
+
+def _check_backbone(sizes, image_size: int, set_keys) -> None:
+    """Every stage must halve its input exactly (the decoder doubles back, heatmap cells
+    must tile the image)."""
+    n = len(sizes["widths"])
+    if image_size % 2 ** n:
+        most = (image_size & -image_size).bit_length() - 1  # powers of 2 dividing image_size
+        raise UserError(f"{_option('widths', sizes, set_keys)} has {n} stages; "
+                        f"{image_size}x{image_size} images allow at most {most} "
+                        "(each stage halves the size)")
+
+
+class ResNetRegressor(nnx.Module):
+    """Small residual CNN; the final feature map (B, S/2^n, S/2^n, C) is flattened into a dense
+    head, which keeps where features are (global average pooling would throw that away)."""
+
+    def __init__(self, make: Layers, *, widths, blocks: int, hidden, num_keypoints: int,
+                 image_size: int, dropout: float = 0.0):
+        self.backbone = ResNetBackbone(make, widths, blocks, image_size)
         flat = self.backbone.out_size ** 2 * self.backbone.out_ch
-        self.dense = nnx.Linear(flat, hidden, dtype=dtype, rngs=rngs)
-        self.head = nnx.Linear(hidden, NUM_COORDS, dtype=dtype, rngs=rngs)
-        self.dropout = _Dropout(dropout)
-        self.compute_dtype = dtype
+        (width,) = hidden
+        self.dense = make.dense(flat, width)
+        self.head = make.dense(width, 2 * num_keypoints)
+        self.dropout = nnx.Dropout(dropout)
+        self.compute_dtype = make.dtype
 
     def __call__(self, x, *, train: bool = False, dropout_key=None):
+        _check_dropout_key(train, self.dropout.rate, dropout_key)
         x = self.backbone(x.astype(self.compute_dtype))
-        x = self.dropout(jax.nn.relu(self.dense(x.reshape(x.shape[0], -1))), train, dropout_key)
+        x = jax.nn.relu(self.dense(x.reshape(x.shape[0], -1)))
+        x = self.dropout(x, deterministic=not train, rngs=dropout_key)
         return self.head(x).astype(jnp.float32)
 
+
+def _check_resnet(sizes, image_size: int, set_keys) -> None:
+    _check_backbone(sizes, image_size, set_keys)
+    if len(sizes["hidden"]) != 1:
+        raise UserError(f"{_option('hidden', sizes, set_keys)} must have one entry for "
+                        "model resnet (one dense layer before the head)")
+
+
+# --------------------------------------------------------------------------- heatmap nets
 
 def soft_argmax(logits):
     """Expected (x, y) of each heatmap's softmax, in normalised coordinates.
@@ -201,21 +296,18 @@ def soft_argmax(logits):
 
 
 class HeatmapRegressor(nnx.Module):
-    """Residual backbone to a 12x12 map, a 1x1 conv to 15 heatmaps, soft-argmax to coordinates."""
+    """Residual backbone to an S/2^n map, a 1x1 conv to K heatmaps, soft-argmax to coordinates."""
 
-    def __init__(self, widths=(32, 64, 128), blocks: int = 1, *, dropout: float = 0.0,
-                 conv_impl: str = "auto", compute_dtype: str = "float32", rngs: nnx.Rngs):
-        del dropout  # no dense layers to drop from
-        dtype = _dtype(compute_dtype)
-        conv_fn = ops.get_conv(conv_impl)
-        self.backbone = ResNetBackbone(widths, blocks, conv_fn, dtype, rngs)
-        self.heatmaps = nnx.Conv(self.backbone.out_ch, NUM_COORDS // 2, (1, 1), dtype=dtype,
-                                 conv_general_dilated=conv_fn, rngs=rngs)
-        self.compute_dtype = dtype
+    def __init__(self, make: Layers, *, widths, blocks: int, num_keypoints: int,
+                 image_size: int, dropout: float = 0.0):
+        del dropout  # rejected by the spec: no dense layer to drop from
+        self.backbone = ResNetBackbone(make, widths, blocks, image_size)
+        self.heatmaps = make.conv(self.backbone.out_ch, num_keypoints, 1)
+        self.compute_dtype = make.dtype
 
     def __call__(self, x, *, train: bool = False, dropout_key=None):
         logits = self.heatmaps(self.backbone(x.astype(self.compute_dtype)))
-        return soft_argmax(logits).reshape(x.shape[0], NUM_COORDS)
+        return soft_argmax(logits).reshape(x.shape[0], -1)
 
 
 def _upsample_2x(x):
@@ -225,20 +317,17 @@ def _upsample_2x(x):
 
 
 class HeatmapUNet(nnx.Module):
-    """Residual encoder down to 6x6 for context, a light top-down decoder (upsample, add the
-    encoder's skip, conv3x3-GN-ReLU) back up to `heatmap_size`, 15 heatmaps, soft-argmax.
+    """Residual encoder down to S/2^n for context, a light top-down decoder (upsample, add the
+    encoder's skip, conv3x3-GN-ReLU) back up to `heatmap_size`, K heatmaps, soft-argmax.
 
     Coordinates through heatmaps keep the net translation-equivariant, which is what lets it
-    learn from a few thousand faces; the decoder puts the 6x6 context onto a finer grid.
+    learn from a few thousand faces; the decoder puts the coarse context onto a finer grid.
     """
 
-    def __init__(self, widths=(16, 32, 64, 128), blocks: int = 1, heatmap_size: int = 24, *,
-                 dropout: float = 0.0, conv_impl: str = "auto", compute_dtype: str = "float32",
-                 rngs: nnx.Rngs):
-        del dropout  # no dense layers to drop from
-        dtype = _dtype(compute_dtype)
-        conv_fn = ops.get_conv(conv_impl)
-        self.backbone = ResNetBackbone(widths, blocks, conv_fn, dtype, rngs)
+    def __init__(self, make: Layers, *, widths, blocks: int, heatmap_size: int,
+                 num_keypoints: int, image_size: int, dropout: float = 0.0):
+        del dropout  # rejected by the spec: no dense layer to drop from
+        self.backbone = ResNetBackbone(make, widths, blocks, image_size)
         sizes = self.backbone.stage_sizes
         if heatmap_size not in sizes:
             raise ValueError(f"heatmap_size must be one of {sizes}, got {heatmap_size}")
@@ -246,14 +335,11 @@ class HeatmapUNet(nnx.Module):
         # One decoder step per stage between the coarsest and the heatmap's.
         for coarse in range(len(widths) - 1, sizes.index(heatmap_size), -1):
             w_in, w_out = widths[coarse], widths[coarse - 1]
-            self.laterals.append(nnx.Conv(w_in, w_out, (1, 1), use_bias=False, dtype=dtype,
-                                          conv_general_dilated=conv_fn, rngs=rngs))
-            self.smooths.append(nnx.Conv(w_out, w_out, (3, 3), padding="SAME", use_bias=False,
-                                         dtype=dtype, conv_general_dilated=conv_fn, rngs=rngs))
-            self.norms.append(_group_norm(w_out, dtype, rngs))
-        self.heatmaps = nnx.Conv(widths[sizes.index(heatmap_size)], NUM_COORDS // 2, (1, 1),
-                                 dtype=dtype, conv_general_dilated=conv_fn, rngs=rngs)
-        self.compute_dtype = dtype
+            self.laterals.append(make.conv(w_in, w_out, 1, bias=False))
+            self.smooths.append(make.conv(w_out, w_out, 3, bias=False))
+            self.norms.append(make.group_norm(w_out))
+        self.heatmaps = make.conv(widths[sizes.index(heatmap_size)], num_keypoints, 1)
+        self.compute_dtype = make.dtype
 
     def __call__(self, x, *, train: bool = False, dropout_key=None):
         feats = self.backbone.stages(x.astype(self.compute_dtype))
@@ -261,35 +347,144 @@ class HeatmapUNet(nnx.Module):
         skips = feats[-2::-1]  # next-finer stage first
         for lateral, smooth, norm, skip in zip(self.laterals, self.smooths, self.norms, skips):
             y = jax.nn.relu(norm(smooth(_upsample_2x(lateral(y)) + skip)))
-        return soft_argmax(self.heatmaps(y)).reshape(x.shape[0], NUM_COORDS)
+        return soft_argmax(self.heatmaps(y)).reshape(x.shape[0], -1)
 
 
-def _from_config(cls, **kw) -> Callable:
-    """A builder `(config.model, rngs) -> cls(...)` passing the config's shared options."""
-    return lambda cfg, rngs: cls(dropout=cfg.dropout, conv_impl=cfg.conv_impl,
-                                 compute_dtype=cfg.compute_dtype, rngs=rngs, **kw)
+def _check_heatmap_unet(sizes, image_size: int, set_keys) -> None:
+    _check_backbone(sizes, image_size, set_keys)
+    levels = stage_sizes(sizes["widths"], image_size)
+    if sizes["heatmap_size"] not in levels:
+        raise UserError(f"{_option('heatmap_size', sizes, set_keys)} must be one of "
+                        f"{', '.join(map(str, levels))} for these widths "
+                        f"({_option('widths', sizes, set_keys)})")
 
 
-MODELS: dict[str, Callable] = {
-    "simple_cnn": simple_cnn,
-    "nouri": nouri,
-    "nouri1000": lambda cfg, rngs: nouri(cfg, rngs, hidden=1000),
-    "resnet": _from_config(ResNetRegressor),
-    "resnet_small": _from_config(ResNetRegressor, widths=(16, 32, 64, 128), hidden=128),
-    "heatmap": _from_config(HeatmapRegressor),
-    "heatmap_unet": _from_config(HeatmapUNet),
-    "heatmap_unet_wide": _from_config(HeatmapUNet, widths=(24, 48, 96, 192)),
+# --------------------------------------------------------------------------- registry
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """A registered model: its builder, the size keys it takes with their defaults, whether
+    `--config.model.dropout` applies, and an optional check of the sizes (raises UserError)."""
+
+    build: Callable[..., nnx.Module]
+    sizes: Mapping[str, Any]
+    dropout: bool = True
+    check: Callable[[dict, int, set], None] | None = None
+
+
+MODELS: dict[str, ModelSpec] = {
+    "simple_cnn": ModelSpec(simple_cnn, {"widths": (16, 32, 64), "hidden": (128,)},
+                            check=_check_conv_pool(lambda w: (3,) * len(w), "SAME")),
+    "nouri": ModelSpec(nouri, {"widths": (32, 64, 128), "hidden": (500, 500)},
+                       check=_check_nouri),
+    "resnet": ModelSpec(ResNetRegressor,
+                        {"widths": (32, 64, 128, 256), "blocks": 1, "hidden": (256,)},
+                        check=_check_resnet),
+    "heatmap": ModelSpec(HeatmapRegressor, {"widths": (32, 64, 128), "blocks": 1},
+                         dropout=False, check=_check_backbone),
+    "heatmap_unet": ModelSpec(HeatmapUNet,
+                              {"widths": (16, 32, 64, 128), "blocks": 1, "heatmap_size": 24},
+                              dropout=False, check=_check_heatmap_unet),
+}
+
+# Names of the size variants that were separate models before sizes came from the config:
+# the equivalent config overrides (same parameters, same initial values for a seed).
+LEGACY_NAMES: dict[str, dict[str, Any]] = {
+    "nouri1000": {"name": "nouri", "hidden": (1000, 1000)},
+    "resnet_small": {"name": "resnet", "widths": (16, 32, 64, 128), "hidden": (128,)},
+    "heatmap_unet_wide": {"name": "heatmap_unet", "widths": (24, 48, 96, 192)},
 }
 
 
-def create_model(cfg, seed: int) -> nnx.Module:
-    """Build `cfg.name` (a `config.model` block) with parameters initialised from `seed`."""
-    if cfg.name not in MODELS:
-        from fkd_jax.errors import UserError
+def _show(value) -> str:
+    """A size as it is written on the command line: 24, (16,32) or (128,)."""
+    if isinstance(value, tuple):
+        return "(" + ",".join(map(str, value)) + ("," if len(value) == 1 else "") + ")"
+    return str(value)
 
-        raise UserError(f"--config.model.name={cfg.name!r} is not a model; choose one of "
+
+def _option(key: str, sizes: Mapping[str, Any], set_keys) -> str:
+    """How to name a size in an error: as the user set it, or as the model's default."""
+    return (f"--config.model.{key}={_show(sizes[key])}"
+            + ("" if key in set_keys else " (the default)"))
+
+
+def _as_ints(key: str, value, *, tuple_: bool, allow_empty: bool = False):
+    """A size value from the config as int or tuple of ints (lists from JSON accepted)."""
+    where = f"--config.model.{key}={value!r}"
+    is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+    if not tuple_:
+        if not is_int(value) or value < 1:
+            raise UserError(f"{where} must be a positive integer")
+        return value
+    if is_int(value):
+        value = (value,)
+    if not isinstance(value, (tuple, list)) or not all(is_int(v) and v >= 1 for v in value):
+        raise UserError(f'{where} must be a tuple of positive integers, e.g. "(16,32,64)"')
+    if not value and not allow_empty:
+        raise UserError(f"{where} must not be empty")
+    return tuple(value)
+
+
+def _spec(name: str) -> ModelSpec:
+    if name in LEGACY_NAMES:
+        new = LEGACY_NAMES[name]
+        flags = " ".join(f'--config.model.{k}="{_show(v)}"' if isinstance(v, tuple)
+                         else f"--config.model.{k}={v}" for k, v in new.items())
+        raise UserError(f"--config.model.name={name!r} is now a size of another model: use "
+                        f"{flags}")
+    if name not in MODELS:
+        raise UserError(f"--config.model.name={name!r} is not a model; choose one of "
                         f"{', '.join(sorted(MODELS))}")
-    return MODELS[cfg.name](cfg, nnx.Rngs(params=seed))
+    return MODELS[name]
+
+
+def model_sizes(model_cfg, image_size: int = IMAGE_SIZE) -> dict[str, Any]:
+    """The sizes `model_cfg` (a `config.model` block) builds, defaults filled in, after checking
+    every model option; a mistake is a `UserError` naming the option. Cheap (no arrays):
+    callable from a config check before any data is loaded."""
+    spec = _spec(model_cfg.name)
+    sizes, set_keys = dict(spec.sizes), set()
+    for key in SIZE_KEYS:
+        value = model_cfg.get(key)
+        if value is None:
+            continue
+        if key not in spec.sizes:
+            raise UserError(f"--config.model.{key} is not used by model {model_cfg.name} (it "
+                            f"takes {', '.join(spec.sizes)}); leave it unset (None)")
+        sizes[key] = _as_ints(key, value, tuple_=key in ("widths", "hidden"),
+                              allow_empty=key == "hidden" and spec.build in (simple_cnn, nouri))
+        set_keys.add(key)
+    dropout = model_cfg.get("dropout", 0.0) or 0.0
+    if not 0.0 <= dropout < 1.0:
+        raise UserError(f"--config.model.dropout={dropout!r} must be in [0, 1)")
+    if dropout > 0 and not spec.dropout:
+        raise UserError(f"--config.model.dropout={dropout!r} is not used by model "
+                        f"{model_cfg.name} (no dense layer to drop from); set it to 0")
+    if spec.check is not None:
+        spec.check(sizes, image_size, set_keys)
+    return sizes
+
+
+def create_model(model_cfg, num_keypoints: int, seed: int | None = None, *,
+                 image_size: int = IMAGE_SIZE) -> nnx.Module:
+    """Build `model_cfg.name` (a `config.model` block: name, dropout, conv_impl,
+    compute_dtype and the size keys) for `num_keypoints` keypoints on `image_size`-pixel
+    square images, with parameters initialised from `seed`.
+
+    Bad options are a `UserError` naming the option (see `model_sizes`).
+    """
+    if seed is None:
+        # TEMPORARY: the old call create_model(model_cfg, seed) (training.py until it passes
+        # num_keypoints); remove with it.
+        num_keypoints, seed = NUM_KEYPOINTS, num_keypoints
+    sizes = model_sizes(model_cfg, image_size)
+    if num_keypoints < 1:
+        raise ValueError(f"num_keypoints must be >= 1, got {num_keypoints}")
+    make = Layers.create(model_cfg.get("compute_dtype", "float32"),
+                         model_cfg.get("conv_impl", "auto"), seed)
+    return MODELS[model_cfg.name].build(make, num_keypoints=num_keypoints, image_size=image_size,
+                                        dropout=model_cfg.get("dropout", 0.0) or 0.0, **sizes)
 
 
 def count_params(model: nnx.Module) -> int:

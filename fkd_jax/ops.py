@@ -1,8 +1,15 @@
 """Low-level array ops whose formulation matters for speed (convolution, pooling).
 
-Models pick a convolution implementation by name (`conv_impl` in the config) and always pool
-through `max_pool_2x2`, so a faster formulation can be swapped in here without touching models.
+Models pick an implementation by name (`conv_impl` in the config) through `get_conv` and
+`get_max_pool`, so a faster formulation can be swapped in here without touching models.
 All inputs are NHWC; kernels HWIO.
+
+- "im2col": `conv_im2col` and `max_pool_2x2`, matmuls and selects with hand-written VJPs (fast
+  on XLA:CPU);
+- "xla": `lax.conv_general_dilated` and `lax.reduce_window` max (what GPUs/TPUs run well);
+- "auto": "im2col" on CPU, "xla" on every other platform, chosen with
+  `lax.platform_dependent` when the function is *lowered*, not when it is traced: a function
+  traced on a CPU host and exported for GPU/TPU (`jax.export`) gets XLA's convolutions there.
 
 Why hand-written gradients: XLA's CPU backend lowers convolution gradients and
 `reduce_window`'s select-and-scatter slowly, and even the autodiff of an im2col matmul picks
@@ -19,6 +26,7 @@ from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 CONV_IMPLS = ("xla", "im2col", "auto")
@@ -148,22 +156,27 @@ def _hashable(precision):
     return tuple(precision) if isinstance(precision, list) else precision
 
 
+def conv_auto(lhs, rhs, *args, **kwargs):
+    """`conv_im2col` when lowered for CPU, `lax.conv_general_dilated` for any other platform.
+
+    Same signature as lax. Both branches are traced; lowering keeps only the one for the
+    target platform (a multi-platform export keeps both behind a platform switch).
+    """
+    return lax.platform_dependent(
+        lhs, rhs,
+        cpu=lambda x, w: conv_im2col(x, w, *args, **kwargs),
+        default=lambda x, w: lax.conv_general_dilated(x, w, *args, **kwargs))
+
+
 def get_conv(impl: str) -> Callable:
     """A function with `lax.conv_general_dilated`'s signature, as `nnx.Conv` expects.
 
-    "xla": lax itself. "im2col": `conv_im2col`. "auto": im2col on CPU, lax elsewhere
-    (GPU/TPU convolutions are fast natively), decided by `jax.default_backend()` at trace time.
+    "xla": lax itself. "im2col": `conv_im2col`. "auto": `conv_auto` (per lowering platform).
     """
-    if impl == "xla":
-        return lax.conv_general_dilated
-    if impl == "im2col":
-        return conv_im2col
-    if impl == "auto":
-        def conv_auto(*args, **kwargs):
-            fn = conv_im2col if jax.default_backend() == "cpu" else lax.conv_general_dilated
-            return fn(*args, **kwargs)
-        return conv_auto
-    raise ValueError(f"unknown conv_impl {impl!r}; expected one of {CONV_IMPLS}")
+    convs = {"xla": lax.conv_general_dilated, "im2col": conv_im2col, "auto": conv_auto}
+    if impl not in convs:
+        raise ValueError(f"unknown conv_impl {impl!r}; expected one of {CONV_IMPLS}")
+    return convs[impl]
 
 
 def _windows(x: jax.Array) -> jax.Array:
@@ -209,3 +222,27 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
     """
     n, h, w, c = x.shape
     return _pool_even(x[:, : 2 * (h // 2), : 2 * (w // 2), :])
+
+
+def max_pool_2x2_xla(x: jax.Array) -> jax.Array:
+    """2x2/stride-2 max-pool of NHWC `x` by `lax.reduce_window` (XLA's own pooling; its
+    gradient is select-and-scatter, fast on GPU/TPU, slow on XLA:CPU). Same values and
+    gradients as `max_pool_2x2`, odd trailing rows/columns dropped too."""
+    # A concrete (numpy) -inf lets lax recognise the max monoid (reduce_window_max); a traced
+    # one (jnp.array inside a platform_dependent branch) gives the generic reduce_window, which
+    # jax.grad failed to linearise there.
+    return lax.reduce_window(x, np.array(-np.inf, x.dtype), lax.max, (1, 2, 2, 1),
+                             (1, 2, 2, 1), "VALID")
+
+
+def max_pool_2x2_auto(x: jax.Array) -> jax.Array:
+    """`max_pool_2x2` when lowered for CPU, `max_pool_2x2_xla` for any other platform."""
+    return lax.platform_dependent(x, cpu=max_pool_2x2, default=max_pool_2x2_xla)
+
+
+def get_max_pool(impl: str) -> Callable[[jax.Array], jax.Array]:
+    """The 2x2 max-pool that goes with convolution implementation `impl` (see `get_conv`)."""
+    pools = {"xla": max_pool_2x2_xla, "im2col": max_pool_2x2, "auto": max_pool_2x2_auto}
+    if impl not in pools:
+        raise ValueError(f"unknown conv_impl {impl!r}; expected one of {CONV_IMPLS}")
+    return pools[impl]

@@ -5,16 +5,19 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
 
 from configs import base
-from fkd_jax import augment, cli, models
+from fkd_jax import augment, config_schema, models
 from fkd_jax.errors import UserError
 
-# Pinned so an accidental architecture change is caught. nouri: Nouri's kfkd net
-# (conv 32@3x3, 64@2x2, 128@2x2 VALID + pools; dense 500, 500, 30) = 8,051,502 parameters.
+# Pinned so an accidental architecture change is caught, by config: the model name and its
+# size overrides (the former size variants nouri1000, resnet_small, heatmap_unet_wide are
+# models.LEGACY_NAMES). nouri: Nouri's kfkd net (conv 32@3x3, 64@2x2, 128@2x2 VALID + pools;
+# dense 500, 500, 30) = 8,051,502 parameters.
 PARAM_COUNTS = {
     "simple_cnn": 1_206_942,
     "nouri": 8_051_502,
@@ -28,36 +31,124 @@ PARAM_COUNTS = {
 
 
 def _model_cfg(name, **overrides):
+    """`config.model` of base.py for `name` (a model or a legacy size name), with overrides."""
     cfg = base.get_config().model
-    cfg.name = name
-    for k, v in overrides.items():
+    legacy = dict(models.LEGACY_NAMES.get(name, {"name": name}))
+    cfg.name = legacy.pop("name")
+    for k, v in {**legacy, **overrides}.items():
         cfg[k] = v
     return cfg
 
 
 @pytest.mark.parametrize("name", sorted(PARAM_COUNTS))
 def test_param_count_and_output_shape(name):
-    model = models.create_model(_model_cfg(name), seed=0)
+    model = models.create_model(_model_cfg(name), 15, 0)
     assert models.count_params(model) == PARAM_COUNTS[name]
     out = model(jnp.zeros((3, 96, 96, 1), jnp.float32))
     assert out.shape == (3, 30) and out.dtype == jnp.float32
 
 
 def test_every_registered_model_is_pinned():
-    assert set(models.MODELS) == set(PARAM_COUNTS)
+    assert set(models.MODELS) | set(models.LEGACY_NAMES) == set(PARAM_COUNTS)
+
+
+@pytest.mark.parametrize("name", sorted(models.MODELS))
+def test_model_carries_parameters_only(name):
+    """No RNG state or statistics: the whole state is the nnx.Param state (training splits it)."""
+    cfg = _model_cfg(name, dropout=0.5 if models.MODELS[name].dropout else 0.0)
+    model = models.create_model(cfg, 15, 0)
+    assert (jax.tree.structure(nnx.state(model))
+            == jax.tree.structure(nnx.state(model, nnx.Param)))
+
+
+TINY = {"simple_cnn": {"widths": (4, 8), "hidden": (8,)},
+        "nouri": {"widths": (4, 4, 8), "hidden": (8,)},
+        "resnet": {"widths": (4, 8), "hidden": (8,)},
+        "heatmap": {"widths": (4, 8)},
+        "heatmap_unet": {"widths": (4, 8, 8), "heatmap_size": 16}}
+
+
+@pytest.mark.parametrize("name", sorted(models.MODELS))
+def test_keypoint_count_and_image_size_come_from_the_caller(name):
+    """K keypoints -> (B, 2K) outputs; a 64x64 input gives normalised coordinates in [-1, 1]
+    for heatmap models (soft-argmax over cells tiling the image)."""
+    model = models.create_model(_model_cfg(name, **TINY[name]), 4, 0, image_size=64)
+    out = model(jax.random.uniform(jax.random.key(0), (2, 64, 64, 1)))
+    assert out.shape == (2, 8)
+    if name.startswith("heatmap"):
+        assert np.all(np.abs(out) < 1)
+        assert model.heatmaps.out_features == 4
+
+
+def test_tiny_models_match_a_hand_count_of_parameters():
+    """widths/hidden really size the layers: simple_cnn (4, 8), dense 8, 3 keypoints, 32 px."""
+    model = models.create_model(_model_cfg("simple_cnn", widths=(4, 8), hidden=(8,)), 3, 0,
+                                image_size=32)
+    convs = (9 * 1 * 4 + 4) + (9 * 4 * 8 + 8)
+    dense = (8 * 8 * 8) * 8 + 8  # 32 -> 16 -> 8 pixels, 8 channels
+    head = 8 * 6 + 6
+    assert models.count_params(model) == convs + dense + head
+
+
+def test_model_sizes_fills_in_defaults_and_takes_overrides():
+    assert models.model_sizes(_model_cfg("heatmap_unet")) == {
+        "widths": (16, 32, 64, 128), "blocks": 1, "heatmap_size": 24}
+    # a config read back from JSON has lists; an int is a 1-tuple
+    cfg = ml_collections.ConfigDict({"name": "resnet", "dropout": 0.0, "widths": [8, 16],
+                                     "hidden": 64, "blocks": 2, "heatmap_size": None})
+    assert models.model_sizes(cfg) == {"widths": (8, 16), "blocks": 2, "hidden": (64,)}
+
+
+@pytest.mark.parametrize("name,overrides,message", [
+    ("nouri", {"heatmap_size": 24},
+     r"^--config.model.heatmap_size is not used by model nouri"),
+    ("heatmap", {"hidden": (64,)}, r"^--config.model.hidden is not used by model heatmap"),
+    ("heatmap_unet", {"heatmap_size": 20},
+     r"^--config.model.heatmap_size=20 must be one of 48, 24, 12, 6 for these widths"),
+    ("heatmap_unet", {"widths": (16,)},
+     r"^--config.model.heatmap_size=24 \(the default\) must be one of 48 "),
+    ("heatmap_unet", {"widths": (4, 4, 4, 4, 4, 4)},
+     r"^--config.model.widths=\(4,4,4,4,4,4\) has 6 stages; 96x96 images allow at most 5"),
+    ("heatmap_unet", {"dropout": 0.1},
+     r"^--config.model.dropout=0.1 is not used by model heatmap_unet"),
+    ("heatmap", {"dropout": 0.5}, r"^--config.model.dropout=0.5 is not used by model heatmap"),
+    ("nouri", {"widths": (32, 64)}, r"^--config.model.widths=\(32,64\) must have 3 entries"),
+    ("simple_cnn", {"widths": (4,) * 7}, r"^--config.model.widths=\(4,4,4,4,4,4,4\) has too many"),
+    ("resnet", {"hidden": (64, 64)}, r"^--config.model.hidden=\(64,64\) must have one entry"),
+    ("resnet", {"widths": ()}, r"^--config.model.widths=\(\) must not be empty"),
+    ("resnet", {"widths": (16, 0)}, r"^--config.model.widths=\(16, 0\) must be a tuple of positive"),
+    ("resnet", {"widths": ("a",)}, r"^--config.model.widths=\('a',\) must be a tuple of positive"),
+    ("resnet", {"blocks": 0}, r"^--config.model.blocks=0 must be a positive integer"),
+    ("simple_cnn", {"compute_dtype": "float16"}, r"^--config.model.compute_dtype='float16'"),
+    ("simple_cnn", {"conv_impl": "winograd"}, r"^--config.model.conv_impl='winograd'"),
+    ("resnet9000", {}, r"^--config.model.name='resnet9000' is not a model; choose one of heatmap,"),
+    ("nouri1000", {}, r"^--config.model.name='nouri1000' is now a size of another model: use "
+                      r'--config.model.name=nouri --config.model.hidden="\(1000,1000\)"$'),
+])
+def test_bad_model_options_are_user_errors_naming_the_option(name, overrides, message):
+    cfg = _model_cfg("simple_cnn", **overrides)
+    cfg.name = name
+    with pytest.raises(UserError, match=message):
+        models.create_model(cfg, 15, 0)
+
+
+def test_empty_hidden_puts_the_head_on_the_conv_features():
+    model = models.create_model(_model_cfg("simple_cnn", widths=(4,), hidden=()), 2, 0,
+                                image_size=16)
+    assert len(model.denses) == 0 and models.count_params(model) == (9 * 4 + 4) + (8 * 8 * 4 * 4 + 4)
 
 
 def test_same_seed_same_init_and_different_seed_differs():
-    a = models.create_model(_model_cfg("simple_cnn"), seed=0)
-    b = models.create_model(_model_cfg("simple_cnn"), seed=0)
-    c = models.create_model(_model_cfg("simple_cnn"), seed=1)
+    a = models.create_model(_model_cfg("simple_cnn"), 15, 0)
+    b = models.create_model(_model_cfg("simple_cnn"), 15, 0)
+    c = models.create_model(_model_cfg("simple_cnn"), 15, 1)
     x = jax.random.uniform(jax.random.key(0), (2, 96, 96, 1))
     np.testing.assert_array_equal(a(x), b(x))
     assert not np.allclose(a(x), c(x))
 
 
 def test_dropout_only_in_training_and_keyed():
-    model = models.create_model(_model_cfg("nouri", dropout=0.5), seed=0)
+    model = models.create_model(_model_cfg("nouri", dropout=0.5), 15, 0)
     x = jax.random.uniform(jax.random.key(0), (2, 96, 96, 1))
     np.testing.assert_array_equal(model(x), model(x, train=False))
     k1, k2 = jax.random.split(jax.random.key(1))
@@ -66,11 +157,20 @@ def test_dropout_only_in_training_and_keyed():
     assert not np.allclose(y1, model(x, train=True, dropout_key=k2))
     with pytest.raises(ValueError, match="dropout_key"):
         model(x, train=True)
+    # without dropout, training needs no key and changes nothing
+    plain = models.create_model(_model_cfg("nouri"), 15, 0)
+    np.testing.assert_array_equal(plain(x, train=True), plain(x))
 
 
-def test_unknown_model_is_a_user_error():
-    with pytest.raises(UserError, match="model.name='resnet9000'"):
-        models.create_model(_model_cfg("resnet9000"), seed=0)
+def test_dropout_zeroes_and_rescales_dense_activations():
+    """nnx.Dropout with the call-time key: the resnet's dense layer output is masked at about
+    the rate and the kept units scaled by 1 / (1 - rate)."""
+    model = models.create_model(_model_cfg("resnet", widths=(4,), hidden=(4000,), dropout=0.25),
+                                1, 0, image_size=8)
+    feats = jnp.ones((1, 4000))
+    kept = model.dropout(feats, deterministic=False, rngs=jax.random.key(3))
+    assert set(np.unique(np.asarray(kept))) == {0.0, np.float32(1 / 0.75)}
+    assert abs(float((kept == 0).mean()) - 0.25) < 0.03
 
 
 def test_soft_argmax_finds_a_peaked_heatmap_at_its_cell_centre():
@@ -92,7 +192,8 @@ def test_upsample_2x_repeats_each_pixel_into_a_2x2_block():
 
 def test_heatmap_unet_rejects_a_heatmap_size_that_is_no_encoder_level():
     with pytest.raises(ValueError, match="heatmap_size"):
-        models.HeatmapUNet(heatmap_size=32, rngs=nnx.Rngs(0))
+        models.HeatmapUNet(models.Layers.create(), widths=(8, 8), blocks=1, heatmap_size=32,
+                           num_keypoints=15, image_size=96)
 
 
 CONFIG_FILES = sorted(p for p in Path(__file__).parents[1].glob("configs/*.py")
@@ -106,6 +207,6 @@ def test_every_shipped_config_is_valid_and_builds_its_model(path):
     spec.loader.exec_module(module)
     config = module.get_config()
     augment.read_settings(config.augment)
-    cli.check_config(config)
-    model = models.create_model(config.model, seed=0)
+    config_schema.check_config(config)
+    model = models.create_model(config.model, 15, 0)
     assert model(jnp.zeros((1, 96, 96, 1))).shape == (1, 30)

@@ -88,17 +88,30 @@ def test_conv_im2col_falls_back_to_lax_for_dilation_and_groups():
     np.testing.assert_allclose(ops.conv_im2col(x, w, (1, 1), "SAME", **kwargs), ref, **TOL)
 
 
-def test_get_conv_names():
+def test_get_conv_and_get_max_pool_names():
     assert ops.get_conv("xla") is lax.conv_general_dilated
     assert ops.get_conv("im2col") is ops.conv_im2col
-    with pytest.raises(ValueError, match="conv_impl"):
-        ops.get_conv("winograd")
-    # "auto" picks im2col on CPU (the custom VJP shows in the jaxpr), lax elsewhere.
-    x, w = jnp.ones((1, 5, 5, 1)), jnp.ones((2, 2, 1, 2))
-    jaxpr = str(jax.make_jaxpr(lambda x, w: ops.get_conv("auto")(
-        x, w, (1, 1), "VALID", dimension_numbers=DN))(x, w))
-    assert jax.default_backend() == "cpu"
-    assert "custom_vjp" in jaxpr and "conv_general_dilated" not in jaxpr
+    assert ops.get_conv("auto") is ops.conv_auto
+    assert ops.get_max_pool("xla") is ops.max_pool_2x2_xla
+    assert ops.get_max_pool("im2col") is ops.max_pool_2x2
+    assert ops.get_max_pool("auto") is ops.max_pool_2x2_auto
+    for get in (ops.get_conv, ops.get_max_pool):
+        with pytest.raises(ValueError, match="conv_impl"):
+            get("winograd")
+
+
+@pytest.mark.parametrize("x_shape,w_shape,strides,padding", CASES[2:4])
+def test_conv_auto_matches_lax_values_and_gradients_under_jit(x_shape, w_shape, strides, padding):
+    """"auto" is a platform switch; on this CPU it runs im2col, jitted and differentiated."""
+    kx, kw, kc = jax.random.split(jax.random.key(7), 3)
+    x, w = jax.random.normal(kx, x_shape), jax.random.normal(kw, w_shape)
+    cot = jax.random.normal(kc, lax.conv_general_dilated(x, w, strides, padding,
+                                                         dimension_numbers=DN).shape)
+    grad_fn = jax.jit(jax.grad(_conv_loss, argnums=(1, 2), has_aux=True), static_argnums=(0, 3, 4))
+    (dx, dw), y = grad_fn(ops.conv_auto, x, w, strides, padding, cot)
+    (dx_ref, dw_ref), y_ref = grad_fn(lax.conv_general_dilated, x, w, strides, padding, cot)
+    for got, ref in ((y, y_ref), (dx, dx_ref), (dw, dw_ref)):
+        np.testing.assert_allclose(got, ref, **TOL)
 
 
 def _reduce_window_pool(x):
@@ -122,3 +135,22 @@ def test_max_pool_gradient_goes_to_first_maximum_on_ties():
     g = jax.grad(lambda x: ops.max_pool_2x2(x).sum())(x)[0, :, :, 0]
     np.testing.assert_array_equal(g, [[1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
     np.testing.assert_array_equal(g, jax.grad(lambda x: _reduce_window_pool(x).sum())(x)[0, :, :, 0])
+
+
+@pytest.mark.parametrize("pool", [ops.max_pool_2x2_xla, ops.max_pool_2x2_auto])
+def test_xla_and_auto_pools_match_the_custom_pool_with_ties_under_jit(pool):
+    """Same values and the same first-maximum gradient as `max_pool_2x2`, odd sizes included.
+    (Jitted: the platform switch is differentiated through a cond, as training does.)"""
+    x = jnp.round(jax.random.normal(jax.random.key(8), (2, 7, 9, 3)) * 2) / 2  # many ties
+    x = x.at[0, :4, :4, 0].set(0.0)
+    cot = jax.random.normal(jax.random.key(9), (2, 3, 4, 3))
+    grad = lambda f: jax.jit(jax.grad(lambda x: jnp.sum(f(x) * cot)))(x)  # noqa: E731
+    np.testing.assert_array_equal(jax.jit(pool)(x), ops.max_pool_2x2(x))
+    np.testing.assert_array_equal(grad(pool), grad(ops.max_pool_2x2))
+
+
+def test_xla_pool_keeps_bfloat16():
+    x = jax.random.normal(jax.random.key(10), (1, 4, 4, 2)).astype(jnp.bfloat16)
+    y = ops.max_pool_2x2_xla(x)
+    assert y.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(y, ops.max_pool_2x2(x))
