@@ -81,9 +81,6 @@ def _set_up(config, workdir: Path) -> Run:
                                           config.seed, keypoint_set.num_keypoints)
     data = parallel.main_first("run data", lambda: _read_and_save_data(config, workdir))
     bs = config.train.batch_size
-    if bs > len(data.train):
-        raise UserError(f"--config.train.batch_size={bs} is larger than the {len(data.train)} "
-                        "training rows")
     layout = parallel.make_layout(bs)  # data parallel over every device of every process
     steps_per_epoch = len(data.train) // bs
     tx = training.make_optimizer(config.train, steps_per_epoch)
@@ -125,7 +122,13 @@ def _resume(run: Run, ckpt: checkpoints.Checkpoints) -> None:
 
 
 def _read_and_save_data(config, workdir: Path) -> experiment.RunData:
+    """Read and check the run's data; only then (process 0) write its new files."""
     data = experiment.read_run_data(config, workdir)
+    bs = config.train.batch_size
+    if bs > len(data.train):
+        experiment.discard_run_data(data)
+        raise UserError(f"--config.train.batch_size={bs} is larger than the {len(data.train)} "
+                        "training rows")
     if parallel.is_main_process():
         experiment.save_run_data(data, config, workdir)
     else:

@@ -242,6 +242,10 @@ def _bad_files(d: Path, training_csv: Path, test_csv: Path, lookup_csv: Path) ->
     f["empty_image"].write_bytes(b"")
     f["a_file"] = d / "a_file"
     f["a_file"].write_text("x")
+    n_kp = header.count(",")
+    f["no_labels"] = d / "no_labels.csv"
+    f["no_labels"].write_text(header + "\n" + "".join(
+        "," * n_kp + line.rsplit(",", 1)[1] + "\n" for line in body.splitlines() if line))
     return f
 
 
@@ -259,10 +263,22 @@ def _train_cases(f: dict) -> list:
         ("unknown flag", ["--epochs=3"], ["unknown option --epochs"], ()),
         ("unknown compute dtype", ["--config.model.compute_dtype=float16"],
          ["--config.model.compute_dtype='float16' must be one of float32, bfloat16"], ()),
-        ("unknown model", ["--config.model.name=vgg"], ["--config.model.name='vgg' must be one of"],
-         ()),
+        ("unknown model", ["--config.model.name=vgg"],
+         ["--config.model.name='vgg' is not a model; choose one of"], ()),
         ("augment value out of range", ["--config.augment.scale=1.5"],
-         ["augment.scale must be in [0, 1), got 1.5"], ()),
+         ["--config.augment.scale=1.5 must be in [0, 1)"], ()),
+        ("schedule typo, before any write", ["--config.train.schedule=cosin"],
+         ["--config.train.schedule='cosin' must be one of constant, cosine, onecycle"], ()),
+        ("negative early-stop patience", ["--config.train.early_stop_patience=-2"],
+         ["--config.train.early_stop_patience=-2 must be >= 0"], ()),
+        ("a size the model lacks", ["--config.model.heatmap_size=24"],
+         ["--config.model.heatmap_size is not used by model simple_cnn"], ()),
+        ("dropout on a heatmap model", ["--config.model.name=heatmap", "--config.model.dropout=0.5"],
+         ["--config.model.dropout=0.5 is not used by model heatmap"], ()),
+        ("68 landmarks without their file", ["--config.data.keypoints=ibug68"],
+         ["--config.data.keypoints='ibug68' needs --config.data.keypoints_path"], ()),
+        ("no labelled keypoint in the file", [data + str(f["no_labels"])],
+         [f"{f['no_labels']}: no training row has a labelled keypoint"], ()),
         ("bad label policy", ["--config.data.label_policy=guess"],
          ["--config.data.label_policy='guess' must be one of mask, drop"], ()),
         ("data path missing", [data + str(f["missing"])], [f"{f['missing']}: file not found"], ()),
@@ -290,7 +306,7 @@ def _train_cases(f: dict) -> list:
         ("workdir is a file", ["--workdir", f["a_file"]],
          [f"--workdir {f['a_file']} exists and is not a directory"], ()),
         ("batch larger than the data", [data + str(f["training_csv"])],
-         ["--config.train.batch_size=16 is larger than the 5 training rows"], ("split.json",)),
+         ["--config.train.batch_size=16 is larger than the 5 training rows"], ()),
     ]
 
 
@@ -490,6 +506,25 @@ def test_non_finite_loss_stops_with_a_clear_message_keeping_the_last_good_checkp
     records = metrics(workdir)
     assert [r["epoch"] for r in records] == list(range(1, good + 1))
     assert all(np.isfinite(r["train_loss"]) for r in records)
+
+
+def test_a_second_run_on_the_same_workdir_stops_at_once_and_changes_nothing(cli, tmp_path):
+    workdir = tmp_path / "busy"
+    first = cli.start("train.py", *TINY, "--workdir", workdir, "--config.train.epochs=200")
+    first.wait_for_line("epoch")
+    second = subprocess.run([sys.executable, "train.py", *TINY, "--workdir", str(workdir),
+                             "--config.train.epochs=200"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    line = one_line_error(second)
+    assert f"--workdir {workdir} is in use by another train.py (pid {first.pid}" in line
+    assert second.stdout == ""
+    os.kill(first.pid, signal.SIGINT)  # the first saves its epoch and stops
+    assert first.wait().returncode == 130
+    epochs = [r["epoch"] for r in metrics(workdir)]
+    assert epochs == list(range(1, len(epochs) + 1))  # every epoch once: nobody else wrote
+    # The lock died with its holder: the same command now resumes.
+    again = cli.run("train.py", *TINY, "--workdir", workdir, f"--config.train.epochs={epochs[-1] + 1}")
+    assert "resuming" in again.stdout
 
 
 # --- 5. An unwritable work directory, a full disk ----------------------------------------------
