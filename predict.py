@@ -250,13 +250,16 @@ def load_predictor(args) -> "TwoBatchPredictor":
     return TwoBatchPredictor(lambda b: inference.Predictor.from_run(run, batch_size=b))
 
 
-SMALL_BATCH = 4  # video frames and the last crops of a chunk: a 64-batch would waste 60 faces
+# Predictor batch sizes. On 2 CPU cores heatmap_unet runs 3-3.5 ms a face in batches of 1-8
+# and 7 ms a face in batches of 64 (cache-bound), so bulk crops go in batches of 8 and the rest
+# (a single photo, a video frame's faces) one by one.
+BULK_BATCH, SMALL_BATCH = 8, 1
 
 
 class TwoBatchPredictor:
     """Crops (N, 96, 96, 1) -> keypoints (N, 2K) crop pixels, through two executables compiled
-    once each, on first use: whole batches of 64 through the large one, the rest in batches
-    of 4 (one photo or a video frame costs 4 faces of compute, not 64)."""
+    once each, on first use: whole batches of BULK_BATCH through one, the rest through the
+    batch-1 one (no padding wasted on a lone photo or video frame)."""
 
     def __init__(self, make):
         self._make, self._cache = make, {}
@@ -267,13 +270,11 @@ class TwoBatchPredictor:
         return self._cache[batch]
 
     def __call__(self, images: np.ndarray, tta: bool = False) -> np.ndarray:
-        from fkd_jax.inference import EVAL_BATCH
-
         images = np.asarray(images, np.float32)
-        whole = len(images) // EVAL_BATCH * EVAL_BATCH
+        whole = len(images) // BULK_BATCH * BULK_BATCH
         parts = []
         if whole:
-            parts.append(self._get(EVAL_BATCH)(images[:whole], tta=tta))
+            parts.append(self._get(BULK_BATCH)(images[:whole], tta=tta))
         if len(images) > whole:
             parts.append(self._get(SMALL_BATCH)(images[whole:], tta=tta))
         return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)

@@ -219,3 +219,25 @@ def test_match_faces_pairs_each_prediction_with_its_own_face():
     assert pairs == [(1, 0), (0, 1)]
     # A prediction on no labelled face pairs with nothing.
     assert pm.match_faces(np.stack([MEAN + 400]), np.stack([a])) == []
+
+
+def test_second_look_keeps_the_main_face_and_drops_boxes_on_nothing():
+    images, kps = synthetic.generate_faces(1, seed=0)
+    m = similarity(2.0, 0.0, 100, 60)
+    picture = faces.to_gray(paste(images[0], m, size=(320, 420)))
+    truth = apply(m, kps[0])
+
+    def predict(crops, tta=False):  # the mean face in every crop: a "face" on anything
+        return np.tile(MEAN, (len(crops), 1))
+
+    detector = faces.FaceDetector()
+    face_box = faces.Detection((100.0, 60.0, 192.0, 192.0), 5.0)
+    wall = faces.Detection((320.0, 200.0, 80.0, 80.0), 1.0)  # plain background
+    out = faces.find_faces([picture], predict, detector, boxes=[[wall, face_box]], confirm=True)
+    assert [f.box for f in out[0]] == [face_box.box]
+    # The face's own keypoints frame a crop where the cascade finds it again; the wall's don't.
+    assert detector.confirms(picture, truth)
+    assert not detector.confirms(picture, truth + np.tile([280.0, 150.0], 15))
+    # From the loose fallback even the best box must pass the second look.
+    assert faces.find_faces([picture], predict, detector, boxes=[[wall]], confirm=True,
+                            loose=[True]) == [[]]
