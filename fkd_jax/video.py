@@ -84,7 +84,9 @@ class VideoWriter:
 
     Frames go to a temporary file beside `path` (same suffix, so the container is chosen from
     it), renamed onto `path` when the block ends normally and removed if it raises.
-    Codec: MPEG-4 Part 2 ("mp4v") for .mp4/.mov/.mkv, Motion-JPEG for .avi.
+    Codec: MPEG-4 Part 2 ("mp4v") for .mp4/.mov/.mkv, Motion-JPEG for .avi. Both need even
+    sizes (FFmpeg would crop an odd one): an odd width or height gets one more column or row,
+    copied from the last, so every pixel of the frames is kept.
     """
 
     def __init__(self, path: str | Path, fps: float, size: tuple[int, int]):
@@ -107,7 +109,8 @@ class VideoWriter:
         self._context = files.atomic_path(self.path)
         tmp = self._context.__enter__()
         fourcc = cv2.VideoWriter_fourcc(*_FOURCC.get(self.path.suffix.lower(), _DEFAULT_FOURCC))
-        self._writer = cv2.VideoWriter(str(tmp), fourcc, self.fps, self.size)
+        even = (self.size[0] + self.size[0] % 2, self.size[1] + self.size[1] % 2)
+        self._writer = cv2.VideoWriter(str(tmp), fourcc, self.fps, even)
         if not self._writer.isOpened():
             self._writer.release()
             error = UserError(f"{self.path}: cannot open a video writer for it")
@@ -124,7 +127,10 @@ class VideoWriter:
         if frame_rgb.shape != (h, w, 3) or frame_rgb.dtype != np.uint8:
             raise ValueError(f"expected an RGB uint8 frame ({h}, {w}, 3), got "
                              f"{frame_rgb.dtype} {frame_rgb.shape}")
-        self._writer.write(cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2BGR))
+        bgr = cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2BGR)
+        if w % 2 or h % 2:
+            bgr = cv2.copyMakeBorder(bgr, 0, h % 2, 0, w % 2, cv2.BORDER_REPLICATE)
+        self._writer.write(bgr)
         self.frames_written += 1
 
     def __exit__(self, exc_type, exc, tb) -> bool:

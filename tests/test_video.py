@@ -285,6 +285,18 @@ def test_write_then_read_round_trip(tmp_path, suffix):
     assert abs(int(back[-1][..., 2].mean()) - (40 + 20 * 7)) < 10
 
 
+def test_odd_sizes_keep_every_pixel(tmp_path):
+    frames = [f[:47, :63] for f in _clip(3)]  # 63 x 47
+    path = tmp_path / "odd.mp4"
+    with video.VideoWriter(path, 10.0, (63, 47)) as writer:
+        for f in frames:
+            writer.write(f)
+    it, _, size = video.read_video(path)
+    back = list(it)
+    assert size == (64, 48)  # one column and one row added, none cropped
+    assert np.abs(back[1][:47, :63].astype(int) - frames[1].astype(int)).mean() < 12
+
+
 def test_an_error_while_writing_leaves_no_file(tmp_path):
     path = tmp_path / "out.mp4"
     with pytest.raises(RuntimeError):
