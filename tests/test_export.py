@@ -73,6 +73,10 @@ def test_the_artefact_has_a_symbolic_batch_and_three_platforms(model_file, faces
     (spec,) = model.in_avals
     assert not isinstance(spec.shape[0], int) and spec.shape[1:] == (96, 96, 1)
     assert spec.dtype == jnp.float32 and model.out_avals[0].shape[1] == 30
+    # conv_impl "auto" chose per lowering platform: im2col matmuls for CPU, XLA's own
+    # convolutions for GPU/TPU, both inside the one artefact.
+    text = model.mlir_module()
+    assert "stablehlo.convolution" in text and "stablehlo.dot_general" in text
     got_px = (np.asarray(model.call(faces[:3])) + 1.0) * 48.0  # a raw call, batch of 3
     np.testing.assert_allclose(got_px, reference["plain"][:3], atol=2e-3)
 
