@@ -3,7 +3,8 @@
 Why: a user who only wants keypoints should need jax alone, not fkd_jax's model code, its
 config or an Orbax checkpoint. The artefact is the serialised StableHLO of the prediction
 function with the parameters folded in as constants, lowered for "cpu", "cuda" and "tpu", with
-a symbolic batch size (one file serves every batch size).
+a symbolic batch size (one file serves every batch size). With conv_impl "auto" each platform
+gets its own convolutions (im2col matmuls on CPU, XLA's convolutions on GPU/TPU: fkd_jax.ops).
 
 Contract of the exported function (`.call(images)`):
   input   float32 (B, 96, 96, 1), NHWC, grayscale in [0, 1] (0 black), any B >= 1;
