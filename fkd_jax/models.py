@@ -45,7 +45,7 @@ from flax import nnx
 
 from fkd_jax import ops
 from fkd_jax.errors import UserError
-from fkd_jax.keypoints import IMAGE_SIZE, NUM_KEYPOINTS
+from fkd_jax.keypoints import IMAGE_SIZE
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 CONV_IMPLS = ops.CONV_IMPLS  # see ops.get_conv
@@ -466,7 +466,7 @@ def model_sizes(model_cfg, image_size: int = IMAGE_SIZE) -> dict[str, Any]:
     return sizes
 
 
-def create_model(model_cfg, num_keypoints: int, seed: int | None = None, *,
+def create_model(model_cfg, num_keypoints: int, seed: int, *,
                  image_size: int = IMAGE_SIZE) -> nnx.Module:
     """Build `model_cfg.name` (a `config.model` block: name, dropout, conv_impl,
     compute_dtype and the size keys) for `num_keypoints` keypoints on `image_size`-pixel
@@ -474,10 +474,6 @@ def create_model(model_cfg, num_keypoints: int, seed: int | None = None, *,
 
     Bad options are a `UserError` naming the option (see `model_sizes`).
     """
-    if seed is None:
-        # TEMPORARY: the old call create_model(model_cfg, seed) (training.py until it passes
-        # num_keypoints); remove with it.
-        num_keypoints, seed = NUM_KEYPOINTS, num_keypoints
     sizes = model_sizes(model_cfg, image_size)
     if num_keypoints < 1:
         raise ValueError(f"num_keypoints must be >= 1, got {num_keypoints}")
