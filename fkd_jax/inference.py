@@ -45,9 +45,24 @@ def read_run_config(workdir: Path) -> ml_collections.ConfigDict:
         raise UserError(f"--workdir {workdir} is not a run directory (no config.json); "
                         "train one with train.py first")
     try:
-        return ml_collections.ConfigDict(json.loads(path.read_text()))
+        config = ml_collections.ConfigDict(json.loads(path.read_text()))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not valid JSON ({e})") from None
+    return _from_before_the_redesign(config)
+
+
+def _from_before_the_redesign(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Runs written before keypoint sets and model sizes existed trained Kaggle's 15 keypoints,
+    and named their sizes as models (e.g. heatmap_unet_wide): read them as today's config."""
+    from fkd_jax import models
+
+    if "keypoints" not in config.data:
+        config.data.keypoints, config.data.keypoints_path = "kaggle15", None
+    legacy = models.LEGACY_NAMES.get(config.model.name)
+    if legacy is not None:
+        for key, value in legacy.items():
+            config.model[key] = value
+    return config
 
 
 def load_run(workdir: str | Path, which: str = "best") -> Run:

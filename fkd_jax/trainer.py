@@ -75,16 +75,16 @@ def _set_up(config, workdir: Path) -> Run:
     """
     log = print if parallel.is_main_process() else (lambda *a, **k: None)
     keypoint_set = keypoints.KEYPOINT_SETS[config.data.keypoints]
-    # The model first, so that its options are checked before any data is read. The
-    # optimiser's initial state does not depend on the schedule's length, known only later.
-    graphdef, state = training.init_state(config.model, training.make_optimizer(config.train, 1),
-                                          config.seed, keypoint_set.num_keypoints)
     data = parallel.main_first("run data", lambda: _read_and_save_data(config, workdir))
+    t = data.train
     bs = config.train.batch_size
     layout = parallel.make_layout(bs)  # data parallel over every device of every process
-    steps_per_epoch = len(data.train) // bs
+    steps_per_epoch = len(t) // bs
     tx = training.make_optimizer(config.train, steps_per_epoch)
-    t = data.train
+    # Keypoints and image size come from the data (the model's options were checked with the
+    # config, before any data was read).
+    graphdef, state = training.init_state(config.model, tx, config.seed,
+                                          keypoint_set.num_keypoints, t.image_size)
     train_arrays = layout.put_replicated({"images": t.images, "keypoints": t.keypoints,
                                           "mask": t.mask})
     epoch_fn = training.make_train_epoch(graphdef, tx, bs, augment.read_settings(config.augment),

@@ -76,9 +76,11 @@ def make_optimizer(train_cfg, steps_per_epoch: int) -> optax.GradientTransformat
 
 
 def init_state(model_cfg, tx: optax.GradientTransformation, seed: int,
-               num_keypoints: int = keypoints.NUM_KEYPOINTS) -> tuple[nnx.GraphDef, State]:
-    """Model structure (static) and the initial training state (arrays only)."""
-    model = models.create_model(model_cfg, num_keypoints, seed)
+               num_keypoints: int = keypoints.NUM_KEYPOINTS,
+               image_size: int = keypoints.IMAGE_SIZE) -> tuple[nnx.GraphDef, State]:
+    """Model structure (static) and the initial training state (arrays only) for
+    `num_keypoints` keypoints on `image_size`-pixel square images (both from the data)."""
+    model = models.create_model(model_cfg, num_keypoints, seed, image_size=image_size)
     graphdef, params = nnx.split(model, nnx.Param)
     params = nnx.to_pure_dict(params)
     return graphdef, {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
