@@ -153,9 +153,9 @@ class OneEuroSettings:
 
     Defaults chosen with benchmarks/video_jitter.py (real photos moved along a slow smooth
     path, up to 17 px/s, 30 fps, faces about 100-150 px wide, camera noise 4 gray levels, the
-    best_cpu model): frame-to-frame shaking (RMS second difference) 0.29 -> 0.09 px, jitter at
-    rest 0.13 -> 0.075 px, for 38 ms more lag (26 -> 64 ms). beta is per pixel: for faces many
-    times larger in pixels, a proportionally smaller beta behaves the same.
+    best_cpu model): frame-to-frame shaking (RMS second difference) 0.25 -> 0.08 px, jitter at
+    rest 0.10 -> 0.03 px, for about 40 ms more lag (16 -> 54 ms). beta is per pixel: for faces
+    many times larger in pixels, a proportionally smaller beta behaves the same.
     """
 
     min_cutoff: float = 1.0
