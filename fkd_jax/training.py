@@ -1,13 +1,16 @@
 """The training and evaluation steps: pure, jitted functions of a plain-dict state.
 
-State is a dict pytree `{"params", "opt_state", "step"}` (params as a nested dict of arrays);
-the model's structure lives in an NNX `GraphDef` that the jitted functions close over. Nothing
-here touches files: `train.py` owns checkpoints, logging and the work directory.
+State is a dict pytree `{"params", "opt_state", "step"}` (params as a nested dict of arrays),
+plus `"avg_params"` when the run keeps a running average of its parameters (EMA or SWA,
+`make_averaging`); the model's structure lives in an NNX `GraphDef` that the jitted functions
+close over. Nothing here touches files: `train.py` owns checkpoints, logging and the work
+directory.
 
 Units: batches carry keypoints in *pixels* (B, 2K) with a bool mask (B, 2K) (K = 15 for
 Kaggle's keypoints); the network regresses normalised coordinates (u = x / (S/2) - 1 for
-S x S images, S = 96), so the loss is the MSE over present coordinates in normalised units
-and the reported RMSE is in pixels.
+S x S images, S = 96), so the loss (MSE by default, or L1 / Wing: `make_loss`) is taken over
+the present coordinates in normalised units and the reported RMSE is in pixels, whatever the
+loss.
 
 Randomness: every key comes from `config.seed` through `jax.random.fold_in`, per epoch for the
 shuffle and per step for augmentation and dropout, so a resumed run draws exactly the keys
@@ -16,6 +19,8 @@ an uninterrupted one would.
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import jax
@@ -75,23 +80,86 @@ def make_optimizer(train_cfg, steps_per_epoch: int) -> optax.GradientTransformat
     return opt
 
 
+@dataclass(frozen=True)
+class Averaging:
+    """A running average of the parameters, kept in `state["avg_params"]` and updated inside
+    the jitted step after every optimiser update (`optax.incremental_update` with the step
+    size below), so it costs no host work.
+
+    - "ema": the exponential moving average with `decay`, bias-corrected as Adam's moments
+      are: after t updates it is sum_i (1-d) d^(t-i) p_i / (1 - d^t), i.e. optax.ema(decay,
+      debias=True) of the parameter sequence. No dependence on the initial parameters; with
+      decay 0 it is exactly the raw parameters.
+    - "swa": stochastic weight averaging, the plain mean of the parameters after every update
+      from step `start_step + 1` on (the first step of `train.swa_start_epoch`); before that
+      it is exactly the raw parameters.
+    """
+
+    kind: str  # "ema" or "swa"
+    decay: float = 0.0  # ema
+    start_step: int = 0  # swa: updates before averaging starts
+
+    def step_size(self, step: jax.Array) -> jax.Array:
+        """Weight of the newest parameters after `step` (>= 1) updates: float32 scalar."""
+        t = jnp.asarray(step, jnp.float32)
+        if self.kind == "ema":
+            d = jnp.float32(self.decay)
+            return (1.0 - d) / (1.0 - d ** t)
+        n = t - self.start_step  # updates averaged so far, this one included
+        return jnp.where(n > 0, 1.0 / jnp.maximum(n, 1.0), 1.0)
+
+    def update(self, avg_params, params, step: jax.Array):
+        """The average after the update that produced `params` (the `step`-th update)."""
+        return optax.incremental_update(params, avg_params, self.step_size(step))
+
+    @property
+    def metric(self) -> str:
+        """The metrics.jsonl key of the averaged parameters' validation RMSE."""
+        return f"val_rmse_px_{self.kind}"
+
+
+def make_averaging(train_cfg, steps_per_epoch: int) -> Averaging | None:
+    """The run's parameter averaging from `config.train.ema_decay` (0 = off) or
+    `config.train.swa_start_epoch` (0 = off); None when neither is on (configs written before
+    these keys existed have neither)."""
+    decay = train_cfg.get("ema_decay", 0.0) or 0.0
+    swa_start = train_cfg.get("swa_start_epoch", 0) or 0
+    if decay > 0:
+        return Averaging("ema", decay=float(decay))
+    if swa_start > 0:
+        return Averaging("swa", start_step=(swa_start - 1) * steps_per_epoch)
+    return None
+
+
 def init_state(model_cfg, tx: optax.GradientTransformation, seed: int,
                num_keypoints: int = keypoints.NUM_KEYPOINTS,
-               image_size: int = keypoints.IMAGE_SIZE) -> tuple[nnx.GraphDef, State]:
+               image_size: int = keypoints.IMAGE_SIZE,
+               averaging: Averaging | None = None) -> tuple[nnx.GraphDef, State]:
     """Model structure (static) and the initial training state (arrays only) for
-    `num_keypoints` keypoints on `image_size`-pixel square images (both from the data)."""
+    `num_keypoints` keypoints on `image_size`-pixel square images (both from the data);
+    with `averaging`, the state also holds `avg_params` (a copy of the parameters: their own
+    buffers, since the epoch donates the state)."""
     model = models.create_model(model_cfg, num_keypoints, seed, image_size=image_size)
     graphdef, params = nnx.split(model, nnx.Param)
     params = nnx.to_pure_dict(params)
-    return graphdef, {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+    state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+    if averaging is not None:
+        state["avg_params"] = jax.tree.map(jnp.copy, params)
+    return graphdef, state
 
 
 def abstract_state(config) -> tuple[nnx.GraphDef, State]:
-    """Model structure and the shapes/dtypes of a run's training state: a restore target."""
+    """Model structure and the shapes/dtypes of a run's training state: a restore target.
+
+    Traced abstractly (no parameters are initialised), so restoring a run costs no model
+    initialisation."""
     tx = make_optimizer(config.train, 1)
     k = keypoints.KEYPOINT_SETS[config.data.keypoints].num_keypoints
-    graphdef, state = init_state(config.model, tx, config.seed, k)
-    return graphdef, jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state)
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: models.create_model(config.model, k, config.seed)),
+                            nnx.Param)
+    averaging = make_averaging(config.train, 1)
+    return graphdef, jax.eval_shape(
+        lambda: init_state(config.model, tx, config.seed, k, averaging=averaging)[1])
 
 
 def apply_model(graphdef: nnx.GraphDef, params, images, *, train: bool = False, dropout_key=None):
@@ -99,30 +167,77 @@ def apply_model(graphdef: nnx.GraphDef, params, images, *, train: bool = False, 
     return nnx.merge(graphdef, params)(images, train=train, dropout_key=dropout_key)
 
 
-def masked_loss(pred_norm, keypoints_px, mask, image_size: int = keypoints.IMAGE_SIZE):
-    """(loss, se_sum, count): the MSE in normalised units over the labelled coordinates, and
-    the sum and count it averages (for an exact epoch RMSE in pixels). The training step's loss.
+LOSSES = ("mse", "l1", "wing")
 
-    The difference is masked *before* squaring, so a missing coordinate's gradient is exactly
+
+def masked_loss(pred_norm, keypoints_px, mask, image_size: int = keypoints.IMAGE_SIZE,
+                kind: str = "mse", wing_w_px: float = 10.0, wing_epsilon_px: float = 2.0):
+    """(loss, se_sum, count): the loss over the labelled coordinates, and the sum of squared
+    errors (normalised units) and count of those coordinates (for an exact epoch RMSE in
+    pixels, whatever the loss). The training step's loss.
+
+    `kind` (all means over the labelled coordinates, in normalised units u = x / (S/2) - 1):
+    - "mse": squared error (the default);
+    - "l1": absolute error;
+    - "wing": Feng et al. 2018, "Wing loss for robust facial landmark localisation":
+      w ln(1 + |x| / eps) for |x| < w, |x| - C beyond (C = w - w ln(1 + w / eps) joins the
+      two), with `wing_w_px` and `wing_epsilon_px` given in *pixels* (the paper's w = 10,
+      eps = 2) and applied to the error in pixels; the value is divided by S/2, so it is in
+      normalised units like the others (L1-like for large errors, log-shaped for small ones).
+
+    The difference is masked *before* the loss, so a missing coordinate's gradient is exactly
     zero, even if its placeholder target were NaN (0 * NaN would not be).
     """
     target = keypoints.to_normalised(keypoints_px, image_size)
-    se_sum = (jnp.where(mask, pred_norm - target, 0.0) ** 2).sum()
+    diff = jnp.where(mask, pred_norm - target, 0.0)
+    se_sum = (diff ** 2).sum()
     count = mask.sum()
-    return se_sum / jnp.maximum(count, 1), se_sum, count
+    if kind == "mse":
+        return se_sum / jnp.maximum(count, 1), se_sum, count
+    per = coordinate_loss(diff, kind, image_size, wing_w_px, wing_epsilon_px)
+    return jnp.where(mask, per, 0.0).sum() / jnp.maximum(count, 1), se_sum, count
+
+
+def coordinate_loss(diff_norm, kind: str, image_size: int = keypoints.IMAGE_SIZE,
+                    wing_w_px: float = 10.0, wing_epsilon_px: float = 2.0):
+    """Elementwise loss of errors in normalised units ("l1" or "wing", see `masked_loss`);
+    zero at zero error."""
+    a = jnp.abs(diff_norm)
+    if kind == "l1":
+        return a
+    if kind == "wing":
+        half = image_size / 2.0
+        w, eps = wing_w_px / half, wing_epsilon_px / half
+        c = float(w - w * np.log1p(w / eps))
+        return jnp.where(a < w, w * jnp.log1p(a / eps), a - c)
+    raise ValueError(kind)  # config_schema allows only LOSSES
+
+
+def make_loss(train_cfg) -> Callable:
+    """`loss_fn(pred_norm, keypoints_px, mask, image_size) -> (loss, se_sum, count)` from
+    `config.train.loss` (and `wing_w`, `wing_epsilon` in pixels); `masked_loss` itself for
+    "mse" (configs from before the key existed trained with it)."""
+    kind = train_cfg.get("loss", "mse")
+    if kind == "mse":
+        return masked_loss
+    return functools.partial(masked_loss, kind=kind, wing_w_px=float(train_cfg.wing_w),
+                             wing_epsilon_px=float(train_cfg.wing_epsilon))
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, augment_cfg=None,
-                    flip_permutation: np.ndarray = keypoints.FLIP_PERMUTATION
+                    flip_permutation: np.ndarray = keypoints.FLIP_PERMUTATION, *,
+                    loss_fn: Callable = masked_loss, averaging: Averaging | None = None
                     ) -> Callable[[State, Batch, jax.Array], tuple[State, dict]]:
-    """`train_step(state, batch, key) -> (state, metrics)`: augment, forward, Adam update.
+    """`train_step(state, batch, key) -> (state, metrics)`: augment, forward, Adam update,
+    then (with `averaging`) the running average of the parameters.
 
-    Not jitted itself: `make_train_epoch` scans it, and callers that step by hand jit it.
+    `loss_fn` is a `masked_loss`-like function (`make_loss`). Not jitted itself:
+    `make_train_epoch` scans it, and callers that step by hand jit it.
     """
 
-    def loss_fn(params, images, kp, mask, dropout_key):
+    def objective(params, images, kp, mask, dropout_key):
         pred = apply_model(graphdef, params, images, train=True, dropout_key=dropout_key)
-        loss, se_sum, count = masked_loss(pred, kp, mask, images.shape[1])
+        loss, se_sum, count = loss_fn(pred, kp, mask, images.shape[1])
         return loss, (se_sum, count)
 
     def train_step(state: State, batch: Batch, key: jax.Array):
@@ -131,11 +246,14 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, au
         if augment_cfg is not None:
             images, kp, mask = augment.augment_batch(aug_key, images, kp, mask, augment_cfg,
                                                      flip_permutation)
-        (loss, (se_sum, n)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        (loss, (se_sum, n)), grads = jax.value_and_grad(objective, has_aux=True)(
             state["params"], images, kp, mask, drop_key)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1}
+        if averaging is not None:
+            new_state["avg_params"] = averaging.update(state["avg_params"], params,
+                                                       new_state["step"])
         metrics = {"loss": loss, "se_sum": se_sum, "count": n}
         return new_state, metrics
 
@@ -149,16 +267,19 @@ def rmse_px(se_sum_norm, count, image_size: int = keypoints.IMAGE_SIZE):
 
 def make_train_epoch(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, batch_size: int,
                      augment_cfg=None, seed: int = 0, data_sharding=None,
-                     flip_permutation: np.ndarray = keypoints.FLIP_PERMUTATION):
+                     flip_permutation: np.ndarray = keypoints.FLIP_PERMUTATION, *,
+                     loss_fn: Callable = masked_loss, averaging: Averaging | None = None):
     """A jitted `train_epoch(state, data, shuffle_key) -> (state, metrics)`.
 
     The whole epoch runs on the device: the training set `data` (a Batch-like dict of all N
     rows, already on the device) is shuffled with `shuffle_key` and cut into N // batch_size
     batches (the remainder is dropped this epoch and drawn in others), and a `lax.scan` runs
     every step with no host round trip. `data_sharding`, if given, shards each batch over
-    devices (data parallel); parameters stay replicated.
+    devices (data parallel); parameters stay replicated. `loss_fn` and `averaging`: see
+    `make_train_step` (the state must hold `avg_params` when averaging: `init_state`).
     """
-    train_step = make_train_step(graphdef, tx, augment_cfg, flip_permutation)
+    train_step = make_train_step(graphdef, tx, augment_cfg, flip_permutation, loss_fn=loss_fn,
+                                 averaging=averaging)
     base_key = step_key(seed)
 
     def train_epoch(state: State, data: Batch, shuffle_key: jax.Array):
