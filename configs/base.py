@@ -24,6 +24,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.keypoints_path = config_dict.placeholder(str)
     c.data.label_policy = "mask"  # "mask": all rows, masked loss; "drop": complete rows only
     c.data.val_fraction = 0.2
+    # Seed of the data's draws (the split, and missing_pattern_path's imposed labels); None =
+    # `seed`. Fix it to vary only init, shuffling, dropout and augmentation across seeds.
+    c.data.split_seed = config_dict.placeholder(int)
     # Experiments: impose the missing labels of this Kaggle-format file's rows (e.g. Kaggle's
     # training.csv) on the training rows, to compare label policies on fully labelled data.
     c.data.missing_pattern_path = config_dict.placeholder(str)
@@ -52,6 +55,15 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.weight_decay = 0.0  # > 0 switches Adam to AdamW
     c.train.grad_clip = 0.0  # global-norm clipping; 0 disables
     c.train.early_stop_patience = 0  # epochs without val improvement; 0 disables
+    # Coordinate loss over the labelled coordinates (normalised units): "mse", "l1" or "wing"
+    # (Feng et al. 2018; its width wing_w and curvature wing_epsilon are in pixels).
+    c.train.loss = "mse"
+    c.train.wing_w = 10.0
+    c.train.wing_epsilon = 2.0
+    # Parameter averaging, evaluated and checkpointed beside the raw parameters; the averaged
+    # ones rank the best checkpoint and are what eval/predict/export use. At most one of:
+    c.train.ema_decay = 0.0  # EMA of the parameters per step (bias-corrected); 0 disables
+    c.train.swa_start_epoch = 0  # SWA: mean of every step's parameters from this epoch; 0 off
 
     c.augment = ml_collections.ConfigDict()
     c.augment.flip = False

@@ -48,7 +48,7 @@ _POSITIVE_INTS = Key("ints", optional=True, ok=lambda v: len(v) > 0 and min(v) >
 
 def _schema() -> dict[str, Key]:
     # Imported here so that the schema lists exactly what the code accepts.
-    from fkd_jax import keypoints, models, ops
+    from fkd_jax import keypoints, models, ops, training
 
     return {
         "seed": _at_least(0),
@@ -61,6 +61,7 @@ def _schema() -> dict[str, Key]:
         "data.keypoints": _choice(*keypoints.KEYPOINT_SETS),
         "data.keypoints_path": _PATH,
         "data.label_policy": _choice("mask", "drop"),
+        "data.split_seed": _at_least(0, optional=True),  # None: config.seed
         "data.val_fraction": Key("float", ok=lambda v: 0.0 < v < 1.0,
                                  why="must be between 0 and 1 (exclusive)"),
         "data.synthetic_n": _at_least(2),
@@ -84,6 +85,11 @@ def _schema() -> dict[str, Key]:
         "train.weight_decay": _at_least(0, "float"),
         "train.grad_clip": _at_least(0, "float"),
         "train.early_stop_patience": _at_least(0),
+        "train.loss": _choice(*training.LOSSES),
+        "train.wing_w": Key("float", ok=lambda v: v > 0, why="must be > 0 (pixels)"),
+        "train.wing_epsilon": Key("float", ok=lambda v: v > 0, why="must be > 0 (pixels)"),
+        "train.ema_decay": _in_range(0.0, 1.0, closed_high=False),
+        "train.swa_start_epoch": _at_least(0),
         # augment (all off = 0 / False)
         "augment.flip": Key("bool"),
         "augment.rotate_deg": _in_range(0.0, 180.0),
@@ -161,6 +167,13 @@ def _check_combinations(config) -> None:
     if t.warmup_epochs >= t.epochs:
         raise UserError(f"--config.train.warmup_epochs={t.warmup_epochs!r} must be smaller than "
                         f"--config.train.epochs={t.epochs}")
+    if t.ema_decay > 0 and t.swa_start_epoch > 0:
+        raise UserError(f"--config.train.ema_decay={t.ema_decay!r} and "
+                        f"--config.train.swa_start_epoch={t.swa_start_epoch} both average the "
+                        "parameters; set one of them to 0")
+    if t.swa_start_epoch > t.epochs:
+        raise UserError(f"--config.train.swa_start_epoch={t.swa_start_epoch} must be at most "
+                        f"--config.train.epochs={t.epochs} (0 disables averaging)")
     if d.keypoints != "kaggle15" and not d.keypoints_path:
         raise UserError(f"--config.data.keypoints={d.keypoints!r} needs "
                         "--config.data.keypoints_path (a CSV of those keypoints, row for row "

@@ -51,13 +51,15 @@ def read_run_data(config, workdir: Path) -> RunData:
     training; writes nothing into `workdir`.
 
     The first run of a work directory splits every row of the file (by group when
-    `config.data.groups_path` is set) with `config.seed`; later runs (resume, eval) reuse
+    `config.data.groups_path` is set) with `config.data.split_seed`, or `config.seed` when that
+    is None (or absent, in configs from before it existed); later runs (resume, eval) reuse
     split.json. Only the training rows then get the label policy (and, for experiments,
     `config.data.missing_pattern_path`'s missing labels): validation keeps every row and is
     scored on its labelled coordinates, so runs with either policy are compared on the same
     faces. A file in which no training row keeps a labelled keypoint is refused.
     """
     d = config.data
+    data_seed = config.seed if d.get("split_seed") is None else d.split_seed
     new_synthetic = None
     if d.train_path:
         path = Path(d.train_path)
@@ -78,13 +80,13 @@ def read_run_data(config, workdir: Path) -> RunData:
             val_idx = kdata.indices_for_rows(full, val_ids, split_path)
         else:
             groups = kdata.load_groups(d.groups_path, len(full)) if d.groups_path else None
-            train_idx, val_idx = kdata.split_indices(len(full), d.val_fraction, config.seed,
+            train_idx, val_idx = kdata.split_indices(len(full), d.val_fraction, data_seed,
                                                      groups=groups)
             new_split = (full.row_ids[train_idx], full.row_ids[val_idx])
         train = full.subset(train_idx)
         if d.missing_pattern_path:
             train = kdata.impose_missing(train, kdata.load_label_pattern(d.missing_pattern_path),
-                                         config.seed)
+                                         data_seed)
         train = kdata.apply_label_policy(train, d.label_policy)
         _check_learnable(train, full.subset(val_idx), d.train_path or "the synthetic faces",
                          d.label_policy)

@@ -30,7 +30,11 @@ EVAL_BATCH = 64
 
 @dataclass(frozen=True)
 class Run:
-    """A trained run, restored: its config, model structure, parameters and checkpoint meta."""
+    """A trained run, restored: its config, model structure, parameters and checkpoint meta.
+
+    `params` are the averaged parameters (EMA or SWA, `config.train.ema_decay` /
+    `swa_start_epoch`) when the run kept them, else the raw ones: what the run predicts with.
+    """
 
     config: ml_collections.ConfigDict
     graphdef: Any
@@ -77,7 +81,7 @@ def load_run(workdir: str | Path, which: str = "best") -> Run:
     if restored is None:
         raise UserError(f"{workdir}/checkpoints holds no {which} checkpoint yet")
     state, meta = restored
-    return Run(config, graphdef, state["params"], meta)
+    return Run(config, graphdef, state.get("avg_params", state["params"]), meta)
 
 
 class Predictor:

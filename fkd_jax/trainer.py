@@ -8,6 +8,12 @@ fkd_jax.training.
 Stops: a non-finite loss or parameters -> `RunStopped` (exit 3, last good checkpoint kept);
 Ctrl-C -> the current epoch finishes, is saved, then `RunStopped` (exit 130); early stopping
 after `train.early_stop_patience` epochs without a better validation RMSE.
+
+Parameter averaging (`train.ema_decay` or `train.swa_start_epoch`): both the raw and the
+averaged parameters are scored every epoch (`val_rmse_px` and `val_rmse_px_ema` /
+`val_rmse_px_swa` in metrics.jsonl), and the averaged figure is the one that ranks the best
+checkpoint and drives early stopping, because the averaged parameters are what a restored
+run predicts with (`inference.load_run`).
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ class Run:
     train_arrays: dict
     epoch_fn: Callable  # compiled (state, data, shuffle_key) -> (state, metrics)
     predict: Callable  # params -> Predictor of the validation crops
+    averaging: training.Averaging | None
     schedule: Callable
     steps_per_epoch: int
     start_epoch: int
@@ -81,14 +88,17 @@ def _set_up(config, workdir: Path) -> Run:
     layout = parallel.make_layout(bs)  # data parallel over every device of every process
     steps_per_epoch = len(t) // bs
     tx = training.make_optimizer(config.train, steps_per_epoch)
+    averaging = training.make_averaging(config.train, steps_per_epoch)
     # Keypoints and image size come from the data (the model's options were checked with the
     # config, before any data was read).
     graphdef, state = training.init_state(config.model, tx, config.seed,
-                                          keypoint_set.num_keypoints, t.image_size)
+                                          keypoint_set.num_keypoints, t.image_size, averaging)
     train_arrays = layout.put_replicated({"images": t.images, "keypoints": t.keypoints,
                                           "mask": t.mask})
     epoch_fn = training.make_train_epoch(graphdef, tx, bs, augment.read_settings(config.augment),
-                                         config.seed, layout.batch, keypoint_set.flip_permutation)
+                                         config.seed, layout.batch, keypoint_set.flip_permutation,
+                                         loss_fn=training.make_loss(config.train),
+                                         averaging=averaging)
     state = layout.put_replicated(state)
     t0 = time.perf_counter()
     compiled = epoch_fn.lower(state, train_arrays, training.epoch_shuffle_key(config.seed, 0)).compile()
@@ -101,7 +111,7 @@ def _set_up(config, workdir: Path) -> Run:
     log(f"{len(t)} training / {len(data.val)} validation rows, {steps_per_epoch} steps "
         f"of {bs} per epoch, {len(devices)} {devices[0].platform} device(s) in "
         f"{jax.process_count()} process(es); compiled in {compile_time:.1f}s")
-    return Run(config, workdir, data, state, train_arrays, compiled, predict,
+    return Run(config, workdir, data, state, train_arrays, compiled, predict, averaging,
                training.make_schedule(config.train, steps_per_epoch), steps_per_epoch,
                0, {"val_rmse_px": math.inf, "epoch": 0}, compile_time, log, layout)
 
@@ -154,16 +164,22 @@ def _epochs(run: Run, ckpt: checkpoints.Checkpoints) -> dict:
 
             t_eval = time.perf_counter()
             val_rmse = evaluate(run.predict(run.state["params"]), run.data.val)
+            averaged = {}
+            if run.averaging is not None:
+                averaged = {run.averaging.metric:
+                            evaluate(run.predict(run.state["avg_params"]), run.data.val)}
             eval_time = time.perf_counter() - t_eval
-            if val_rmse < run.best["val_rmse_px"]:
-                run.best = {"val_rmse_px": val_rmse, "epoch": epoch}
+            # The figure of the parameters a restored run predicts with ranks the epochs.
+            ranked = averaged[run.averaging.metric] if averaged else val_rmse
+            if ranked < run.best["val_rmse_px"]:
+                run.best = {"val_rmse_px": ranked, "epoch": epoch}
 
             step = int(run.state["step"])
             record = {
                 "epoch": epoch, "step": step, "train_loss": train_loss,
                 "train_rmse_px": float(m["train_rmse_px"]), "val_rmse_px": val_rmse,
-                "learning_rate": float(run.schedule(step)), "epoch_time_s": epoch_time,
-                "eval_time_s": eval_time,
+                **averaged, "learning_rate": float(run.schedule(step)),
+                "epoch_time_s": epoch_time, "eval_time_s": eval_time,
                 "images_per_s": run.steps_per_epoch * config.train.batch_size / epoch_time,
                 "compile_time_s": run.compile_time,
             }
@@ -171,7 +187,7 @@ def _epochs(run: Run, ckpt: checkpoints.Checkpoints) -> dict:
                 experiment.append_metrics(workdir, record)
             # Returns once the state is copied off the device: the next epoch may donate it.
             ckpt.save(epoch, run.state, {"epoch": epoch, "step": step, "best": run.best,
-                                         "model": config.model.name}, val_rmse_px=val_rmse)
+                                         "model": config.model.name}, val_rmse_px=ranked)
             _log_epoch(run, record, time.perf_counter() - run_start, epoch)
 
             if interrupted:
@@ -184,7 +200,8 @@ def _epochs(run: Run, ckpt: checkpoints.Checkpoints) -> dict:
                 break
     finally:
         signal.signal(signal.SIGINT, previous_handler)
-    run.log(f"best val_rmse {run.best['val_rmse_px']:.3f} px at epoch {run.best['epoch']}; "
+    ranked = run.averaging.metric if run.averaging is not None else "val_rmse"
+    run.log(f"best {ranked} {run.best['val_rmse_px']:.3f} px at epoch {run.best['epoch']}; "
             f"run in {workdir}")
     return record
 
@@ -212,7 +229,10 @@ def _log_epoch(run: Run, record: dict, elapsed: float, epoch: int) -> None:
     m, s = divmod(int(eta), 60)
     h, m = divmod(m, 60)
     best = run.best
+    averaged = ""
+    if run.averaging is not None:
+        averaged = f" {run.averaging.kind} {record[run.averaging.metric]:6.3f}"
     run.log(f"epoch {epoch:3d}/{epochs}  train_loss {record['train_loss']:.5f}  "
-            f"val_rmse {record['val_rmse_px']:6.3f} px (best {best['val_rmse_px']:.3f} "
+            f"val_rmse {record['val_rmse_px']:6.3f}{averaged} px (best {best['val_rmse_px']:.3f} "
             f"@{best['epoch']})  {record['images_per_s']:6.0f} img/s  "
             f"{record['epoch_time_s']:5.1f}s  left {h}:{m:02d}:{s:02d}", flush=True)
