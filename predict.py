@@ -54,8 +54,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--out", help="output folder (required)")
     p.add_argument("--box", help="x,y,w,h: the face box (picture pixels), skips detection")
     p.add_argument("--passes", type=int, default=None,
-                   help="passes per photo: 1 from the box, then re-framed from the keypoints "
-                        "(default 3)")
+                   help="most passes per photo: 1 from the box, then re-framed from the "
+                        "keypoints until the crop settles (default 8)")
+    p.add_argument("--settle", type=float, default=None,
+                   help="stop re-framing a face once its crop moves less than this fraction "
+                        "of its side (default 0.02; 0 = always --passes passes)")
     p.add_argument("--tta", action="store_true", help="average with the mirror image")
     p.add_argument("--no_rotate", action="store_true",
                    help="keep re-framed crops upright (default: turn them with the eye line)")
@@ -75,6 +78,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         raise UserError("give at least one PATH (an image, a folder or a video)")
     if args.passes is not None and args.passes < 1:
         raise UserError(f"--passes={args.passes} must be >= 1")
+    if args.settle is not None and not args.settle >= 0:
+        raise UserError(f"--settle={args.settle} must be >= 0")
     args.box = parse_box(args.box) if args.box is not None else None
     return args
 
@@ -286,7 +291,10 @@ class Runner:
     def __init__(self, args, predictor, detector, out: Path, smoothing):
         self.args, self.predictor, self.detector, self.out = args, predictor, detector, out
         self.smoothing = smoothing
-        self.passes = args.passes or 3
+        from fkd_jax import faces as F
+
+        self.passes = args.passes or F.DEFAULT_PASSES
+        self.settle = F.DEFAULT_SETTLE if args.settle is None else args.settle
         self.rotate = not args.no_rotate
         self.rows: list[dict] = []
         self.failed: list[dict] = []
@@ -322,7 +330,7 @@ class Runner:
         t2 = time.perf_counter()
         found = F.find_faces(grays, self.predictor, self.detector, boxes=boxes,
                              confirm=not user_box, loose=loose, passes=self.passes,
-                             tta=self.args.tta, rotate=self.rotate)
+                             tta=self.args.tta, rotate=self.rotate, settle=self.settle)
         t3 = time.perf_counter()
         for it, picture, fs in zip(ok, pictures, found):
             self.n_photos += 1
@@ -371,7 +379,8 @@ class Runner:
             gray = F.to_gray(frame_rgb)
             boxes = [[F.Detection(box, 1.0)]] if box is not None else None
             return F.find_faces([gray], self.predictor, self.detector, boxes=boxes,
-                                passes=self.passes, tta=self.args.tta, rotate=self.rotate)[0]
+                                settle=self.settle, passes=self.passes,
+                                tta=self.args.tta, rotate=self.rotate)[0]
 
         def refine(frame_rgb, previous):
             return F.refine_faces(F.to_gray(frame_rgb), previous, self.predictor, passes=1,
@@ -417,7 +426,8 @@ class Runner:
             "files": len(items), "photos": self.n_photos, "videos": self.n_videos,
             "video_frames": self.n_frames, "faces": self.n_faces,
             "no_face": self.no_face, "failed": self.failed,
-            "settings": {"passes": self.passes, "tta": self.args.tta, "rotate": self.rotate,
+            "settings": {"passes": self.passes, "settle": self.settle, "tta": self.args.tta,
+                         "rotate": self.rotate,
                          "box": self.args.box,
                          "smoothing": None if self.smoothing is None else
                          {"min_cutoff": self.smoothing.min_cutoff, "beta": self.smoothing.beta,

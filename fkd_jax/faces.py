@@ -33,7 +33,12 @@ from fkd_jax.errors import UserError
 CROP = keypoints.IMAGE_SIZE  # the model's input side, pixels
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_CASCADE = "haarcascade_frontalface_default.xml"
-DEFAULT_PASSES = 3  # 1 from the detector box + 2 from keypoints (see docs/photos_and_videos.md)
+# Passes: 1 from the detector box, then re-framed from the keypoints until the square moves
+# less than DEFAULT_SETTLE of its side, at most DEFAULT_PASSES in all. Chosen on the training
+# people's photos: as accurate as 3 fixed passes with 2.3 crops a face instead of 3, and far-off
+# boxes (profile faces) get the passes they need (docs/photos_and_videos.md).
+DEFAULT_PASSES = 8
+DEFAULT_SETTLE = 0.02
 # A face is kept only if its keypoints, aligned onto the mean face by a similarity, lie within
 # this RMS distance of it (in outer-eye-corner distances): non-faces and lost tracks fail.
 MAX_SHAPE_ERROR = 0.12
@@ -340,14 +345,19 @@ class FaceDetector:
 
 def locate(grays: Sequence[np.ndarray], picture_index: Sequence[int],
            framings: Sequence[Framing], predict: PredictFn, passes: int = DEFAULT_PASSES,
-           tta: bool = False, rotate: bool = True, relax: float = 1.0) -> list[np.ndarray]:
+           tta: bool = False, rotate: bool = True, relax: float = 1.0,
+           settle: float = DEFAULT_SETTLE) -> list[np.ndarray]:
     """Keypoints (N, 2K) in picture pixels after each of `passes` passes, for N faces given by
     the picture each lies in (`picture_index` into `grays`) and its first framing.
 
     Pass 1 crops the given framings; every later pass re-frames each face from the previous
-    pass's keypoints by the training rule (`framing_from_keypoints`). All N crops of a pass go
+    pass's keypoints by the training rule (`framing_from_keypoints`). All crops of a pass go
     through `predict` in one call (it batches; nothing recompiles).
 
+    `settle` > 0 stops re-framing a face once its square moves less than that (centre
+    distance and side change, as fractions of the side): its keypoints are then carried to the
+    later passes unchanged, so far-off starts can be given many passes without spending them
+    on faces that have converged.
     `relax` > 1 over-relaxes each re-framing (centre and log side move `relax` times as far
     as the rule says): the model follows a mis-framed face only part of the way (about half
     on best_cpu), so plain re-framing converges geometrically and slowly on far-off boxes.
@@ -355,15 +365,28 @@ def locate(grays: Sequence[np.ndarray], picture_index: Sequence[int],
     if passes < 1:
         raise ValueError("passes must be >= 1")
     framings = list(framings)
+    active = np.ones(len(framings), bool)
     history: list[np.ndarray] = []
     for p in range(passes):
         if p > 0:
-            framings = [_step(f, framing_from_keypoints(k, rotate), relax)
-                        for f, k in zip(framings, history[-1])]
-        crops = _crops(grays, picture_index, framings)
+            current = history[-1].copy()
+            for i in np.flatnonzero(active):
+                new = _step(framings[i], framing_from_keypoints(current[i], rotate), relax)
+                moved = max(math.hypot(new.cx - framings[i].cx, new.cy - framings[i].cy),
+                            abs(new.side - framings[i].side)) / framings[i].side
+                framings[i] = new
+                if moved < settle:
+                    active[i] = False
+        else:
+            current = np.zeros((len(framings), 0))
+        rows = np.flatnonzero(active) if p > 0 else np.arange(len(framings))
+        crops = _crops(grays, [picture_index[i] for i in rows], [framings[i] for i in rows])
         pred = _predict(predict, crops, tta)
-        history.append(np.stack([f.to_picture(k) for f, k in zip(framings, pred)])
-                       if len(framings) else np.zeros((0, keypoints.NUM_COORDS)))
+        out = (current if p > 0 else
+               np.zeros((len(framings), pred.shape[1] if len(pred) else keypoints.NUM_COORDS)))
+        for k, i in enumerate(rows):
+            out[i] = framings[i].to_picture(pred[k])
+        history.append(out)
     return history
 
 
@@ -409,16 +432,18 @@ def find_faces(grays: Sequence[np.ndarray], predict: PredictFn,
                boxes: Sequence[Sequence[Detection]] | None = None,
                confirm: bool | None = None, loose: Sequence[bool] | None = None,
                passes: int = DEFAULT_PASSES, tta: bool = False, rotate: bool = True,
+               settle: float = DEFAULT_SETTLE,
                max_shape_error: float = MAX_SHAPE_ERROR) -> list[list[Face]]:
     """Every face of each picture (grayscale uint8 (H, W)), located: one list of Faces per
     picture, best score first; an empty list when there is no face (never a guess).
 
     Boxes come from `boxes` (one list per picture) or else from `detect_faces`. With `confirm`
-    (default: when the boxes come from the detector here) the best-scored box of a picture is
-    kept (unless it comes from the loose fallback, `loose[i]`) and every other box only if its
-    keypoints look like a face (`shape_error`) and the detector finds it again in the crop
-    they frame (`FaceDetector.confirms`); a user's box is kept as given. Faces whose
-    keypoints coincide (two boxes on one face) are merged, keeping the higher score.
+    (default: when the boxes come from the detector here) a face is kept if its keypoints look
+    like a face (`shape_error`) and the detector finds it again, surely, in the crop they
+    frame (`FaceDetector.confirm_score` >= CONFIRM_MIN_SCORE); in a picture where no box is
+    confirmed that way, the one the second look rates highest (then the detector) is kept,
+    unless the boxes come from the loose fallback (`loose[i]`). A user's box is kept as given.
+    Faces whose keypoints coincide (two boxes on one face) are merged, keeping the higher score.
     """
     confirm = boxes is None if confirm is None else confirm
     if confirm and detector is None:
@@ -433,18 +458,23 @@ def find_faces(grays: Sequence[np.ndarray], predict: PredictFn,
     index = [i for i, bs in enumerate(boxes) for _ in bs]
     dets = [d for bs in boxes for d in bs]
     history = locate(grays, index, [framing_from_box(d.box) for d in dets], predict,
-                     passes, tta, rotate)
+                     passes, tta, rotate, settle=settle)
     faces: list[list[Face]] = [[] for _ in grays]
-    best = {i: max(range(len(bs)), key=lambda k: bs[k].score)
-            for i, bs in enumerate(boxes) if bs}
+    candidates: dict[int, list[tuple[float, float, Face]]] = {}
     for j, (pic, det) in enumerate(zip(index, dets)):
         kp = history[-1][j]
-        err = shape_error(kp)
-        main = not loose[pic] and det is boxes[pic][best[pic]]
-        if (confirm and not main
-                and not (err <= max_shape_error and detector.confirms(grays[pic], kp))):
+        face = Face(det.box, det.score, kp, tuple(h[j] for h in history), shape_error(kp))
+        if not confirm:
+            faces[pic].append(face)
             continue
-        faces[pic].append(Face(det.box, det.score, kp, tuple(h[j] for h in history), err))
+        sure = detector.confirm_score(grays[pic], kp)
+        if face.shape_error <= max_shape_error and sure >= CONFIRM_MIN_SCORE:
+            faces[pic].append(face)
+        elif not loose[pic]:
+            candidates.setdefault(pic, []).append((sure, det.score, face))
+    for pic, cands in candidates.items():
+        if not faces[pic]:  # none confirmed: the most face-like of the detector's boxes
+            faces[pic].append(max(cands, key=lambda c: (c[0], c[1]))[2])
     return [merge_duplicates(fs) for fs in faces]
 
 

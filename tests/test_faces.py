@@ -241,3 +241,27 @@ def test_second_look_keeps_the_main_face_and_drops_boxes_on_nothing():
     # From the loose fallback even the best box must pass the second look.
     assert faces.find_faces([picture], predict, detector, boxes=[[wall]], confirm=True,
                             loose=[True]) == [[]]
+
+
+def test_settled_faces_stop_costing_model_calls():
+    """A face whose square stops moving is not cropped again; its keypoints carry over."""
+    gray = np.full((200, 300), 100, np.uint8)
+    sizes = []
+
+    # The mean face placed where the training rule frames it as the whole crop: re-framing
+    # from it reproduces the square it was predicted in, so it settles after pass 2.
+    fixed = faces.framing_from_keypoints(MEAN, rotate=True).to_crop(MEAN)
+    assert faces.framing_from_keypoints(fixed, rotate=True).side == pytest.approx(96)
+
+    def predict(crops, tta=False):
+        sizes.append(len(crops))
+        return np.tile(fixed, (len(crops), 1))
+
+    start = [faces.Framing(100, 100, 120), faces.Framing(200, 100, 60)]
+    history = faces.locate([gray], [0, 0], start, predict, passes=5, settle=0.02)
+    assert len(history) == 5 and sizes[0] == 2 and sum(sizes[2:]) == 0
+    np.testing.assert_allclose(history[-1], history[1])
+    always = []
+    faces.locate([gray], [0, 0], start, lambda c, tta=False: always.append(len(c)) or
+                 np.tile(fixed, (len(c), 1)), passes=5, settle=0.0)
+    assert always == [2] * 5
