@@ -96,7 +96,7 @@ def main(argv=None) -> None:
                                             else f.keypoints_px, rotate=True)
         for k, (framing, kp, title) in enumerate((
                 (first, f.history[0], f"2. face {i}: crop from the box, pass 1"),
-                (last, f.keypoints_px, f"3. face {i}: re-framed, pass {len(f.history)}"))):
+                (last, f.keypoints_px, f"3. face {i}: re-framed from its keypoints"))):
             ax = fig.add_subplot(grid[1, 2 * i + k])
             ax.imshow(faces.crop_faces(gray, [framing])[0, :, :, 0], cmap="gray", vmin=0, vmax=1)
             q = keypoints.as_points(framing.to_crop(kp))
