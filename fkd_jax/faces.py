@@ -7,10 +7,11 @@ A picture is turned into such crops in three steps:
   2. frame from the box: a fitted map (framing_stats.BOX_*) from the detector's box to the
      training square, then crop and predict (pass 1);
   3. frame from the keypoints: apply the training rule to the predicted keypoints (the side
-     from the 15 keypoints by a fitted regression, framing_stats.SIDE_FROM_KEYPOINTS), crop
-     again, predict again (passes 2, 3, ...).
-Each crop is one affine resample (cv2.warpAffine, bilinear, edge replicated, as the training
-crops were made), and keypoints go back to the picture through the exact inverse.
+     from the 15 keypoints by a fitted regression, framing_stats.SIDE_FROM_KEYPOINTS), turned
+     with the eye line, crop again, predict again (passes 2, 3, ... until the square settles).
+A second look (the cascade again, on the crop a face's keypoints frame) drops boxes that were
+not faces. Each crop is one affine resample (cv2.warpAffine, bilinear, edge replicated, as the
+training crops were made), and keypoints go back to the picture through the exact inverse.
 
 Conventions: every coordinate is in pixels with fkd_jax.keypoints' continuous convention
 (pixel (i, j) covers [j, j+1) x [i, i+1), its centre is (j + 0.5, i + 0.5)), keypoints (..., 30)
