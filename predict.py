@@ -269,6 +269,11 @@ class TwoBatchPredictor:
     def __init__(self, make):
         self._make, self._cache = make, {}
 
+    @property
+    def image_size(self) -> int:
+        """The model's input side in pixels (crops are rendered at this size)."""
+        return int(self._get(SMALL_BATCH).image_size)
+
     def _get(self, batch: int):
         if batch not in self._cache:
             self._cache[batch] = self._make(batch)

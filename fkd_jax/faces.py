@@ -138,7 +138,8 @@ class Framing:
     """A square crop of a picture: centre (cx, cy) and side in picture pixels, and the angle
     (radians) of the crop's x axis in the picture (0: upright, axis-aligned as in training).
 
-    A crop point q (crop pixels, 0..96) is the picture point p = c + side / 96 * R(angle) (q - 48).
+    A crop point q (crop pixels, 0..S, S = 96 unless a model takes another size) is the
+    picture point p = c + side / S * R(angle) (q - S / 2).
     """
 
     cx: float
@@ -146,31 +147,29 @@ class Framing:
     side: float
     angle: float = 0.0
 
-    def _linear(self) -> np.ndarray:
-        s = self.side / CROP
+    def _linear(self, size: int = CROP) -> np.ndarray:
+        s = self.side / size
         c, n = math.cos(self.angle), math.sin(self.angle)
         return s * np.array([[c, -n], [n, c]])
 
-    def to_picture(self, keypoints_crop: np.ndarray) -> np.ndarray:
-        """(..., 2K) keypoints in crop pixels -> picture pixels (float64)."""
+    def to_picture(self, keypoints_crop: np.ndarray, size: int = CROP) -> np.ndarray:
+        """(..., 2K) keypoints in pixels of a size x size crop -> picture pixels (float64)."""
         pts = _points(np.asarray(keypoints_crop, np.float64))
-        out = (pts - CROP / 2) @ self._linear().T + (self.cx, self.cy)
+        out = (pts - size / 2) @ self._linear(size).T + (self.cx, self.cy)
         return out.reshape(np.shape(keypoints_crop))
 
-    def to_crop(self, keypoints_px: np.ndarray) -> np.ndarray:
-        """(..., 2K) keypoints in picture pixels -> crop pixels (float64)."""
+    def to_crop(self, keypoints_px: np.ndarray, size: int = CROP) -> np.ndarray:
+        """(..., 2K) keypoints in picture pixels -> pixels of a size x size crop (float64)."""
         pts = _points(np.asarray(keypoints_px, np.float64))
-        out = (pts - (self.cx, self.cy)) @ np.linalg.inv(self._linear()).T + CROP / 2
+        out = (pts - (self.cx, self.cy)) @ np.linalg.inv(self._linear(size)).T + size / 2
         return out.reshape(np.shape(keypoints_px))
 
     def warp_matrix(self, size: int = CROP) -> np.ndarray:
         """(2, 3) for cv2.warpAffine(..., WARP_INVERSE_MAP) rendering the square at `size` x
         `size` pixels: output pixel index -> picture pixel index. OpenCV puts pixel centres at
         whole numbers, fkd-jax at +0.5: both shifts are folded in here, so an output pixel's
-        centre samples exactly `to_picture` of its centre (for size 96)."""
-        s = self.side / size
-        c, n = math.cos(self.angle), math.sin(self.angle)
-        a = s * np.array([[c, -n], [n, c]])
+        centre samples exactly `to_picture(., size)` of its centre."""
+        a = self._linear(size)
         t = np.array([self.cx, self.cy]) + a @ np.array([0.5 - size / 2, 0.5 - size / 2]) - 0.5
         return np.concatenate([a, t[:, None]], axis=1)
 
@@ -180,13 +179,14 @@ class Framing:
         return (self.cx - half, self.cy - half, 2 * half, 2 * half)
 
 
-def crop_faces(gray: np.ndarray, framings: Sequence[Framing]) -> np.ndarray:
-    """Crops (N, 96, 96, 1) float32 in [0, 1] of a grayscale uint8 picture (H, W): one bilinear
-    affine resample each, the picture's border replicated outside it (as in training)."""
+def crop_faces(gray: np.ndarray, framings: Sequence[Framing], size: int = CROP) -> np.ndarray:
+    """Crops (N, size, size, 1) float32 in [0, 1] of a grayscale uint8 picture (H, W): one
+    bilinear affine resample each, the picture's border replicated outside it (as in
+    training)."""
     gray = to_gray(gray)
-    out = np.empty((len(framings), CROP, CROP, 1), np.float32)
+    out = np.empty((len(framings), size, size, 1), np.float32)
     for i, f in enumerate(framings):
-        crop = cv2.warpAffine(gray, f.warp_matrix(), (CROP, CROP),
+        crop = cv2.warpAffine(gray, f.warp_matrix(size), (size, size),
                               flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                               borderMode=cv2.BORDER_REPLICATE)
         out[i, :, :, 0] = crop
@@ -353,7 +353,8 @@ def locate(grays: Sequence[np.ndarray], picture_index: Sequence[int],
 
     Pass 1 crops the given framings; every later pass re-frames each face from the previous
     pass's keypoints by the training rule (`framing_from_keypoints`). All crops of a pass go
-    through `predict` in one call (it batches; nothing recompiles).
+    through `predict` in one call (it batches; nothing recompiles). Crops are rendered at the
+    predictor's `image_size` (96 when it has none).
 
     `settle` > 0 stops re-framing a face once its square moves less than that (centre
     distance and side change, as fractions of the side): its keypoints are then carried to the
@@ -366,6 +367,7 @@ def locate(grays: Sequence[np.ndarray], picture_index: Sequence[int],
     if passes < 1:
         raise ValueError("passes must be >= 1")
     framings = list(framings)
+    size = int(getattr(predict, "image_size", CROP))
     active = np.ones(len(framings), bool)
     history: list[np.ndarray] = []
     for p in range(passes):
@@ -381,12 +383,13 @@ def locate(grays: Sequence[np.ndarray], picture_index: Sequence[int],
         else:
             current = np.zeros((len(framings), 0))
         rows = np.flatnonzero(active) if p > 0 else np.arange(len(framings))
-        crops = _crops(grays, [picture_index[i] for i in rows], [framings[i] for i in rows])
+        crops = _crops(grays, [picture_index[i] for i in rows], [framings[i] for i in rows],
+                       size)
         pred = _predict(predict, crops, tta)
         out = (current if p > 0 else
                np.zeros((len(framings), pred.shape[1] if len(pred) else keypoints.NUM_COORDS)))
         for k, i in enumerate(rows):
-            out[i] = framings[i].to_picture(pred[k])
+            out[i] = framings[i].to_picture(pred[k], size)
         history.append(out)
     return history
 
@@ -399,13 +402,13 @@ def _step(old: Framing, new: Framing, relax: float) -> Framing:
                    side, new.angle)
 
 
-def _crops(grays, picture_index, framings) -> np.ndarray:
-    out = np.empty((len(framings), CROP, CROP, 1), np.float32)
+def _crops(grays, picture_index, framings, size: int = CROP) -> np.ndarray:
+    out = np.empty((len(framings), size, size, 1), np.float32)
     by_picture: dict[int, list[int]] = {}
     for i, pic in enumerate(picture_index):
         by_picture.setdefault(int(pic), []).append(i)
     for pic, rows in by_picture.items():
-        out[rows] = crop_faces(grays[pic], [framings[i] for i in rows])
+        out[rows] = crop_faces(grays[pic], [framings[i] for i in rows], size)
     return out
 
 

@@ -265,3 +265,28 @@ def test_settled_faces_stop_costing_model_calls():
     faces.locate([gray], [0, 0], start, lambda c, tta=False: always.append(len(c)) or
                  np.tile(fixed, (len(c), 1)), passes=5, settle=0.0)
     assert always == [2] * 5
+
+
+@pytest.mark.parametrize("size", [64, 128])
+def test_crops_follow_the_models_input_size(size):
+    """A model taking S x S crops gets S x S crops, and its keypoints (S-pixel crop units) come
+    back to the same picture pixels."""
+    images, kps = synthetic.generate_faces(1, seed=4)
+    m = similarity(1.5, math.radians(10), 120, 40)
+    gray = faces.to_gray(paste(images[0], m, size=(300, 360)))
+    truth = apply(m, kps[0])
+    start = faces.framing_from_keypoints(truth, rotate=True)
+
+    class Model:
+        image_size = size
+
+        def __call__(self, crops, tta=False):
+            assert crops.shape[1:] == (size, size, 1)
+            return np.stack([start.to_crop(truth, size)] * len(crops))
+
+    history = faces.locate([gray], [0], [start], Model(), passes=1)
+    np.testing.assert_allclose(history[0][0], truth, atol=1e-9)
+    big = faces.crop_faces(gray, [start], size)[0, :, :, 0]
+    small = cv2.resize(faces.crop_faces(gray, [start], 96)[0, :, :, 0], (size, size),
+                       interpolation=cv2.INTER_AREA if size < 96 else cv2.INTER_LINEAR)
+    assert np.abs(big - small).mean() < 0.03  # the same square, at another resolution
