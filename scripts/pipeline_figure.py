@@ -57,6 +57,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
 
     picture, truth = scene()
     gray = faces.to_gray(picture)
@@ -74,8 +75,7 @@ def main(argv=None) -> None:
     ax.imshow(gray, cmap="gray")
     for f in found:
         x, y, w, h = f.box
-        ax.add_patch(__import__("matplotlib.patches", fromlist=["Rectangle"]).Rectangle(
-            (x - 0.5, y - 0.5), w, h, fill=False, color="gold", lw=1.5))
+        ax.add_patch(Rectangle((x - 0.5, y - 0.5), w, h, fill=False, color="gold", lw=1.5))
     ax.set_title(f"1. detect: {n} boxes (Haar cascade)", fontsize=9)
     ax.axis("off")
     ax = fig.add_subplot(grid[0, max(n, 1):])
