@@ -38,3 +38,15 @@ def test_no_import_cycle_inside_the_package():
     for m in sorted(modules):
         if m not in state:
             visit(m, [])
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+
+    from fkd_jax import files
+
+    path = files.write_text(tmp_path / "out" / "a.txt", "x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.read_text() == "x" and (path.stat().st_mode & 0o777) == 0o666 & ~mask
+    assert [p.name for p in path.parent.iterdir()] == ["a.txt"]  # no temporary left
