@@ -105,6 +105,8 @@ def read_picture(path: str | Path) -> np.ndarray:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, not an image file")
     if not path.is_file():
         raise UserError(f"{path}: no such image file")
     if path.stat().st_size == 0:

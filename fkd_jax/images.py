@@ -1,7 +1,7 @@
 """User image files -> model inputs, and predictions back to the file's own pixel coordinates.
 
-Conversion (stated so results can be interpreted): the file is decoded with Pillow, EXIF
-rotation applied, converted to grayscale with Pillow's "L" mode (ITU-R 601-2 luma:
+Conversion (stated so results can be interpreted): the file is decoded (faces.read_picture: Pillow, EXIF
+rotation applied, RGB), converted to grayscale with Pillow's "L" mode (ITU-R 601-2 luma:
 L = 0.299 R + 0.587 G + 0.114 B; alpha is dropped), padded to a centred square with the image's
 mean gray (so faces are not stretched), then resized to 96x96 with bilinear filtering
 (antialiased when shrinking). A keypoint at (x, y) in the 96x96 frame maps back to the original
@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
-from fkd_jax.errors import UserError
+from fkd_jax.faces import read_picture
 from fkd_jax.keypoints import IMAGE_SIZE
 
 
@@ -41,24 +41,8 @@ class Frame:
 
 def load_face_image(path: str | Path) -> tuple[np.ndarray, Frame, Image.Image]:
     """(image float32 (96, 96, 1) in [0, 1], its Frame, the original as grayscale PIL image)."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: no such image file")
-    if path.is_dir():
-        raise UserError(f"{path}: is a directory, not an image file")
-    if path.stat().st_size == 0:
-        raise UserError(f"{path}: empty file, not an image")
-    try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            gray = im.convert("L")
-            gray.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise UserError(f"{path}: not a readable image ({type(e).__name__}: "
-                        f"{' '.join(str(e).split())[:120]})") from None
+    gray = Image.fromarray(read_picture(path)).convert("L")
     w, h = gray.size
-    if w < 1 or h < 1:
-        raise UserError(f"{path}: image has no pixels ({w}x{h})")
     side = max(w, h)
     pad_left, pad_top = (side - w) / 2.0, (side - h) / 2.0
     mean = int(round(float(np.asarray(gray).mean())))
