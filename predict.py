@@ -361,7 +361,8 @@ class Runner:
             self.rows.append({"file": name, "frame": frame})
             return
         for i, f in enumerate(fs):
-            row = {"file": name, "frame": frame, "face": i,
+            # a video's face keeps its track number from frame to frame (video.TrackedFace)
+            row = {"file": name, "frame": frame, "face": getattr(f, "track", i),
                    "box_x": f.box[0], "box_y": f.box[1], "box_w": f.box[2], "box_h": f.box[3],
                    "score": f.score}
             row.update(zip(keypoints.COLUMNS, F.kaggle15(f.keypoints_px)))
