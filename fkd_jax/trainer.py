@@ -29,7 +29,7 @@ from typing import Any, Callable
 import jax
 
 from fkd_jax import (augment, checkpoints, experiment, files, inference, keypoints, parallel,
-                     training)
+                     training, workdir_lock)
 from fkd_jax.errors import RunStopped, UserError
 
 EXIT_NON_FINITE = 3
@@ -60,17 +60,12 @@ class Run:
 def train_and_evaluate(config, workdir: Path) -> dict:
     """Train (or resume) the run in `workdir`; returns the last epoch's metrics record."""
     main = parallel.is_main_process()
-    with _workdir_lock(workdir) if main else contextlib.nullcontext():
+    # One run per work directory: process 0 holds the lock for all processes of a run.
+    with workdir_lock.hold(workdir) if main else contextlib.nullcontext():
         run = _set_up(config, workdir)  # nothing written in workdir before this succeeds
         with checkpoints.Checkpoints(workdir) as ckpt:
             _resume(run, ckpt)
             return _epochs(run, ckpt)
-
-
-def _workdir_lock(workdir: Path):
-    from fkd_jax import workdir_lock
-
-    return workdir_lock.hold(workdir)
 
 
 def _set_up(config, workdir: Path) -> Run:

@@ -13,7 +13,7 @@ import pytest
 
 from fkd_jax import data
 from fkd_jax.errors import DataError, UserError
-from fkd_jax.keypoints import COLUMNS, SPARSE_SET, column_indices
+from fkd_jax.keypoints import SPARSE_SET, column_indices
 
 
 # --- helpers: edit one cell of a fixture CSV -------------------------------------------------

@@ -15,7 +15,6 @@ against real subprocesses. JAX's persistent compilation cache is shared by all r
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import random
@@ -23,7 +22,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 import zipfile
 from pathlib import Path
