@@ -1,0 +1,22 @@
+"""best_cpu's recipe with framing jitter: for keypoints on whole photos (predict.py).
+
+  python train.py --config configs/photos.py --config.data.train_path=PATH/training.zip \
+      --config.data.groups_path=PATH/person_ids.txt --workdir DIR
+
+predict.py frames each face from a detector box and then from the model's own keypoints; that
+framing is off by about 1-2% of the crop's side in position and ~8% in size, while best_cpu's
+crops were all framed on the true keypoints (its augmentation: +-2 px, +-4% scale). Shifts
+and zooms as large as the pipeline's framing error teach the model to follow a mis-framed
+face. Measured on the 102 photos of the 51 validation people (README, "Measured"): NME 3.93%
+against best_cpu's 4.23%, at the cost of crop RMSE on perfectly framed faces (1.389 px against
+1.311 px).
+"""
+
+from configs import best_cpu
+
+
+def get_config():
+    c = best_cpu.get_config()
+    c.augment.shift_px = 3.5  # pixels of the 96-pixel crop: ~2 std of the pipeline's centring error
+    c.augment.scale = 0.14  # +-14%: ~2 std of its size error
+    return c
