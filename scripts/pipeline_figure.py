@@ -95,8 +95,8 @@ def main(argv=None) -> None:
         last = faces.framing_from_keypoints(f.history[-2] if len(f.history) > 1
                                             else f.keypoints_px, rotate=True)
         for k, (framing, kp, title) in enumerate((
-                (first, f.history[0], f"2. face {i}: crop from the box, pass 1"),
-                (last, f.keypoints_px, f"3. face {i}: re-framed from its keypoints"))):
+                (first, f.history[0], f"2. face {i}:\ncrop from the box (pass 1)"),
+                (last, f.keypoints_px, f"3. face {i}: re-framed\nfrom its keypoints (last pass)"))):
             ax = fig.add_subplot(grid[1, 2 * i + k])
             ax.imshow(faces.crop_faces(gray, [framing])[0, :, :, 0], cmap="gray", vmin=0, vmax=1)
             q = keypoints.as_points(framing.to_crop(kp))
