@@ -81,16 +81,9 @@ def kaggle15(keypoints_px: np.ndarray) -> np.ndarray:
     kp = np.asarray(keypoints_px, np.float64)
     if kp.shape[-1] == keypoints.NUM_COORDS:
         return kp
-    convert = getattr(keypoints, "kaggle15_from_ibug68", None)
-    if kp.shape[-1] == 136 and convert is not None:
-        return np.asarray(convert(kp), np.float64)
+    if kp.shape[-1] == 2 * keypoints.IBUG68.num_keypoints:
+        return np.asarray(keypoints.kaggle15_from_ibug68(kp), np.float64)
     raise ValueError(f"keypoints of width {kp.shape[-1]}: expected 30 (Kaggle) or 136 (iBUG 68)")
-
-
-def _points(kp) -> np.ndarray:
-    """(..., 2K) interleaved -> (..., K, 2), any K (a single point (2,) too)."""
-    kp = np.asarray(kp)
-    return kp.reshape(kp.shape[:-1] + (-1, 2))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,13 +149,13 @@ class Framing:
 
     def to_picture(self, keypoints_crop: np.ndarray, size: int = CROP) -> np.ndarray:
         """(..., 2K) keypoints in pixels of a size x size crop -> picture pixels (float64)."""
-        pts = _points(np.asarray(keypoints_crop, np.float64))
+        pts = keypoints.as_points(np.asarray(keypoints_crop, np.float64))
         out = (pts - size / 2) @ self._linear(size).T + (self.cx, self.cy)
         return out.reshape(np.shape(keypoints_crop))
 
     def to_crop(self, keypoints_px: np.ndarray, size: int = CROP) -> np.ndarray:
         """(..., 2K) keypoints in picture pixels -> pixels of a size x size crop (float64)."""
-        pts = _points(np.asarray(keypoints_px, np.float64))
+        pts = keypoints.as_points(np.asarray(keypoints_px, np.float64))
         out = (pts - (self.cx, self.cy)) @ np.linalg.inv(self._linear(size)).T + size / 2
         return out.reshape(np.shape(keypoints_px))
 
@@ -207,7 +200,7 @@ def framing_from_box(box: Sequence[float]) -> Framing:
 def eye_angle(keypoints_px: np.ndarray) -> float:
     """In-plane roll (radians) of the line from the right eye centre to the left eye centre
     (0 when the eyes are level: the subject's left eye is on the picture's right)."""
-    p = _points(kaggle15(keypoints_px))
+    p = keypoints.as_points(kaggle15(keypoints_px))
     d = p[_IDX["left_eye_center"]] - p[_IDX["right_eye_center"]]
     return math.atan2(d[1], d[0])
 
@@ -225,8 +218,8 @@ def framing_from_keypoints(keypoints_px: np.ndarray, rotate: bool = False) -> Fr
     `side_from_keypoints` (15 keypoints) or exactly as in training, 1.1305 x the larger side of
     the landmarks' box (68-point models). With `rotate` the square turns with the eye line
     (undoes in-plane roll; training crops were upright, so roll then comes out as 0)."""
-    all_points = _points(np.asarray(keypoints_px, np.float64))
-    p = _points(kaggle15(keypoints_px))
+    all_points = keypoints.as_points(np.asarray(keypoints_px, np.float64))
+    p = keypoints.as_points(kaggle15(keypoints_px))
     angle = eye_angle(keypoints_px) if rotate else 0.0
     c, n = math.cos(angle), math.sin(angle)
     rot = np.array([[c, -n], [n, c]])
@@ -242,7 +235,7 @@ def framing_from_keypoints(keypoints_px: np.ndarray, rotate: bool = False) -> Fr
 
 def training_framing(keypoints_px: np.ndarray, landmarks68_px: np.ndarray) -> Framing:
     """The exact training square from true labels: 15 keypoints (2K,) and 68 landmarks (136,)."""
-    p = _points(np.asarray(keypoints_px, np.float64))
+    p = keypoints.as_points(np.asarray(keypoints_px, np.float64))
     lm = np.asarray(landmarks68_px, np.float64).reshape(-1, 2)
     span = lm.max(axis=0) - lm.min(axis=0)
     side = framing_stats.TRAIN_SIDE_PER_BBOX68 * float(span.max())
@@ -254,7 +247,7 @@ def shape_error(keypoints_px: np.ndarray) -> float:
     """RMS distance of the keypoints (2K,) from the mean face after the best similarity
     alignment, in units of the mean face's outer-eye-corner distance. Real faces: ~0.03-0.08.
     (68-point models: their 15 Kaggle keypoints.)"""
-    p = _points(kaggle15(keypoints_px))
+    p = keypoints.as_points(kaggle15(keypoints_px))
     if not np.all(np.isfinite(p)):
         return float("inf")
     a, b = p - p.mean(0), _MEAN_POINTS - _MEAN_POINTS.mean(0)
@@ -497,7 +490,7 @@ def merge_duplicates(faces: Sequence[Face], overlap: float = 0.5) -> list[Face]:
 
 
 def _centre_and_size(kp: np.ndarray) -> tuple[np.ndarray, float]:
-    p = _points(kaggle15(kp))
+    p = keypoints.as_points(kaggle15(kp))
     d = np.linalg.norm(p[_IDX["left_eye_outer_corner"]] - p[_IDX["right_eye_outer_corner"]])
     return p.mean(axis=0), max(float(d), 1e-6)
 
@@ -551,7 +544,7 @@ def draw_faces(picture: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
         cv2.rectangle(out, (round(x), round(y)), (round(x + w), round(y + h)), _BOX, unit)
         cv2.putText(out, str(i), (round(x) + 2 * unit, round(y) + 12 * unit),
                     cv2.FONT_HERSHEY_SIMPLEX, 0.4 * unit, _BOX, unit, cv2.LINE_AA)
-        pts = _points(np.asarray(f.keypoints_px, np.float64))
+        pts = keypoints.as_points(np.asarray(f.keypoints_px, np.float64))
         colours = _POINT_COLOURS if len(pts) == len(_POINT_COLOURS) else [_MID] * len(pts)
         for (px, py), colour in zip(pts, colours):
             if np.isfinite(px) and np.isfinite(py):
