@@ -18,6 +18,7 @@ def test_opencv_4_ships_the_haar_cascades():
     # opencv-python-headless 5.x dropped the cascade files; pyproject pins < 5.
     assert int(cv2.__version__.split(".")[0]) == 4
     assert faces.cascade_path().is_file()
+    assert faces.cascade_path(faces.SECOND_CASCADE).is_file()
     assert faces.FaceDetector() is not None
 
 
@@ -241,6 +242,36 @@ def test_second_look_keeps_the_main_face_and_drops_boxes_on_nothing():
     # From the loose fallback even the best box must pass the second look.
     assert faces.find_faces([picture], predict, detector, boxes=[[wall]], confirm=True,
                             loose=[True]) == [[]]
+
+
+def test_a_face_only_the_second_cascade_finds_is_kept():
+    """A turned face over a tie: the default cascade confirms neither box, the detector rates
+    the tie higher, the second cascade finds only the face: the face is kept, the tie not."""
+    images, kps = synthetic.generate_faces(1, seed=0)
+    m = similarity(2.0, 0.0, 100, 60)
+    picture = faces.to_gray(paste(images[0], m, size=(320, 420)))
+    truth = apply(m, kps[0])
+    real = faces.FaceDetector()
+    assert real.confirm_score(picture, truth, second=True) > -np.inf
+    assert real.confirm_score(picture, truth + np.tile([280.0, 150.0], 15), second=True) == -np.inf
+
+    class DefaultCascadeSeesNothing(faces.FaceDetector):
+        def confirm_score(self, gray, keypoints_px, second=False):
+            return super().confirm_score(gray, keypoints_px, True) if second else -np.inf
+
+    face_box = faces.Detection((100.0, 60.0, 192.0, 192.0), 2.0)
+    tie = faces.Detection((320.0, 200.0, 80.0, 80.0), 5.0)  # the detector's favourite
+    boxes = [tie, face_box]
+    on_picture = [truth + np.tile([280.0, 150.0], 15), truth]  # each box's keypoints
+
+    def predict(crops, tta=False):  # one pass: crops come in box order
+        return np.stack([faces.framing_from_box(d.box).to_crop(kp)
+                         for d, kp in zip(boxes, on_picture)])
+
+    out = faces.find_faces([picture], predict, DefaultCascadeSeesNothing(), boxes=[boxes],
+                           confirm=True, passes=1)
+    assert [f.box for f in out[0]] == [face_box.box]
+    np.testing.assert_allclose(out[0][0].keypoints_px, truth, atol=1e-6)
 
 
 def test_settled_faces_stop_costing_model_calls():
