@@ -77,7 +77,8 @@ def _matmul(a, b, precision, preferred_element_type):
 @lru_cache(maxsize=None)
 def _conv_valid_fn(in_hw: tuple[int, int], strides: tuple[int, int], precision,
                    out_dtype: str) -> Callable:
-    """VALID convolution of padded x (N, *in_hw, C) with w and its VJP, per static setting."""
+    """VALID convolution of padded x (N, *in_hw, C) with w and its VJP, per static setting:
+    lax's convolution when nothing is differentiated, patches @ kernel under autodiff."""
 
     def forward(x, w):
         kh, kw, cin, cout = w.shape
@@ -86,7 +87,11 @@ def _conv_valid_fn(in_hw: tuple[int, int], strides: tuple[int, int], precision,
 
     @jax.custom_vjp
     def conv(x, w):
-        return forward(x, w)[0]
+        # Not differentiated (prediction, validation, exported models): XLA's own convolution,
+        # which XLA:CPU runs faster forward than the patches matmul; only the gradient needs
+        # the patches (benchmarks/NOTES.md, section 13).
+        return lax.conv_general_dilated(x, w, strides, "VALID", dimension_numbers=_NHWC_HWIO,
+                                        precision=precision, preferred_element_type=out_dtype)
 
     def fwd(x, w):
         y, p = forward(x, w)

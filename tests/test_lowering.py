@@ -1,8 +1,10 @@
 """conv_impl="auto" is chosen per platform when a function is *lowered*, not when it is traced.
 
 `jax.export` lowers for platforms this machine does not have (no device needed): the CPU
-lowering must carry the im2col matmuls and the custom max-pool (no `stablehlo.convolution`,
-no `reduce_window`), the CUDA and TPU lowerings XLA's own convolution and pooling, and one
+lowering of the training epoch must carry the im2col matmuls and the custom max-pool (no
+`stablehlo.convolution`, no `reduce_window`), the CUDA and TPU lowerings XLA's own convolution
+and pooling. A forward that is not differentiated convolves with XLA's own convolution on
+every platform (faster forward on XLA:CPU too) and keeps the custom max-pool on CPU; one
 multi-platform artefact must run on CPU exactly as the model does when called directly.
 """
 
@@ -56,12 +58,10 @@ def test_forward_lowers_for_each_platform_with_its_own_convolution(name):
     for platform in PLATFORMS:
         found = _lowered_ops(fn, (x,), (platform,))
         uses_xla = platform != "cpu"
-        assert found["stablehlo.convolution"] == uses_xla, (platform, found)
+        assert found["stablehlo.convolution"], (platform, found)
         if name == "simple_cnn":  # the only one with max-pools
             assert found["stablehlo.reduce_window"] == uses_xla, (platform, found)
-        assert found["stablehlo.dot_general"]  # im2col on CPU; the soft-argmax/dense elsewhere
-    both = _lowered_ops(fn, (x,), PLATFORMS)  # one artefact, both branches
-    assert both["stablehlo.convolution"]
+        assert found["stablehlo.dot_general"]  # the soft-argmax or the dense layers
 
 
 def test_training_epoch_lowers_for_each_platform_with_its_own_convolution():
