@@ -9,7 +9,9 @@ best epoch on validation RMSE is kept. Why these choices (each measured in 25-ep
 the real faces, see the README's results section): the heatmap net beats the flattening
 regressors at equal wall time; GroupNorm makes tiny batches work, and batches of 8 learn far
 more per epoch at the same images/s on CPU; heavy geometric augmentation left the net
-underfitting, so it is kept mild.
+underfitting, so it is kept mild. An exponential moving average of the parameters (horizon
+about 16 epochs) is what a restored run predicts with: over 3 seeds it beat the raw parameters
+in every seed, by 0.013-0.017 px at the best epoch (README, "Seeds with error bars").
 """
 
 from configs import base
@@ -26,6 +28,7 @@ def get_config():
     c.train.warmup_epochs = 3
     c.train.weight_decay = 1e-4
     c.train.grad_clip = 1.0
+    c.train.ema_decay = 0.9998
     c.augment.flip = True
     c.augment.rotate_deg = 6.0
     c.augment.scale = 0.04
