@@ -69,7 +69,11 @@ ENVS = {
     "arena": {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0",
               "MALLOC_TRIM_THRESHOLD_": "17179869184", "MALLOC_TOP_PAD_": "268435456"},
     "hugetlb": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
+    # Not an allocator: XLA:CPU's Eigen kernels on one thread (small batches pay for the
+    # hand-off between threads). Opt-in: `--envs default,hugetlb,xla1thread`.
+    "xla1thread": {"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false"},
 }
+DEFAULT_ENVS = ("default", "arena", "hugetlb")
 ALLOCATOR_VARS = {k for env in ENVS.values() for k in env}
 MATMUL_N = 4096
 CHECK_STEPS = 5  # --check's optimiser updates: 3 of warm-up (best_cpu), then the decay
@@ -450,6 +454,8 @@ def compare_report(args: argparse.Namespace, servers: list[Server], matmul: list
         ratios[f"{label}/torch_best"] = rate(name) / rate(torch_best)
         per_repeat[f"{label}/torch_best"] = [
             round(j / t, 3) for j, t in zip(setups[name]["repeats"], setups[torch_best]["repeats"])]
+        if label == "jax_best_env" and name == jax_default:
+            continue  # the same line again
         print(f"ratio {name} / {torch_best}: {ratios[f'{label}/torch_best']:.2f} "
               f"(per repeat {' '.join(f'{x:.2f}' for x in per_repeat[f'{label}/torch_best'])})")
     return {"setups": setups, "jax_default": jax_default, "jax_best": jax_best,
@@ -505,7 +511,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def add_setup_args(p: argparse.ArgumentParser) -> None:
     """The options choosing the setups: allocator environments, torch layouts and python."""
-    p.add_argument("--envs", default=",".join(ENVS),
+    p.add_argument("--envs", default=",".join(DEFAULT_ENVS),
                    help=f"allocator setups, comma-separated, from {', '.join(ENVS)}; the first "
                         "is fkd-jax's 'default env' in the ratios")
     p.add_argument("--torch-layouts", default="nchw,channels_last",
