@@ -42,7 +42,7 @@ SECOND_CASCADE = "haarcascade_frontalface_alt2.xml"
 # Passes: 1 from the detector box, then re-framed from the keypoints until the square moves
 # less than DEFAULT_SETTLE of its side, at most DEFAULT_PASSES in all. Chosen on the training
 # people's photos: as accurate as 3 fixed passes with 2.3 crops a face instead of 3, and far-off
-# boxes (profile faces) get the passes they need (docs/photos_and_videos.md).
+# boxes (profile faces) get the passes they need (README, "How a picture is framed").
 DEFAULT_PASSES = 8
 DEFAULT_SETTLE = 0.02
 # A face is kept only if its keypoints, aligned onto the mean face by a similarity, lie within
