@@ -5,8 +5,10 @@ Tests never read the real data in /work/shared; these few rows stand in for it.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +24,15 @@ _MEAN_FACE = np.array(
 )
 COMPLETE_ROWS = (0, 1, 4)  # the other rows carry only SPARSE_SET, like most of Kaggle's
 LACKS_BOTTOM_LIP = 5  # ... and this one also lacks mouth_center_bottom_lip
+
+
+def load_benchmark(name: str) -> types.ModuleType:
+    """benchmarks/<name>.py as a module (benchmarks/ is no package)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session", autouse=True)

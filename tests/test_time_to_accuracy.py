@@ -3,22 +3,17 @@ wall time it took, from a run's metrics.jsonl."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+from conftest import load_benchmark
 
 from fkd_jax.errors import UserError
 
 
 @pytest.fixture(scope="module")
 def tta():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "time_to_accuracy.py"
-    spec = importlib.util.spec_from_file_location("time_to_accuracy", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("time_to_accuracy")
 
 
 def _records(rmse, compile_s=(5.0, 5.0, 5.0)):

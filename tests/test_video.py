@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import load_benchmark
 
 from fkd_jax import video
 from fkd_jax.errors import UserError
@@ -344,15 +345,7 @@ def test_writer_rejects_an_unknown_suffix(tmp_path):
 
 @pytest.fixture(scope="module")
 def jitter():
-    """benchmarks/video_jitter.py as a module (benchmarks/ is no package)."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "video_jitter.py"
-    spec = importlib.util.spec_from_file_location("video_jitter", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("video_jitter")
 
 
 def test_benchmark_video_moves_the_picture_by_exact_sub_pixel_amounts(jitter):
