@@ -74,7 +74,9 @@ ENVS = {
     "xla1thread": {"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false"},
 }
 DEFAULT_ENVS = ("default", "arena", "hugetlb")
-ALLOCATOR_VARS = {k for env in ENVS.values() for k in env}
+# Every variable some setup sets (allocator tunables and XLA_FLAGS): each setup starts from the
+# caller's environment without them, then adds its own.
+SETUP_VARS = {k for env in ENVS.values() for k in env}
 MATMUL_N = 4096
 CHECK_STEPS = 5  # --check's optimiser updates: 3 of warm-up (best_cpu), then the decay
 
@@ -102,7 +104,7 @@ def random_batch(rng: np.random.Generator, n: int) -> dict:
 
 def allocator_env(name: str) -> dict[str, str]:
     """This process's environment with the allocator variables of setup `name` only."""
-    env = {k: v for k, v in os.environ.items() if k not in ALLOCATOR_VARS}
+    env = {k: v for k, v in os.environ.items() if k not in SETUP_VARS}
     return {**env, **ENVS[name]}
 
 
@@ -369,7 +371,7 @@ def serve_jax(args: argparse.Namespace, config) -> None:
     print(json.dumps({"ready": True, "framework": "jax", "conv_impl": bench.conv_impl,
                       "params": bench.params, "compile_s": bench.compile_s,
                       "flops_per_image": bench.flops_per_image,
-                      "malloc_env": {k: os.environ[k] for k in ALLOCATOR_VARS if k in os.environ}}),
+                      "malloc_env": {k: os.environ[k] for k in SETUP_VARS if k in os.environ}}),
           flush=True)
     for line in sys.stdin:
         if line.strip() == "run":
