@@ -9,6 +9,12 @@ best checkpoint is scored with flip TTA on the validation split. Resumable: a se
 `seed_result.json` exists is skipped, a seed cut short resumes from its checkpoint; a seed
 directory trained with a different config is refused (use a new --workdir).
 
+`--jobs N` trains N seeds at once, each group of seeds in its own process pinned to its own
+share of the CPU cores (its output in WORKDIR/log_seeds_<k>.txt). On CPU, best_cpu's batches of
+8 keep about one core busy, so on 2 cores `--jobs 2` trains two seeds in about the time of one
+(README, "Seeds with error bars"). Each seed's result is the same run as with --jobs 1 up to
+float rounding (one thread per process changes the order of some sums).
+
 The seed varies initialisation, shuffling, dropout and augmentation; the data's draws (the
 validation split, and imposed missing labels) stay fixed at `config.data.split_seed`, or 0
 when the config leaves it None, so the spread is that of training alone on one split.
@@ -53,6 +59,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None,
                                "Directory of the seeds' runs (default: runs/<config name>_seeds).")
 _VARY_SPLIT = flags.DEFINE_bool("vary_split", False,
                                 "Let each seed draw its own validation split.")
+_JOBS = flags.DEFINE_integer("jobs", 1, "Seeds trained at once, each process pinned to its own "
+                             "share of the CPU cores (at most one job per core).")
+_SUMMARY = flags.DEFINE_bool("summary", True, "Write summary.json/.md (the worker processes of "
+                             "--jobs leave that to the command that started them).")
 
 RESULT = "seed_result.json"
 DEFAULT_SPLIT_SEED = 0
@@ -199,6 +209,59 @@ def run_seed(config, seed: int, seed_dir: Path) -> dict:
     return row
 
 
+def core_groups(cores: list[int], jobs: int) -> list[list[int]]:
+    """Split the cores this process may use into `jobs` disjoint groups, as even as possible."""
+    if not 1 <= jobs <= len(cores):
+        raise UserError(f"--jobs={jobs} must be between 1 and the {len(cores)} CPU core(s) this "
+                        "process may use")
+    cores = sorted(cores)
+    return [cores[i::jobs] for i in range(jobs)]
+
+
+def _available_cores() -> list[int]:
+    import os
+
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(
+        range(os.cpu_count() or 1))
+
+
+def _train_side_by_side(argv: list[str], seeds: list[int], workdir: Path, jobs: int) -> None:
+    """Train `seeds` in `jobs` worker processes (this script, --jobs=1 --nosummary), each
+    pinned to its group of cores; one thread per process when its group is a single core."""
+    import os
+    import subprocess
+
+    groups = core_groups(_available_cores(), jobs)
+    workers = []
+    for i, cores in enumerate(groups):
+        mine = seeds[i::jobs]
+        if not mine:
+            continue
+        env = dict(os.environ)
+        if len(cores) == 1:  # XLA's CPU thread pool would otherwise size itself to the machine
+            env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "")
+                                + " --xla_cpu_multi_thread_eigen=false").strip()
+        log = workdir / f"log_seeds_{'_'.join(map(str, mine))}.txt"
+        pin = getattr(os, "sched_setaffinity", None)
+        cmd = [sys.executable, str(Path(__file__).resolve()), *argv[1:],
+               f"--seeds={','.join(map(str, mine))}", f"--workdir={workdir}", "--jobs=1",
+               "--nosummary"]
+        print(f"seeds {','.join(map(str, mine))}: training on core(s) "
+              f"{','.join(map(str, cores))}, output in {log}", flush=True)
+        with open(log, "w") as out:
+            workers.append((mine, log, subprocess.Popen(
+                cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                preexec_fn=(lambda c=cores: pin(0, c)) if pin else None)))
+    failed = []
+    for mine, log, proc in workers:
+        if proc.wait() != 0:
+            lines = log.read_text(errors="replace").strip().splitlines()
+            failed.append(f"seeds {','.join(map(str, mine))} (exit {proc.returncode}: "
+                          f"{lines[-1] if lines else 'no output'}; log {log})")
+    if failed:
+        raise UserError("training failed for " + "; ".join(failed))
+
+
 def _parse_seeds(values: list[str]) -> list[int]:
     try:
         seeds = [int(v) for v in values]
@@ -225,20 +288,27 @@ def main(argv: list[str]) -> None:
     configs = {k: _seed_config(_CONFIG.value, k, _VARY_SPLIT.value) for k in seeds}
     for c in configs.values():  # every seed's config, before anything is written
         config_schema.check_config(c)
+    core_groups(_available_cores(), _JOBS.value)  # a bad --jobs fails before anything is written
     default = cli.default_workdir(config_path)
     workdir = cli.check_workdir(Path(_WORKDIR.value or f"{default}_seeds"))
 
+    done = {k for k in seeds if (workdir / f"seed{k}" / RESULT).exists()}
+    for k in sorted(done):
+        _check_same_config(workdir / f"seed{k}", configs[k])
+        print(f"seed {k}: done ({workdir / f'seed{k}' / RESULT}), skipped", flush=True)
+    todo = [k for k in seeds if k not in done]
+    if _JOBS.value > 1 and len(todo) > 1:
+        _train_side_by_side(argv, todo, workdir, _JOBS.value)
     rows = []
     for k in seeds:
         seed_dir = workdir / f"seed{k}"
-        result = seed_dir / RESULT
-        if result.exists():
-            _check_same_config(seed_dir, configs[k])
-            print(f"seed {k}: done ({result}), skipped", flush=True)
-            rows.append(json.loads(result.read_text()))
+        if (seed_dir / RESULT).exists():
+            rows.append(json.loads((seed_dir / RESULT).read_text()))
             continue
         print(f"seed {k}: training in {seed_dir}", flush=True)
         rows.append(run_seed(configs[k], k, seed_dir))
+    if not _SUMMARY.value:
+        return
 
     mean, std = aggregate(rows)
     table = markdown_table(rows, mean, std)
@@ -247,7 +317,7 @@ def main(argv: list[str]) -> None:
         "overrides": [a for a in argv[1:] if a.startswith("--config.")],
         "split_seed": None if _VARY_SPLIT.value else configs[seeds[0]].data.split_seed,
         "same_split": _same_split([workdir / f"seed{k}" for k in seeds]),
-        "n_seeds": len(rows), "seeds": rows, "mean": mean, "std": std,
+        "jobs": _JOBS.value, "n_seeds": len(rows), "seeds": rows, "mean": mean, "std": std,
         "std_note": "sample standard deviation (ddof=1)",
     }
     files.write_json(workdir / "summary.json", summary)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -364,3 +365,23 @@ def test_seeds_trains_each_seed_aggregates_and_skips_finished_seeds(tmp_path):
                              capture_output=True, text=True, timeout=300)
     assert changed.returncode == 2 and "Traceback" not in changed.stderr
     assert "different config (train.epochs: 2 there, 3 now)" in changed.stderr
+
+    # --jobs 2: the two seeds train side by side (a worker process each, one core each) and
+    # give the same runs as above up to float rounding (one XLA thread per process)
+    side = tmp_path / "side"
+    cores = len(os.sched_getaffinity(0))
+    jobs = subprocess.run(_seeds_cmd(side) + ["--jobs=2"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    if cores < 2:  # nothing to split: refused in one line before anything is written
+        assert jobs.returncode == 2 and "--jobs=2 must be between 1 and the 1 CPU" in jobs.stderr
+        assert not side.exists()
+        return
+    assert jobs.returncode == 0, jobs.stderr
+    assert "seeds 3: training on core(s)" in jobs.stdout and "seeds 5: training" in jobs.stdout
+    assert (side / "log_seeds_3.txt").exists() and (side / "log_seeds_5.txt").exists()
+    summary_side = json.loads((side / "summary.json").read_text())
+    assert summary_side["jobs"] == 2 and [r["seed"] for r in summary_side["seeds"]] == [3, 5]
+    for r, s in zip(rows, summary_side["seeds"]):
+        for key in ("val_rmse_px_best", "val_rmse_px_ema_last", "tta_rmse_px"):
+            assert s[key] == pytest.approx(r[key], rel=1e-3), key
+        assert s["best_epoch"] == r["best_epoch"]
