@@ -17,6 +17,7 @@ from configs import best_cpu
 
 def get_config():
     c = best_cpu.get_config()
+    c.model.widths = (16, 32, 64, 128)  # the net its figures above were measured with
     c.augment.shift_px = 3.5  # pixels of the 96-pixel crop: ~2 std of the pipeline's centring error
     c.augment.scale = 0.14  # +-14%: ~2 std of its size error
     return c
