@@ -10,9 +10,9 @@ best checkpoint is scored with flip TTA on the validation split. Resumable: a se
 directory trained with a different config is refused (use a new --workdir).
 
 `--jobs N` trains N seeds at once, each group of seeds in its own process pinned to its own
-share of the CPU cores (its output in WORKDIR/log_seeds_<k>.txt). On CPU, best_cpu's batches of
-8 keep about one core busy, so on 2 cores `--jobs 2` trains two seeds in about the time of one
-(README, "Seeds with error bars"). Each seed's result is the same run as with --jobs 1 up to
+share of the CPU cores (its output in WORKDIR/log_seeds_<k>.txt). On CPU one process training
+best_cpu's batches of 8 does not keep two cores busy: on 2 cores `--jobs 2` trained two seeds
+with 1.4x the images/s of one after the other (README, "Seeds with error bars"). Each seed's result is the same run as with --jobs 1 up to
 float rounding (one thread per process changes the order of some sums).
 
 The seed varies initialisation, shuffling, dropout and augmentation; the data's draws (the
@@ -40,6 +40,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -219,22 +221,17 @@ def core_groups(cores: list[int], jobs: int) -> list[list[int]]:
 
 
 def _available_cores() -> list[int]:
-    import os
-
     return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(
         range(os.cpu_count() or 1))
 
 
-def _train_side_by_side(argv: list[str], seeds: list[int], workdir: Path, jobs: int) -> None:
-    """Train `seeds` in `jobs` worker processes (this script, --jobs=1 --nosummary), each
-    pinned to its group of cores; one thread per process when its group is a single core."""
-    import os
-    import subprocess
-
-    groups = core_groups(_available_cores(), jobs)
+def _train_side_by_side(argv: list[str], seeds: list[int], workdir: Path,
+                        groups: list[list[int]]) -> None:
+    """Train `seeds` in one worker process (this script, --jobs=1 --nosummary) per group of
+    cores, pinned to it; one XLA thread in a worker whose group is a single core."""
     workers = []
     for i, cores in enumerate(groups):
-        mine = seeds[i::jobs]
+        mine = seeds[i::len(groups)]
         if not mine:
             continue
         env = dict(os.environ)
@@ -288,7 +285,7 @@ def main(argv: list[str]) -> None:
     configs = {k: _seed_config(_CONFIG.value, k, _VARY_SPLIT.value) for k in seeds}
     for c in configs.values():  # every seed's config, before anything is written
         config_schema.check_config(c)
-    core_groups(_available_cores(), _JOBS.value)  # a bad --jobs fails before anything is written
+    groups = core_groups(_available_cores(), _JOBS.value)  # before anything is written
     default = cli.default_workdir(config_path)
     workdir = cli.check_workdir(Path(_WORKDIR.value or f"{default}_seeds"))
 
@@ -298,7 +295,7 @@ def main(argv: list[str]) -> None:
         print(f"seed {k}: done ({workdir / f'seed{k}' / RESULT}), skipped", flush=True)
     todo = [k for k in seeds if k not in done]
     if _JOBS.value > 1 and len(todo) > 1:
-        _train_side_by_side(argv, todo, workdir, _JOBS.value)
+        _train_side_by_side(argv, todo, workdir, groups)
     rows = []
     for k in seeds:
         seed_dir = workdir / f"seed{k}"
