@@ -238,22 +238,23 @@ def _train_side_by_side(argv: list[str], seeds: list[int], workdir: Path,
         if len(cores) == 1:  # XLA's CPU thread pool would otherwise size itself to the machine
             env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "")
                                 + " --xla_cpu_multi_thread_eigen=false").strip()
-        log = workdir / f"log_seeds_{'_'.join(map(str, mine))}.txt"
+        names = ",".join(map(str, mine))
+        log = workdir / f"log_seeds_{names.replace(',', '_')}.txt"
         pin = getattr(os, "sched_setaffinity", None)
         cmd = [sys.executable, str(Path(__file__).resolve()), *argv[1:],
-               f"--seeds={','.join(map(str, mine))}", f"--workdir={workdir}", "--jobs=1",
+               f"--seeds={names}", f"--workdir={workdir}", "--jobs=1",
                "--nosummary"]
-        print(f"seeds {','.join(map(str, mine))}: training on core(s) "
+        print(f"seeds {names}: training on core(s) "
               f"{','.join(map(str, cores))}, output in {log}", flush=True)
         with open(log, "w") as out:
-            workers.append((mine, log, subprocess.Popen(
+            workers.append((names, log, subprocess.Popen(
                 cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
                 preexec_fn=(lambda c=cores: pin(0, c)) if pin else None)))
     failed = []
-    for mine, log, proc in workers:
+    for names, log, proc in workers:
         if proc.wait() != 0:
             lines = log.read_text(errors="replace").strip().splitlines()
-            failed.append(f"seeds {','.join(map(str, mine))} (exit {proc.returncode}: "
+            failed.append(f"seeds {names} (exit {proc.returncode}: "
                           f"{lines[-1] if lines else 'no output'}; log {log})")
     if failed:
         raise UserError("training failed for " + "; ".join(failed))
