@@ -75,4 +75,6 @@ def get_config() -> ml_collections.ConfigDict:
     c.augment.gamma = 0.0
     c.augment.noise_std = 0.0
     c.augment.blur_prob = 0.0
+    c.augment.erase_prob = 0.0  # one occluding rectangle (random erasing), this often
+    c.augment.erase_size = 0.4  # its largest side, as a fraction of the image side
     return c

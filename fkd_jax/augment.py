@@ -14,7 +14,7 @@ a feature drawn at a keypoint stays under the transformed keypoint to sub-pixel 
 
 Order per example (each step only if enabled): blur -> one affine warp for flip, rotation,
 scale and shift (about the centre (48, 48)) -> contrast, brightness, clip, gamma -> noise,
-clip. Everything after the warp is pointwise, so XLA fuses it with the resampling into one
+clip -> erase. Everything after the warp is pointwise, so XLA fuses it with the resampling into one
 loop over the pixels (see `augment_example` for why this order is also the fast one).
 
 Out-of-image fill: the edge value (bilinear with clamped indices, `mode="nearest"`). Chosen
@@ -53,6 +53,8 @@ class AugmentSettings:
     gamma: float = 0.0  # x ** g, log g uniform in [-log(1 + gamma), log(1 + gamma)]
     noise_std: float = 0.0  # additive Gaussian pixel noise, std in [0, 1] intensity units
     blur_prob: float = 0.0  # probability of a Gaussian blur, sigma in BLUR_SIGMA_RANGE
+    erase_prob: float = 0.0  # probability of one occluding rectangle (random erasing)
+    erase_size: float = 0.4  # its largest side, as a fraction of the image side
 
     @property
     def affine(self) -> bool:
@@ -65,12 +67,13 @@ class AugmentSettings:
     @property
     def any(self) -> bool:
         return (self.flip or self.affine or self.photometric or self.noise_std > 0
-                or self.blur_prob > 0)
+                or self.blur_prob > 0 or self.erase_prob > 0)
 
 
 # fold_in tag of each augmentation's random stream. Every augmentation draws from its own
 # stream, so adding (or switching on) one leaves the draws of all the others unchanged.
-STREAMS: dict[str, int] = {"flip": 1, "affine": 2, "blur": 3, "photometric": 4, "noise": 5}
+STREAMS: dict[str, int] = {"flip": 1, "affine": 2, "blur": 3, "photometric": 4, "noise": 5,
+                           "erase": 6}
 
 
 def stream_key(key: jax.Array, name: str) -> jax.Array:
@@ -230,6 +233,39 @@ def gaussian_blur(image: jax.Array, sigma, taps: int = BLUR_TAPS) -> jax.Array:
     return jnp.einsum("hwc,vw->hvc", x, blur_matrix(k, w).astype(image.dtype))
 
 
+def erase_rectangle(image: jax.Array, x0, y0, x1, y1, fill) -> jax.Array:
+    """Paint the pixels whose centres lie in [x0, x1) x [y0, y1) (pixels) with `fill`.
+
+    Pointwise (a comparison per pixel), so it fuses into the loop after the warp.
+    """
+    h, w = image.shape[:2]
+    ys = jnp.arange(h, dtype=jnp.float32)[:, None, None] + 0.5
+    xs = jnp.arange(w, dtype=jnp.float32)[None, :, None] + 0.5
+    inside = (xs >= x0) & (xs < x1) & (ys >= y0) & (ys < y1)
+    return jnp.where(inside, jnp.asarray(fill, image.dtype), image)
+
+
+def random_erase(key: jax.Array, image: jax.Array, prob: float, max_size: float) -> jax.Array:
+    """With probability `prob`, one flat rectangle of a random grey level over the image.
+
+    Sides uniform in [0.1, max_size] x the image side, centre anywhere in the image (the
+    rectangle may be cut by the border). Keypoints keep their labels: the net has to place
+    an occluded eye or mouth corner from the rest of the face (hands, hair, glasses and
+    microphones in real pictures), which regularises it against the few people it learns
+    from.
+    """
+    h, w = image.shape[:2]
+    k_do, k_size, k_centre, k_fill = jax.random.split(key, 4)
+    lo = min(0.1, max_size)
+    size = jax.random.uniform(k_size, (2,), minval=lo, maxval=max_size) * jnp.array([w, h])
+    centre = jax.random.uniform(k_centre, (2,)) * jnp.array([w, h])
+    x0, y0 = centre - size / 2
+    x1, y1 = centre + size / 2
+    fill = jax.random.uniform(k_fill, ())
+    erased = erase_rectangle(image, x0, y0, x1, y1, fill)
+    return jnp.where(jax.random.bernoulli(k_do, prob), erased, image)
+
+
 # ----------------------------------------------------------------------------- batches
 
 
@@ -246,8 +282,9 @@ def augment_example(key: jax.Array, image: jax.Array, keypoints_px: jax.Array, m
     h, w = image.shape[:2]
     if h != w:
         raise ValueError(f"augment expects square images, got {h}x{w}")
-    k_flip, k_affine, k_blur, k_photo, k_noise = (
-        stream_key(key, name) for name in ("flip", "affine", "blur", "photometric", "noise"))
+    k_flip, k_affine, k_blur, k_photo, k_noise, k_erase = (
+        stream_key(key, name)
+        for name in ("flip", "affine", "blur", "photometric", "noise", "erase"))
     out, kp, m = image, keypoints_px, mask
 
     # Order matters for speed on XLA: it fuses producers into the warp's gathers (an
@@ -294,6 +331,8 @@ def augment_example(key: jax.Array, image: jax.Array, keypoints_px: jax.Array, m
         out = adjust_photometric(out, brightness, contrast, gamma, mean=mean)
     if s.noise_std > 0:
         out = add_noise(k_noise, out, s.noise_std)
+    if s.erase_prob > 0:
+        out = random_erase(k_erase, out, s.erase_prob, s.erase_size)
     return out.astype(image.dtype), kp, m
 
 

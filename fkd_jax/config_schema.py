@@ -100,6 +100,8 @@ def _schema() -> dict[str, Key]:
         "augment.gamma": _at_least(0, "float"),
         "augment.noise_std": _in_range(0.0, 1.0),
         "augment.blur_prob": _in_range(0.0, 1.0),
+        "augment.erase_prob": _in_range(0.0, 1.0),
+        "augment.erase_size": _in_range(0.0, 1.0),
     }
 
 

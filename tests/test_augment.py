@@ -232,3 +232,28 @@ def test_each_augmentation_draws_from_its_own_stream():
     mirrored = [np.abs(np.asarray(with_rotation[0][i]) - np.asarray(images[i])[:, ::-1]).max()
                 < 1e-3 for i in range(len(images))]
     assert mirrored == expected
+
+
+def test_erase_rectangle_paints_exactly_the_pixels_whose_centres_are_inside():
+    img = jnp.zeros((8, 8, 1))
+    out = np.asarray(A.erase_rectangle(img, 2.0, 3.0, 5.0, 4.0, 0.7))[..., 0]
+    want = np.zeros((8, 8))
+    want[3, 2:5] = 0.7  # centres y = 3.5 and x = 2.5, 3.5, 4.5
+    np.testing.assert_allclose(out, want)
+
+
+def test_erase_probability_one_occludes_every_image_with_one_flat_patch_keeping_labels():
+    images, kp, mask = _batch(6)
+    out, out_kp, out_mask = _augment({"erase_prob": 1.0, "erase_size": 0.5})(
+        jax.random.key(3), images, kp, mask)
+    for before, after in zip(np.asarray(images)[..., 0], np.asarray(out)[..., 0]):
+        changed = np.argwhere(before != after)
+        assert len(changed) > 0
+        (r0, c0), (r1, c1) = changed.min(0), changed.max(0)
+        patch = after[r0:r1 + 1, c0:c1 + 1]
+        assert np.ptp(patch) == 0  # one grey level over one rectangle
+        assert patch.shape[0] <= 0.5 * N + 1 and patch.shape[1] <= 0.5 * N + 1
+    np.testing.assert_array_equal(out_kp, kp)
+    np.testing.assert_array_equal(out_mask, mask)
+    untouched = _augment({"erase_prob": 0.0})(jax.random.key(3), images, kp, mask)[0]
+    np.testing.assert_array_equal(untouched, images)
