@@ -23,6 +23,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.keypoints = "kaggle15"
     c.data.keypoints_path = config_dict.placeholder(str)
     c.data.label_policy = "mask"  # "mask": all rows, masked loss; "drop": complete rows only
+    # "as_given": the file's crops; "keypoints": each complete row re-cropped to the square
+    # predict.py frames from keypoints (faces.reframe_by_keypoints), for models used on photos.
+    c.data.framing = "as_given"
     c.data.val_fraction = 0.2
     # Seed of the data's draws (the split, and missing_pattern_path's imposed labels); None =
     # `seed`. Fix it to vary only init, shuffling, dropout and augmentation across seeds.

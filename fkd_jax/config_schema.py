@@ -61,6 +61,7 @@ def _schema() -> dict[str, Key]:
         "data.keypoints": _choice(*keypoints.KEYPOINT_SETS),
         "data.keypoints_path": _PATH,
         "data.label_policy": _choice("mask", "drop"),
+        "data.framing": _choice("as_given", "keypoints"),
         "data.split_seed": _at_least(0, optional=True),  # None: config.seed
         "data.val_fraction": Key("float", ok=lambda v: 0.0 < v < 1.0,
                                  why="must be between 0 and 1 (exclusive)"),

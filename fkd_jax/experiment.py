@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from fkd_jax import data as kdata
-from fkd_jax import files, keypoints, synthetic
+from fkd_jax import faces, files, keypoints, synthetic
 from fkd_jax.errors import UserError
 
 
@@ -72,6 +72,8 @@ def read_run_data(config, workdir: Path) -> RunData:
             path = new_synthetic / "training.csv"
     try:
         full = kdata.load_training(path, keypoints.KEYPOINT_SETS[d.keypoints], d.keypoints_path)
+        if d.get("framing", "as_given") == "keypoints":
+            full = faces.reframe_by_keypoints(full)
         split_path = workdir / "split.json"
         new_split = None
         if split_path.exists():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from configs import base
-from fkd_jax import data, experiment, synthetic
+from fkd_jax import data, experiment, faces, synthetic
 
 
 def _config(train_path, **data_overrides):
@@ -104,3 +104,15 @@ def test_a_file_with_no_labelled_keypoint_is_refused(tmp_path):
     with pytest.raises(UserError, match="no training row has a labelled keypoint"):
         experiment.read_run_data(_config(path), workdir)
     assert list(workdir.iterdir()) == []
+
+
+def test_keypoint_framing_reframes_training_and_validation_rows_alike(tmp_path):
+    path = _full_file(tmp_path)
+    given = experiment.read_run_data(_config(path), tmp_path)
+    framed = experiment.read_run_data(_config(path, framing="keypoints"), tmp_path)
+    for a, b in ((given.train, framed.train), (given.val, framed.val)):
+        np.testing.assert_array_equal(a.row_ids, b.row_ids)  # the same split
+        want = faces.reframe_by_keypoints(a)
+        np.testing.assert_array_equal(b.images, want.images)
+        np.testing.assert_array_equal(b.keypoints, want.keypoints)
+        assert not np.array_equal(a.keypoints, b.keypoints)

@@ -321,3 +321,38 @@ def test_crops_follow_the_models_input_size(size):
     small = cv2.resize(faces.crop_faces(gray, [start], 96)[0, :, :, 0], (size, size),
                        interpolation=cv2.INTER_AREA if size < 96 else cv2.INTER_LINEAR)
     assert np.abs(big - small).mean() < 0.03  # the same square, at another resolution
+
+
+def test_reframing_by_keypoints_makes_the_training_crop_the_pipelines_fixed_point():
+    """data.framing="keypoints": each complete row is re-cropped to the square its own true
+    keypoints frame (turned upright), so the rule predict.py applies to keypoints gives back
+    the whole crop, and the pixels move with the keypoints; incomplete rows stay as given."""
+    from fkd_jax.data import KeypointData
+
+    images, kps = synthetic.generate_faces(3, seed=5)
+    # Turn, shift and shrink each face inside its crop, so the rows start off the rule.
+    for i, (angle, scale, tx, ty) in enumerate([(12.0, 0.85, 6.0, -4.0), (-8.0, 0.9, -5.0, 3.0),
+                                                (0.0, 1.0, 0.0, 0.0)]):
+        a = math.radians(angle)
+        m = similarity(scale, a, 0.0, 0.0)
+        m[:, 2] = np.array([48.0 + tx, 48.0 + ty]) - m[:, :2] @ [48.0, 48.0]
+        images[i] = paste(images[i], m, size=(96, 96), background=int(images[i].mean()))
+        kps[i] = apply(m, kps[i])
+    mask = np.ones(kps.shape, bool)
+    mask[2, :26] = False  # row 2 has only the last two keypoints, as in Kaggle's rows
+    data = KeypointData(images[..., None].astype(np.float32) / 255, kps.astype(np.float32),
+                        mask, np.arange(3))
+    out = faces.reframe_by_keypoints(data)
+    for i in range(2):
+        f = faces.framing_from_keypoints(out.keypoints[i], rotate=True)
+        np.testing.assert_allclose([f.cx, f.cy, f.side, f.angle], [48.0, 48.0, 96.0, 0.0],
+                                   atol=1e-3)
+        assert out.mask[i].all()
+        # The image moved with its keypoints: cropping the given row by its rule's square
+        # gives the reframed row (up to the float32 resample).
+        want = faces.framing_from_keypoints(kps[i], rotate=True)
+        np.testing.assert_allclose(out.keypoints[i], want.to_crop(kps[i]), atol=1e-3)
+        crop = faces.crop_faces(images[i], [want])[0]
+        assert np.abs(out.images[i] - crop).max() < 2 / 255
+    np.testing.assert_array_equal(out.images[2], data.images[2])
+    np.testing.assert_array_equal(out.keypoints[2], data.keypoints[2])
