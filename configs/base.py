@@ -67,6 +67,10 @@ def get_config() -> ml_collections.ConfigDict:
     # ones rank the best checkpoint and are what eval/predict/export use. At most one of:
     c.train.ema_decay = 0.0  # EMA of the parameters per step (bias-corrected); 0 disables
     c.train.swa_start_epoch = 0  # SWA: mean of every step's parameters from this epoch; 0 off
+    # Heatmap models: + weight x KL(Gaussian of std sigma px at the keypoint || heatmap),
+    # which pulls each heatmap to one sharp peak (training.heatmap_kl); 0 = off.
+    c.train.heatmap_loss_weight = 0.0
+    c.train.heatmap_sigma_px = 4.0
 
     c.augment = ml_collections.ConfigDict()
     c.augment.flip = False

@@ -91,6 +91,8 @@ def _schema() -> dict[str, Key]:
         "train.wing_epsilon": Key("float", ok=lambda v: v > 0, why="must be > 0 (pixels)"),
         "train.ema_decay": _in_range(0.0, 1.0, closed_high=False),
         "train.swa_start_epoch": _at_least(0),
+        "train.heatmap_loss_weight": _at_least(0, "float"),
+        "train.heatmap_sigma_px": Key("float", ok=lambda v: v > 0, why="must be > 0 (pixels)"),
         # augment (all off = 0 / False)
         "augment.flip": Key("bool"),
         "augment.rotate_deg": _in_range(0.0, 180.0),
@@ -177,6 +179,9 @@ def _check_combinations(config) -> None:
     if t.swa_start_epoch > t.epochs:
         raise UserError(f"--config.train.swa_start_epoch={t.swa_start_epoch} must be at most "
                         f"--config.train.epochs={t.epochs} (0 disables averaging)")
+    if t.heatmap_loss_weight > 0 and not models.has_heatmaps(config.model.name):
+        raise UserError(f"--config.train.heatmap_loss_weight={t.heatmap_loss_weight!r} needs a "
+                        f"heatmap model (--config.model.name={config.model.name!r} has none)")
     if d.keypoints != "kaggle15" and not d.keypoints_path:
         raise UserError(f"--config.data.keypoints={d.keypoints!r} needs "
                         "--config.data.keypoints_path (a CSV of those keypoints, row for row "

@@ -305,9 +305,12 @@ class HeatmapRegressor(nnx.Module):
         self.heatmaps = make.conv(self.backbone.out_ch, num_keypoints, 1)
         self.compute_dtype = make.dtype
 
+    def heatmap_logits(self, x):
+        """Logits (B, H, W, K) of the K heatmaps (what `__call__` soft-argmaxes)."""
+        return self.heatmaps(self.backbone(x.astype(self.compute_dtype)))
+
     def __call__(self, x, *, train: bool = False, dropout_key=None):
-        logits = self.heatmaps(self.backbone(x.astype(self.compute_dtype)))
-        return soft_argmax(logits).reshape(x.shape[0], -1)
+        return soft_argmax(self.heatmap_logits(x)).reshape(x.shape[0], -1)
 
 
 def _upsample_2x(x):
@@ -341,13 +344,17 @@ class HeatmapUNet(nnx.Module):
         self.heatmaps = make.conv(widths[sizes.index(heatmap_size)], num_keypoints, 1)
         self.compute_dtype = make.dtype
 
-    def __call__(self, x, *, train: bool = False, dropout_key=None):
+    def heatmap_logits(self, x):
+        """Logits (B, H, W, K) of the K heatmaps (what `__call__` soft-argmaxes)."""
         feats = self.backbone.stages(x.astype(self.compute_dtype))
         y = feats[-1]
         skips = feats[-2::-1]  # next-finer stage first
         for lateral, smooth, norm, skip in zip(self.laterals, self.smooths, self.norms, skips):
             y = jax.nn.relu(norm(smooth(_upsample_2x(lateral(y)) + skip)))
-        return soft_argmax(self.heatmaps(y)).reshape(x.shape[0], -1)
+        return self.heatmaps(y)
+
+    def __call__(self, x, *, train: bool = False, dropout_key=None):
+        return soft_argmax(self.heatmap_logits(x)).reshape(x.shape[0], -1)
 
 
 def _check_heatmap_unet(sizes, image_size: int, set_keys) -> None:
@@ -394,6 +401,13 @@ LEGACY_NAMES: dict[str, dict[str, Any]] = {
     "resnet_small": {"name": "resnet", "widths": (16, 32, 64, 128), "hidden": (128,)},
     "heatmap_unet_wide": {"name": "heatmap_unet", "widths": (24, 48, 96, 192)},
 }
+
+
+def has_heatmaps(name: str) -> bool:
+    """Whether model `name` (or a legacy name) predicts through heatmaps, i.e. has
+    `heatmap_logits(images) -> (B, H, W, K)` (what `train.heatmap_loss_weight` needs)."""
+    spec = MODELS.get(LEGACY_NAMES.get(name, {}).get("name", name))
+    return spec is not None and hasattr(spec.build, "heatmap_logits")
 
 
 def _show(value) -> str:

@@ -93,7 +93,8 @@ def _set_up(config, workdir: Path) -> Run:
     epoch_fn = training.make_train_epoch(graphdef, tx, bs, augment.read_settings(config.augment),
                                          config.seed, layout.batch, keypoint_set.flip_permutation,
                                          loss_fn=training.make_loss(config.train),
-                                         averaging=averaging)
+                                         averaging=averaging,
+                                         heatmap_loss=training.make_heatmap_loss(config.train))
     state = layout.put_replicated(state)
     t0 = time.perf_counter()
     compiled = epoch_fn.lower(state, train_arrays, training.epoch_shuffle_key(config.seed, 0)).compile()

@@ -224,21 +224,73 @@ def make_loss(train_cfg) -> Callable:
                              wing_epsilon_px=float(train_cfg.wing_epsilon))
 
 
+@dataclass(frozen=True)
+class HeatmapLoss:
+    """An auxiliary loss on a heatmap model's heatmaps: `weight` x the mean, over labelled
+    keypoints, of KL(target || softmax heatmap), the target a Gaussian of std `sigma_px`
+    pixels at the true keypoint (`heatmap_kl`)."""
+
+    weight: float
+    sigma_px: float
+
+
+def make_heatmap_loss(train_cfg) -> HeatmapLoss | None:
+    """From `config.train.heatmap_loss_weight` (0 = off; configs from before the key: off)."""
+    weight = train_cfg.get("heatmap_loss_weight", 0.0) or 0.0
+    if weight <= 0:
+        return None
+    return HeatmapLoss(float(weight), float(train_cfg.heatmap_sigma_px))
+
+
+def heatmap_kl(logits, keypoints_px, mask, sigma_px: float,
+               image_size: int = keypoints.IMAGE_SIZE):
+    """Mean over labelled keypoints of KL(q || p): p the softmax of logits (B, H, W, K) over
+    the H x W cells, q a Gaussian of std `sigma_px` (pixels) centred on the keypoint
+    (B, 2K pixels), evaluated at the cell centres (soft_argmax's grid) and normalised.
+
+    Why: soft-argmax is trained only through the heatmap's mean, so any spread-out or
+    many-peaked heatmap with the right mean is as good as a sharp one; this pulls each
+    heatmap towards one peak on the keypoint (DSNT's distribution regulariser, Nibali et
+    al. 2018), which regularises a net trained on few faces.
+    """
+    b, h, w, k = logits.shape
+    log_p = jax.nn.log_softmax(logits.reshape(b, h * w, k).astype(jnp.float32), axis=1)
+    xs = (jnp.arange(w) + 0.5) * (image_size / w)  # cell centres, pixels
+    ys = (jnp.arange(h) + 0.5) * (image_size / h)
+    pts = keypoints_px.reshape(b, k, 2)
+    d2 = ((xs[None, None, :, None] - pts[:, None, None, :, 0]) ** 2
+          + (ys[None, :, None, None] - pts[:, None, None, :, 1]) ** 2)  # (B, H, W, K)
+    logits_q = (-d2 / (2.0 * sigma_px ** 2)).reshape(b, h * w, k)
+    log_q = jax.nn.log_softmax(logits_q, axis=1)
+    kl = jnp.sum(jnp.exp(log_q) * (log_q - log_p), axis=1)  # (B, K)
+    labelled = mask.reshape(b, k, 2).all(axis=-1)
+    return jnp.where(labelled, kl, 0.0).sum() / jnp.maximum(labelled.sum(), 1)
+
+
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, augment_cfg=None,
                     flip_permutation: np.ndarray = keypoints.FLIP_PERMUTATION, *,
-                    loss_fn: Callable = masked_loss, averaging: Averaging | None = None
+                    loss_fn: Callable = masked_loss, averaging: Averaging | None = None,
+                    heatmap_loss: HeatmapLoss | None = None
                     ) -> Callable[[State, Batch, jax.Array], tuple[State, dict]]:
     """`train_step(state, batch, key) -> (state, metrics)`: augment, forward, Adam update,
     then (with `averaging`) the running average of the parameters.
 
-    `loss_fn` is a `masked_loss`-like function (`make_loss`). Not jitted itself:
-    `make_train_epoch` scans it, and callers that step by hand jit it.
+    `loss_fn` is a `masked_loss`-like function (`make_loss`); `heatmap_loss` adds its term
+    (heatmap models only). Not jitted itself: `make_train_epoch` scans it, and callers that
+    step by hand jit it.
     """
 
     def objective(params, images, kp, mask, dropout_key):
-        pred = apply_model(graphdef, params, images, train=True, dropout_key=dropout_key)
+        if heatmap_loss is None:
+            pred = apply_model(graphdef, params, images, train=True, dropout_key=dropout_key)
+            aux = 0.0
+        else:
+            logits = nnx.merge(graphdef, params).heatmap_logits(images)
+            pred = models.soft_argmax(logits).reshape(images.shape[0], -1)
+            aux = heatmap_loss.weight * heatmap_kl(logits, kp, mask, heatmap_loss.sigma_px,
+                                                   images.shape[1])
         loss, se_sum, count = loss_fn(pred, kp, mask, images.shape[1])
-        return loss, (se_sum, count)
+        return loss + aux, (se_sum, count)
 
     def train_step(state: State, batch: Batch, key: jax.Array):
         aug_key, drop_key = jax.random.split(key)
@@ -268,18 +320,20 @@ def rmse_px(se_sum_norm, count, image_size: int = keypoints.IMAGE_SIZE):
 def make_train_epoch(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, batch_size: int,
                      augment_cfg=None, seed: int = 0, data_sharding=None,
                      flip_permutation: np.ndarray = keypoints.FLIP_PERMUTATION, *,
-                     loss_fn: Callable = masked_loss, averaging: Averaging | None = None):
+                     loss_fn: Callable = masked_loss, averaging: Averaging | None = None,
+                     heatmap_loss: HeatmapLoss | None = None):
     """A jitted `train_epoch(state, data, shuffle_key) -> (state, metrics)`.
 
     The whole epoch runs on the device: the training set `data` (a Batch-like dict of all N
     rows, already on the device) is shuffled with `shuffle_key` and cut into N // batch_size
     batches (the remainder is dropped this epoch and drawn in others), and a `lax.scan` runs
     every step with no host round trip. `data_sharding`, if given, shards each batch over
-    devices (data parallel); parameters stay replicated. `loss_fn` and `averaging`: see
-    `make_train_step` (the state must hold `avg_params` when averaging: `init_state`).
+    devices (data parallel); parameters stay replicated. `loss_fn`, `averaging` and
+    `heatmap_loss`: see `make_train_step` (the state must hold `avg_params` when averaging:
+    `init_state`).
     """
     train_step = make_train_step(graphdef, tx, augment_cfg, flip_permutation, loss_fn=loss_fn,
-                                 averaging=averaging)
+                                 averaging=averaging, heatmap_loss=heatmap_loss)
     base_key = step_key(seed)
 
     def train_epoch(state: State, data: Batch, shuffle_key: jax.Array):

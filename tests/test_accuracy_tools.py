@@ -385,3 +385,56 @@ def test_seeds_trains_each_seed_aggregates_and_skips_finished_seeds(tmp_path):
         for key in ("val_rmse_px_best", "val_rmse_px_ema_last", "tta_rmse_px"):
             assert s[key] == pytest.approx(r[key], rel=1e-3), key
         assert s["best_epoch"] == r["best_epoch"]
+
+
+# --- auxiliary heatmap loss -------------------------------------------------------------------
+
+
+def test_heatmap_kl_is_zero_on_the_target_gaussian_and_matches_its_formula():
+    rng = np.random.default_rng(0)
+    b, h, k, sigma = 2, 12, 15, 6.0
+    kp = rng.uniform(10, 86, (b, 2 * k)).astype(np.float32)
+    mask = np.ones((b, 2 * k), bool)
+    centres = (np.arange(h) + 0.5) * 96 / h
+    pts = kp.reshape(b, k, 2)
+    d2 = ((centres[None, None, :, None] - pts[:, None, None, :, 0]) ** 2
+          + (centres[None, :, None, None] - pts[:, None, None, :, 1]) ** 2)
+    target_logits = -d2 / (2 * sigma ** 2) + 3.0  # any constant shift: same softmax
+    assert float(training.heatmap_kl(jnp.asarray(target_logits), kp, mask, sigma)) < 1e-5
+    logits = rng.normal(size=(b, h, h, k)).astype(np.float32)
+    q = np.exp(-d2 / (2 * sigma ** 2)).reshape(b, h * h, k)
+    q /= q.sum(1, keepdims=True)
+    p = np.exp(logits.reshape(b, h * h, k))
+    p /= p.sum(1, keepdims=True)
+    mask[1, 4:] = False  # row 1 keeps keypoints 0 and 1 only
+    kl = (q * (np.log(q + 1e-30) - np.log(p))).sum(1)
+    want = (kl[0].sum() + kl[1, :2].sum()) / (k + 2)
+    got = float(training.heatmap_kl(jnp.asarray(logits), kp, mask, sigma))
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+    # an unlabelled keypoint's heatmap gets no gradient
+    g = np.asarray(jax.grad(lambda z: training.heatmap_kl(z, kp, mask, sigma))(jnp.asarray(logits)))
+    assert np.all(g[1, ..., 2:] == 0) and np.all(np.abs(g[0]).sum((0, 1)) > 0)
+
+
+def test_heatmap_loss_trains_sharper_heatmaps_and_is_refused_without_heatmaps():
+    c = _config(heatmap_loss_weight=0.01, heatmap_sigma_px=4.0)
+    c.model.name, c.model.widths, c.model.hidden = "heatmap", (4, 8), None
+    config_schema.check_config(c)
+    assert training.make_heatmap_loss(_config().train) is None  # off by default
+    hl = training.make_heatmap_loss(c.train)
+    assert hl == training.HeatmapLoss(0.01, 4.0)
+    data = jax.device_put(_blob_data(32))
+    kls = {}
+    for name, aux in (("plain", None), ("heatmap", hl)):
+        tx = training.make_optimizer(c.train, 2)
+        graphdef, state = training.init_state(c.model, tx, 0)
+        epoch = training.make_train_epoch(graphdef, tx, 16, None, seed=0, heatmap_loss=aux)
+        for e in range(1, 16):
+            state, _ = epoch(state, data, training.epoch_shuffle_key(0, e))
+        from flax import nnx
+        logits = nnx.merge(graphdef, state["params"]).heatmap_logits(data["images"])
+        kls[name] = float(training.heatmap_kl(logits, data["keypoints"], data["mask"], 4.0))
+    assert kls["heatmap"] < 0.8 * kls["plain"], kls
+    bad = _config(heatmap_loss_weight=0.01)  # simple_cnn regresses coordinates directly
+    with pytest.raises(UserError, match="heatmap_loss_weight=0.01 needs a heatmap model"):
+        config_schema.check_config(bad)
