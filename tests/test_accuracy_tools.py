@@ -421,6 +421,7 @@ def test_heatmap_loss_trains_sharper_heatmaps_and_is_refused_without_heatmaps():
     c.model.name, c.model.widths, c.model.hidden = "heatmap", (4, 8), None
     config_schema.check_config(c)
     assert training.make_heatmap_loss(_config().train) is None  # off by default
+    assert training.make_heatmap_loss(ml_collections.ConfigDict({"epochs": 1}).lock()) is None
     hl = training.make_heatmap_loss(c.train)
     assert hl == training.HeatmapLoss(0.01, 4.0)
     data = jax.device_put(_blob_data(32))
