@@ -427,6 +427,15 @@ def test_cli_runner_matches_a_real_subprocess(cli, bad, tmp_path):
 # --- 2-4. Kills, Ctrl-C, corruption, a non-finite loss -----------------------------------------
 
 
+_SLOW_METRICS = """
+import time, fkd_jax.experiment as e
+def slow(workdir, record):
+    time.sleep(1.0)
+    return original(workdir, record)
+original, e.append_metrics = e.append_metrics, slow
+"""
+
+
 def _tmp_save_dirs(workdir: Path) -> list[Path]:
     return list((workdir / "checkpoints").rglob("*.orbax-checkpoint-tmp*"))
 
@@ -454,8 +463,10 @@ def test_ctrl_c_then_sigkill_mid_save_and_at_random_then_rerun_is_bit_identical(
     assert proc.wait().returncode == -signal.SIGKILL
     assert "resuming" in proc.stdout
     assert latest_params(workdir)[1]["epoch"] >= saved
-    # SIGKILL at a random (seeded) moment after an epoch line.
-    proc = cli.start(*args)
+    # SIGKILL at a random (seeded) moment after an epoch line. Each epoch's record is slowed
+    # by 1 s so the run is still going at any moment in [0, 2) s: on a fast idle machine with
+    # a warm compilation cache the remaining epochs take well under a second.
+    proc = cli.start(*args, inject=_SLOW_METRICS)
     proc.wait_for_line("resuming")
     time.sleep(random.Random(7).uniform(0.0, 2.0))
     os.kill(proc.pid, signal.SIGKILL)
