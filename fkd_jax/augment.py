@@ -14,8 +14,8 @@ a feature drawn at a keypoint stays under the transformed keypoint to sub-pixel 
 
 Order per example (each step only if enabled): blur -> one affine warp for flip, rotation,
 scale and shift (about the centre (48, 48)) -> contrast, brightness, clip, gamma -> noise,
-clip -> erase. Everything after the warp is pointwise, so XLA fuses it with the resampling into one
-loop over the pixels (see `augment_example` for why this order is also the fast one).
+clip -> erase. Everything after the warp is pointwise, so XLA fuses it with the resampling
+into one loop over the pixels (see `augment_example` for why this order is also the fast one).
 
 Out-of-image fill: the edge value (bilinear with clamped indices, `mode="nearest"`). Chosen
 over the image mean because a constant fill puts a hard straight step edge into the image

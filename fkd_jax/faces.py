@@ -218,8 +218,8 @@ def reframe_by_keypoints(data: KeypointData) -> KeypointData:
         framing = framing_from_keypoints(data.keypoints[i], rotate=True)
         images[i, :, :, 0] = _warp(np.ascontiguousarray(data.images[i, :, :, 0]), framing, size)
         moved = framing.to_crop(data.keypoints[i], size)
-        inside = np.repeat(np.all((keypoints.as_points(moved) >= 0)
-                                  & (keypoints.as_points(moved) < size), axis=1), 2)
+        pts = keypoints.as_points(moved)
+        inside = np.repeat(np.all((pts >= 0) & (pts < size), axis=1), 2)
         kps[i] = np.where(inside, moved, 0.0)
         mask[i] = inside
     return replace(data, images=images, keypoints=kps, mask=mask)
