@@ -8,10 +8,10 @@ framing is off by about 1-2% of the crop's side in position and ~8% in size, whi
 crops were all framed on the true keypoints (its augmentation: +-2 px, +-4% scale). Shifts
 and zooms as large as the pipeline's framing error teach the model to follow a mis-framed
 face. Measured on the 102 photos of the 51 validation people (README, "Measured"; seed 0):
-NME 3.94% (median 3.72%), every face found, against best_cpu's 4.05% (median 3.86%), at the
-cost of crop RMSE on perfectly framed faces (1.420 px with the EMA against 1.273 px). Same
-net as best_cpu (widths 24-192); the narrow net (16-128) with this jitter gave 3.95%
-(median 3.83%) and missed one turned face.
+NME 3.94% (median 3.72%), every face found, against 4.05% (median 3.86%) for best_cpu with
+the same weight decay (1e-4), at the cost of crop RMSE on perfectly framed faces (1.420 px with
+the EMA against 1.273 px). Same net as best_cpu (widths 24-192); the narrow net (16-128) with
+this jitter gave 3.95% (median 3.83%) and missed one turned face.
 """
 
 from configs import best_cpu
