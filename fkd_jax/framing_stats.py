@@ -22,13 +22,15 @@ BOX_SIDE = 0.9913
 # first crop is from the training framing (centre x, centre y, log side).
 BOX_RESIDUAL_STD = (0.0494, 0.0397, 0.0755)
 
-# Side of the training square from the 15 keypoints, in the picture's axes:
-# side = SIDE_FROM_KEYPOINTS[0] * (x range of the 15) + SIDE_FROM_KEYPOINTS[1] * (y range).
-# Least squares on the relative error; the chin and jaw are not among the 15 keypoints.
-SIDE_FROM_KEYPOINTS = (0.7469, 0.8350)
-SIDE_RESIDUAL_STD = 0.0541  # relative (validation people: 0.057 std)
+# Side of the training square from the 15 keypoints (faces.side_from_keypoints):
+# log(side / size) = SIDE_FROM_SHAPE . faces.shape_features(...), size = the keypoints' RMS
+# distance from their mean; least squares. The chin and jaw are not among the 15 keypoints.
+SIDE_FROM_SHAPE = (-2.27105, -1.28200, 0.20402, -0.11070, 0.03091, -0.21933, 0.02704, 0.00481,
+                   -0.26567, 0.28657, 0.16389, 1.48843, 0.88834, -0.57752, 0.01327, -0.26042,
+                   0.04291, 0.10766, 2.89792)
+SIDE_RESIDUAL_STD = 0.0349  # log error, robust std (std: 0.036, validation people 0.036)
 
 # Second look (faces.FaceDetector.confirm_score): the cascade run again on the crop framed by
 # a face's keypoints. With the TRUE keypoints of the training people's faces its score is
-# above this for 99% of them (median 7.25); spurious boxes mostly score lower or -inf.
-CONFIRM_MIN_SCORE = 1.3
+# above this for 99% of them (median 7.11); spurious boxes mostly score lower or -inf.
+CONFIRM_MIN_SCORE = 1.5

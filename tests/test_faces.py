@@ -120,6 +120,23 @@ def test_locate_with_true_keypoints_as_predictions_returns_them(monkeypatch):
     assert chosen[-3].angle == pytest.approx(math.radians(15) + faces.eye_angle(kps[0]))
 
 
+def test_side_from_keypoints_reads_the_shape_not_the_size_or_place():
+    pts = keypoints.as_points(MEAN)
+    features, size = faces.shape_features(pts)
+    assert features.shape == (len(faces.framing_stats.SIDE_FROM_SHAPE),) and features[-1] == 1.0
+    # Moved and scaled by 2.5: the same shape features, 2.5x the size and the side.
+    moved, moved_size = faces.shape_features(2.5 * pts + np.array([40.0, -7.0]))
+    np.testing.assert_allclose(moved, features, atol=1e-12)
+    assert moved_size == pytest.approx(2.5 * size)
+    side = faces.side_from_keypoints(pts)
+    assert faces.side_from_keypoints(2.5 * pts + 3.0) == pytest.approx(2.5 * side)
+    # A head turned to one side (the nose tip moved sideways) is read as a different shape.
+    turned = pts.copy()
+    turned[keypoints.KEYPOINT_NAMES.index("nose_tip"), 0] += 8.0
+    assert not np.allclose(faces.shape_features(turned)[0], features)
+    assert faces.side_from_keypoints(turned) != pytest.approx(side, rel=1e-3)
+
+
 def test_framing_from_keypoints_is_the_training_rule_and_rotation_invariant():
     kp = MEAN.copy()
     f = faces.framing_from_keypoints(kp)
