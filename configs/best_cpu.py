@@ -18,7 +18,9 @@ epochs it beat the narrow net (16-128) in each of 3 paired seeds (1.273 +- 0.006
 2-core machine it was measured on). AdamW's weight decay is 0.05 (from 1e-4): over 3 paired
 seeds it lowered every figure in every seed, the EMA's best epoch by 0.006 +- 0.007 px
 (1.267 +- 0.009) and its last by 0.019 +- 0.006 (README, "Regularising the wide net"), at no
-cost in time.
+cost in time. Random erasing (half the faces get one flat grey rectangle) and an auxiliary heatmap
+loss (weight 0.001) on top lowered every figure in each of 3 paired seeds again, the EMA's best
+epoch by 0.024 +- 0.006 px to 1.243 +- 0.004 (same section), also at no cost in time.
 """
 
 from configs import base
@@ -37,6 +39,7 @@ def get_config():
     c.train.weight_decay = 0.05
     c.train.grad_clip = 1.0
     c.train.ema_decay = 0.9998
+    c.train.heatmap_loss_weight = 0.001
     c.augment.flip = True
     c.augment.rotate_deg = 6.0
     c.augment.scale = 0.04
@@ -46,4 +49,5 @@ def get_config():
     c.augment.gamma = 0.25
     c.augment.noise_std = 0.01
     c.augment.blur_prob = 0.1
+    c.augment.erase_prob = 0.5
     return c
