@@ -19,8 +19,8 @@ from configs import best_cpu
 
 def get_config():
     c = best_cpu.get_config()
-    # As measured above: best_cpu's later additions (weight decay 0.05, erasing, the heatmap
-    # loss) were not tried with the jitter.
+    # As measured above: best_cpu's later additions (weight decay 0.05, then 0.1, erasing,
+    # the heatmap loss) were not tried with the jitter.
     c.train.weight_decay = 1e-4
     c.augment.erase_prob = 0.0
     c.train.heatmap_loss_weight = 0.0
