@@ -72,7 +72,8 @@ def test_a_68_landmark_run_trains_and_evaluates(tmp_path):
     workdir = tmp_path / "run68"
     args = ["--config", "configs/base.py", f"--config.data.train_path={train_csv}",
             "--config.data.keypoints=ibug68", f"--config.data.keypoints_path={lm}",
-            "--config.model.name=heatmap", "--config.train.batch_size=16",
+            "--config.model.name=heatmap", "--config.model.widths=(4,8)",
+            "--config.train.batch_size=16",
             "--config.train.epochs=2", "--workdir", str(workdir)]
     proc = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
