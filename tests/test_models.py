@@ -60,7 +60,7 @@ def test_every_registered_model_is_pinned():
 def test_model_carries_parameters_only(name):
     """No RNG state or statistics: the whole state is the nnx.Param state (training splits it)."""
     cfg = _model_cfg(name, dropout=0.5 if models.MODELS[name].dropout else 0.0)
-    model = models.create_model(cfg, 15, 0)
+    model = nnx.eval_shape(lambda: models.create_model(cfg, 15, 0))  # structure, not values
     assert (jax.tree.structure(nnx.state(model))
             == jax.tree.structure(nnx.state(model, nnx.Param)))
 
@@ -143,17 +143,17 @@ def test_empty_hidden_puts_the_head_on_the_conv_features():
 
 
 def test_same_seed_same_init_and_different_seed_differs():
-    a = models.create_model(_model_cfg("simple_cnn"), 15, 0)
-    b = models.create_model(_model_cfg("simple_cnn"), 15, 0)
-    c = models.create_model(_model_cfg("simple_cnn"), 15, 1)
-    x = jax.random.uniform(jax.random.key(0), (2, 96, 96, 1))
+    cfg = _model_cfg("simple_cnn", **TINY["simple_cnn"])
+    a, b, c = (models.create_model(cfg, 15, seed, image_size=32) for seed in (0, 0, 1))
+    x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 1))
     np.testing.assert_array_equal(a(x), b(x))
     assert not np.allclose(a(x), c(x))
 
 
 def test_dropout_only_in_training_and_keyed():
-    model = models.create_model(_model_cfg("nouri", dropout=0.5), 15, 0)
-    x = jax.random.uniform(jax.random.key(0), (2, 96, 96, 1))
+    model = models.create_model(_model_cfg("nouri", dropout=0.5, **TINY["nouri"]), 15, 0,
+                                image_size=32)
+    x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 1))
     np.testing.assert_array_equal(model(x), model(x, train=False))
     k1, k2 = jax.random.split(jax.random.key(1))
     y1 = model(x, train=True, dropout_key=k1)
@@ -162,7 +162,7 @@ def test_dropout_only_in_training_and_keyed():
     with pytest.raises(ValueError, match="dropout_key"):
         model(x, train=True)
     # without dropout, training needs no key and changes nothing
-    plain = models.create_model(_model_cfg("nouri"), 15, 0)
+    plain = models.create_model(_model_cfg("nouri", **TINY["nouri"]), 15, 0, image_size=32)
     np.testing.assert_array_equal(plain(x, train=True), plain(x))
 
 
@@ -212,5 +212,9 @@ def test_every_shipped_config_is_valid_and_builds_its_model(path):
     config = module.get_config()
     augment.read_settings(config.augment)
     config_schema.check_config(config)
-    model = models.create_model(config.model, 15, 0)
-    assert model(jnp.zeros((1, 96, 96, 1))).shape == (1, 30)
+
+    def build_and_apply():
+        model = models.create_model(config.model, 15, 0)
+        return model(jnp.zeros((1, 96, 96, 1), jnp.float32))
+
+    assert nnx.eval_shape(build_and_apply).shape == (1, 30)  # traced, not run
