@@ -35,6 +35,17 @@ def load_benchmark(name: str) -> types.ModuleType:
     return module
 
 
+def normal(seed: int, shape: tuple, scale: float = 1.0) -> np.ndarray:
+    """Gaussian test data from numpy: jax.random compiles a kernel for every new shape
+    (0.5-1.5 s each on 2 cores), which for tiny test arrays costs more than the test."""
+    return (scale * np.random.default_rng(seed).standard_normal(shape)).astype(np.float32)
+
+
+def uniform(seed: int, shape: tuple) -> np.ndarray:
+    """Uniform [0, 1) test data from numpy (see `normal`)."""
+    return np.random.default_rng(seed).random(shape, dtype=np.float32)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _shared_compilation_cache(tmp_path_factory):
     """The suite runs train.py/eval.py as subprocesses many times on the same tiny models: a

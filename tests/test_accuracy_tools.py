@@ -18,6 +18,7 @@ import pytest
 from configs import base
 from fkd_jax import config_schema, experiment, keypoints, training
 from fkd_jax.errors import UserError
+from conftest import normal
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -193,9 +194,8 @@ def test_run_with_ema_ranks_and_restores_the_averaged_parameters(ema_runs):
 
 
 def _pred_and_targets():
-    pred = jax.random.normal(jax.random.key(0), (4, 30)) * 0.2
-    kp = np.asarray(keypoints.to_pixels(np.asarray(jax.random.normal(jax.random.key(1), (4, 30)))
-                                        * 0.2), np.float32)
+    pred = normal(0, (4, 30), 0.2)
+    kp = np.asarray(keypoints.to_pixels(normal(1, (4, 30), 0.2)), np.float32)
     mask = np.ones((4, 30), bool)
     mask[:, 10:] = False
     garbage = kp.copy()

@@ -18,6 +18,7 @@ from flax import nnx
 
 from configs import base
 from fkd_jax import models, training
+from conftest import uniform
 
 PLATFORMS = ("cpu", "cuda", "tpu")
 # Tiny models: a conv-pool net (convolutions, max-pools, dropout) and the heatmap U-Net
@@ -43,7 +44,7 @@ def _forward(name: str):
 
 
 def _images(n: int = 2):
-    return jax.random.uniform(jax.random.key(0), (n, 96, 96, 1))
+    return uniform(0, (n, 96, 96, 1))
 
 
 def _lowered_ops(fn, args, platforms) -> dict[str, bool]:

@@ -13,6 +13,7 @@ from flax import nnx
 from configs import base
 from fkd_jax import augment, config_schema, models
 from fkd_jax.errors import UserError
+from conftest import normal, uniform
 
 # Pinned so an accidental architecture change is caught, by config: the model name and its
 # size overrides (the former size variants nouri1000, resnet_small, heatmap_unet_wide are
@@ -77,7 +78,7 @@ def test_keypoint_count_and_image_size_come_from_the_caller(name):
     """K keypoints -> (B, 2K) outputs; a 64x64 input gives normalised coordinates in [-1, 1]
     for heatmap models (soft-argmax over cells tiling the image)."""
     model = models.create_model(_model_cfg(name, **TINY[name]), 4, 0, image_size=64)
-    out = nnx.jit(lambda m, x: m(x))(model, jax.random.uniform(jax.random.key(0), (2, 64, 64, 1)))
+    out = nnx.jit(lambda m, x: m(x))(model, uniform(0, (2, 64, 64, 1)))
     assert out.shape == (2, 8)
     if name.startswith("heatmap"):
         assert np.all(np.abs(out) < 1)
@@ -145,7 +146,7 @@ def test_empty_hidden_puts_the_head_on_the_conv_features():
 def test_same_seed_same_init_and_different_seed_differs():
     cfg = _model_cfg("simple_cnn", **TINY["simple_cnn"])
     a, b, c = (models.create_model(cfg, 15, seed, image_size=32) for seed in (0, 0, 1))
-    x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 1))
+    x = uniform(0, (2, 32, 32, 1))
     np.testing.assert_array_equal(a(x), b(x))
     assert not np.allclose(a(x), c(x))
 
@@ -153,7 +154,7 @@ def test_same_seed_same_init_and_different_seed_differs():
 def test_dropout_only_in_training_and_keyed():
     model = models.create_model(_model_cfg("nouri", dropout=0.5, **TINY["nouri"]), 15, 0,
                                 image_size=32)
-    x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 1))
+    x = uniform(0, (2, 32, 32, 1))
     np.testing.assert_array_equal(model(x), model(x, train=False))
     k1, k2 = jax.random.split(jax.random.key(1))
     y1 = model(x, train=True, dropout_key=k1)
@@ -189,7 +190,7 @@ def test_soft_argmax_finds_a_peaked_heatmap_at_its_cell_centre():
 
 
 def test_upsample_2x_repeats_each_pixel_into_a_2x2_block():
-    x = jax.random.normal(jax.random.key(0), (2, 3, 5, 4))
+    x = normal(0, (2, 3, 5, 4))
     expected = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
     np.testing.assert_array_equal(models._upsample_2x(x), expected)
 

@@ -8,6 +8,7 @@ from flax import nnx
 from jax import lax
 
 from fkd_jax import ops
+from conftest import normal, uniform
 
 DN = ("NHWC", "HWIO", "NHWC")
 TOL = dict(rtol=2e-5, atol=2e-5)
@@ -33,11 +34,10 @@ def _conv_loss(conv, x, w, strides, padding, cotangent):
 
 @pytest.mark.parametrize("x_shape,w_shape,strides,padding", CASES)
 def test_conv_im2col_matches_lax_values_and_gradients(x_shape, w_shape, strides, padding):
-    kx, kw, kc = jax.random.split(jax.random.key(sum(x_shape) + sum(w_shape)), 3)
-    x = jax.random.normal(kx, x_shape)
-    w = jax.random.normal(kw, w_shape)
+    seed = sum(x_shape) + sum(w_shape)
+    x, w = normal(seed, x_shape), normal(seed + 1, w_shape)
     y_ref = lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=DN)
-    cot = jax.random.normal(kc, y_ref.shape)
+    cot = normal(seed + 2, y_ref.shape)
 
     results = {}
     for name, conv in (("lax", lax.conv_general_dilated), ("im2col", ops.conv_im2col)):
@@ -52,7 +52,7 @@ def test_conv_im2col_matches_lax_values_and_gradients(x_shape, w_shape, strides,
 
 def test_nnx_conv_with_im2col_matches_default_conv():
     """The way models use it: nnx.Conv(conv_general_dilated=ops.get_conv(...)), bias included."""
-    x = jax.random.uniform(jax.random.key(0), (4, 12, 12, 2))
+    x = uniform(0, (4, 12, 12, 2))
 
     def build(impl):
         return nnx.Conv(2, 6, (2, 2), padding="VALID", rngs=nnx.Rngs(params=1),
@@ -69,8 +69,8 @@ def test_nnx_conv_with_im2col_matches_default_conv():
 
 
 def test_conv_im2col_keeps_low_precision_dtypes():
-    x = jax.random.normal(jax.random.key(1), (2, 6, 6, 3)).astype(jnp.bfloat16)
-    w = jax.random.normal(jax.random.key(2), (2, 2, 3, 4)).astype(jnp.bfloat16)
+    x = jnp.asarray(normal(1, (2, 6, 6, 3)), jnp.bfloat16)
+    w = jnp.asarray(normal(2, (2, 2, 3, 4)), jnp.bfloat16)
     ref = lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=DN)
     got = ops.conv_im2col(x, w, (1, 1), "VALID", dimension_numbers=DN)
     assert got.dtype == ref.dtype == jnp.bfloat16
@@ -81,8 +81,8 @@ def test_conv_im2col_keeps_low_precision_dtypes():
 
 
 def test_conv_im2col_falls_back_to_lax_for_dilation_and_groups():
-    x = jax.random.normal(jax.random.key(3), (2, 9, 9, 4))
-    w = jax.random.normal(jax.random.key(4), (3, 3, 2, 4))
+    x = normal(3, (2, 9, 9, 4))
+    w = normal(4, (3, 3, 2, 4))
     kwargs = dict(rhs_dilation=(2, 2), dimension_numbers=DN, feature_group_count=2)
     ref = lax.conv_general_dilated(x, w, (1, 1), "SAME", **kwargs)
     np.testing.assert_allclose(ops.conv_im2col(x, w, (1, 1), "SAME", **kwargs), ref, **TOL)
@@ -103,10 +103,8 @@ def test_get_conv_and_get_max_pool_names():
 @pytest.mark.parametrize("x_shape,w_shape,strides,padding", CASES[2:4])
 def test_conv_auto_matches_lax_values_and_gradients_under_jit(x_shape, w_shape, strides, padding):
     """"auto" is a platform switch; on this CPU it runs im2col, jitted and differentiated."""
-    kx, kw, kc = jax.random.split(jax.random.key(7), 3)
-    x, w = jax.random.normal(kx, x_shape), jax.random.normal(kw, w_shape)
-    cot = jax.random.normal(kc, lax.conv_general_dilated(x, w, strides, padding,
-                                                         dimension_numbers=DN).shape)
+    x, w = normal(7, x_shape), normal(8, w_shape)
+    cot = normal(9, lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=DN).shape)
     grad_fn = jax.jit(jax.grad(_conv_loss, argnums=(1, 2), has_aux=True), static_argnums=(0, 3, 4))
     (dx, dw), y = grad_fn(ops.conv_auto, x, w, strides, padding, cot)
     (dx_ref, dw_ref), y_ref = grad_fn(lax.conv_general_dilated, x, w, strides, padding, cot)
@@ -120,8 +118,8 @@ def _reduce_window_pool(x):
 
 @pytest.mark.parametrize("shape", [(2, 8, 6, 3), (1, 7, 9, 2)])  # odd sizes drop the last row/col
 def test_max_pool_matches_reduce_window_without_ties(shape):
-    x = jax.random.normal(jax.random.key(5), shape)  # continuous: no ties
-    cot = jax.random.normal(jax.random.key(6), (shape[0], shape[1] // 2, shape[2] // 2, shape[3]))
+    x = normal(5, shape)  # continuous: no ties
+    cot = normal(6, (shape[0], shape[1] // 2, shape[2] // 2, shape[3]))
     for fn in (ops.max_pool_2x2, _reduce_window_pool):
         assert fn(x).shape == cot.shape
     np.testing.assert_array_equal(ops.max_pool_2x2(x), _reduce_window_pool(x))
@@ -141,16 +139,16 @@ def test_max_pool_gradient_goes_to_first_maximum_on_ties():
 def test_xla_and_auto_pools_match_the_custom_pool_with_ties_under_jit(pool):
     """Same values and the same first-maximum gradient as `max_pool_2x2`, odd sizes included.
     (Jitted: the platform switch is differentiated through a cond, as training does.)"""
-    x = jnp.round(jax.random.normal(jax.random.key(8), (2, 7, 9, 3)) * 2) / 2  # many ties
+    x = jnp.round(jnp.asarray(normal(8, (2, 7, 9, 3))) * 2) / 2  # many ties
     x = x.at[0, :4, :4, 0].set(0.0)
-    cot = jax.random.normal(jax.random.key(9), (2, 3, 4, 3))
+    cot = normal(9, (2, 3, 4, 3))
     grad = lambda f: jax.jit(jax.grad(lambda x: jnp.sum(f(x) * cot)))(x)  # noqa: E731
     np.testing.assert_array_equal(jax.jit(pool)(x), ops.max_pool_2x2(x))
     np.testing.assert_array_equal(grad(pool), grad(ops.max_pool_2x2))
 
 
 def test_xla_pool_keeps_bfloat16():
-    x = jax.random.normal(jax.random.key(10), (1, 4, 4, 2)).astype(jnp.bfloat16)
+    x = jnp.asarray(normal(10, (1, 4, 4, 2)), jnp.bfloat16)
     y = ops.max_pool_2x2_xla(x)
     assert y.dtype == jnp.bfloat16
     np.testing.assert_array_equal(y, ops.max_pool_2x2(x))
