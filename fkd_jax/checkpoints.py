@@ -280,8 +280,18 @@ def _manager(directory: Path, read_only: bool) -> ocp.CheckpointManager:
         "state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
 
 
+def _placed(abstract) -> Any:
+    """`abstract` with every leaf that names no sharding put on this process's first device:
+    without one orbax would restore the saving run's layout, and refuses a checkpoint written
+    by another number of devices (a 4-device run read by a 1-device eval.py)."""
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree.map(lambda x: x if getattr(x, "sharding", None) is not None else
+                        jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
+
+
 def _restore(manager: ocp.CheckpointManager, epoch: int, abstract) -> tuple[Any, dict]:
     where = Path(manager.directory) / str(epoch)
+    abstract = _placed(abstract)
     saved = manager.item_metadata(epoch)["state"]
     if saved is None:
         raise ValueError(f"no readable metadata in {where}")

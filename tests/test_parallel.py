@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from configs import base
-from fkd_jax import models, synthetic, training
+from fkd_jax import inference, models, synthetic, training
 from test_train_eval_cli import ROOT, TINY, latest_params, metrics
 
 EPOCHS = 2
@@ -116,6 +116,10 @@ def test_four_devices_match_one(runs):
     assert "1 cpu device(s) in 1 process(es)" in runs["single"]
     assert "4 cpu device(s) in 1 process(es)" in runs["four"]
     assert_same_run(runs["four_dir"], runs["single_dir"])
+    # what eval.py/predict.py restore in this 1-device process from the 4-device run's files
+    four, single = (inference.load_run(runs[k], "latest") for k in ("four_dir", "single_dir"))
+    for x, y in zip(jax.tree.leaves(four.params), jax.tree.leaves(single.params), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
 
 
 def test_batch_is_sharded_and_gradients_all_reduced(runs):
