@@ -619,7 +619,7 @@ def test_disk_full_is_a_clear_error_and_the_saved_run_resumes_intact(cli, refere
     ref_metrics = metrics(reference)
     args = [*TINY, f"--config.train.epochs={EPOCHS + 2}"]
     if _can_mount(tmp_path):
-        workdir, umount = _mounted_copy(reference, tmp_path / "full", spare_mb=4)
+        workdir, umount = _mounted_copy(reference, tmp_path / "full", spare_mb=1)
         try:
             proc = cli.run("train.py", *args, "--workdir", workdir, check=False)
             line = one_line_error(proc)
