@@ -23,6 +23,7 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues) -> None:
     are what a user sees.
     """
     absl_logging.set_verbosity(absl_logging.ERROR)
+    _refuse_repeated_config_keys(argv)
     try:
         flag_values(argv)
     except flags.UnrecognizedFlagError as e:
@@ -40,6 +41,21 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues) -> None:
                         + (f' (did you mean "{hint.group(1)}"?)' if hint else "")) from None
     except (OSError, SyntaxError, ImportError) as e:
         raise UserError(f"cannot load config: {_one_line(str(e))}") from None
+
+
+def _refuse_repeated_config_keys(argv: list[str]) -> None:
+    """ml_collections appends a repeated tuple override to the first ("--config.model.widths=
+    (8,16)" twice gives (8, 16, 8, 16)) where other keys keep the last: neither is what a
+    command that names a key twice meant, so it is an error."""
+    seen: dict[str, str] = {}
+    for arg in argv[1:]:
+        found = re.match(r"--(config\.[\w.]+)(=|$)", arg)
+        if not found:
+            continue
+        key = found.group(1)
+        if key in seen:
+            raise UserError(f"--{key} is given twice ({seen[key]} and {arg}); give it once")
+        seen[key] = arg
 
 
 def _one_line(text: str) -> str:
