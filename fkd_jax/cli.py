@@ -23,9 +23,8 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues) -> None:
     are what a user sees.
     """
     absl_logging.set_verbosity(absl_logging.ERROR)
-    _refuse_repeated_config_keys(argv)
     try:
-        flag_values(argv)
+        flag_values(_last_of_each_config_key(argv))
     except flags.UnrecognizedFlagError as e:
         raise UserError(f"unknown option --{e.flagname}; see --help") from None
     except flags.Error as e:
@@ -43,19 +42,13 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues) -> None:
         raise UserError(f"cannot load config: {_one_line(str(e))}") from None
 
 
-def _refuse_repeated_config_keys(argv: list[str]) -> None:
-    """ml_collections appends a repeated tuple override to the first ("--config.model.widths=
-    (8,16)" twice gives (8, 16, 8, 16)) where other keys keep the last: neither is what a
-    command that names a key twice meant, so it is an error."""
-    seen: dict[str, str] = {}
-    for arg in argv[1:]:
-        found = re.match(r"--(config\.[\w.]+)(=|$)", arg)
-        if not found:
-            continue
-        key = found.group(1)
-        if key in seen:
-            raise UserError(f"--{key} is given twice ({seen[key]} and {arg}); give it once")
-        seen[key] = arg
+def _last_of_each_config_key(argv: list[str]) -> list[str]:
+    """`argv` without the earlier of repeated `--config.key=value` overrides. ml_collections
+    keeps the last value of a repeated scalar key but appends a repeated tuple to the first
+    ("--config.model.widths=(8,16)" then "=(4,4)" built (8, 16, 4, 4)); this makes the last
+    one win for every key."""
+    keys = [m.group(1) if (m := re.match(r"--(config\.[\w.]+)=", a)) else None for a in argv]
+    return [a for i, (a, k) in enumerate(zip(argv, keys)) if k is None or k not in keys[i + 1:]]
 
 
 def _one_line(text: str) -> str:

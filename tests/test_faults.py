@@ -261,9 +261,6 @@ def _train_cases(f: dict) -> list:
         ("unknown flag", ["--epochs=3"], ["unknown option --epochs"], ()),
         ("unknown compute dtype", ["--config.model.compute_dtype=float16"],
          ["--config.model.compute_dtype='float16' must be one of float32, bfloat16"], ()),
-        ("a config key given twice", ["--config.model.blocks=1", "--config.model.blocks=2"],
-         ["--config.model.blocks is given twice (--config.model.blocks=1 and "
-          "--config.model.blocks=2); give it once"], ()),
         ("unknown model", ["--config.model.name=vgg"],
          ["--config.model.name='vgg' is not a model; choose one of"], ()),
         ("augment value out of range", ["--config.augment.scale=1.5"],
