@@ -146,7 +146,8 @@ def test_export_cli_writes_a_model_that_matches_its_checkpoint(tmp_path, faces):
     workdir = tmp_path / "run"
     subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", "configs/base.py",
                     "--workdir", str(workdir), "--config.train.epochs=1",
-                    "--config.data.synthetic_n=64", "--config.train.batch_size=16"],
+                    "--config.data.synthetic_n=64", "--config.train.batch_size=16",
+                    "--config.model.widths=(4,8,8)"],
                    cwd=ROOT, check=True, capture_output=True, timeout=600)
     out = tmp_path / "exported" / "model.jaxexport"
     result = _export_cli("--workdir", str(workdir), "--out", str(out), "--checkpoint", "latest")

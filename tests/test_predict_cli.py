@@ -20,7 +20,7 @@ from fkd_jax import keypoints, synthetic
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--config", "configs/base.py", "--config.data.synthetic_n=32",
         "--config.train.batch_size=16", "--config.model.name=simple_cnn",
-        "--config.train.epochs=1"]
+        "--config.model.widths=(4,8,8)", "--config.train.epochs=1"]
 HEADER = ["file", "frame", "face", "box_x", "box_y", "box_w", "box_h", "score",
           *keypoints.COLUMNS]
 
