@@ -43,12 +43,18 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues) -> None:
 
 
 def _last_of_each_config_key(argv: list[str]) -> list[str]:
-    """`argv` without the earlier of repeated `--config.key=value` overrides. ml_collections
-    keeps the last value of a repeated scalar key but appends a repeated tuple to the first
-    ("--config.model.widths=(8,16)" then "=(4,4)" built (8, 16, 4, 4)); this makes the last
-    one win for every key."""
-    keys = [m.group(1) if (m := re.match(r"--(config\.[\w.]+)=", a)) else None for a in argv]
-    return [a for i, (a, k) in enumerate(zip(argv, keys)) if k is None or k not in keys[i + 1:]]
+    """`argv` with each `--config.key value` pair joined into `--config.key=value` and the
+    earlier of repeated overrides dropped. ml_collections keeps the last value of a repeated
+    scalar key but appends a repeated tuple to the first ("--config.model.widths=(8,16)" then
+    "=(4,4)" built (8, 16, 4, 4)); this makes the last one win for every key."""
+    joined: list[str] = []
+    for arg in argv:
+        if joined and re.fullmatch(r"--config\.[\w.]+", joined[-1]) and not arg.startswith("-"):
+            joined[-1] += f"={arg}"
+        else:
+            joined.append(arg)
+    keys = [m.group(1) if (m := re.match(r"--(config\.[\w.]+)=", a)) else None for a in joined]
+    return [a for i, (a, k) in enumerate(zip(joined, keys)) if k is None or k not in keys[i + 1:]]
 
 
 def _one_line(text: str) -> str:

@@ -176,8 +176,9 @@ def test_relative_workdir_trains(tmp_path):
 
 
 def test_a_config_key_given_twice_takes_its_last_value_tuples_included(tmp_path):
-    """TINY sets widths (4, 8, 8) and batch 16; ml_collections alone would build (4, 8, 8, 8, 8)."""
-    train(tmp_path, "--config.model.widths=(8,8)", "--config.train.batch_size=8",
+    """TINY sets widths (4, 8, 8) and batch 16; ml_collections alone would build (4, 8, 8, 8, 8).
+    The second override is given in the two-word form, `--config.key value`."""
+    train(tmp_path, "--config.model.widths", "(8,8)", "--config.train.batch_size=8",
           "--config.train.epochs=1")
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["model"]["widths"] == [8, 8] and config["train"]["batch_size"] == 8
