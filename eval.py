@@ -56,7 +56,7 @@ def main(argv: list[str]) -> None:
     asked = bool(_TEST.value or _LOOKUP.value)
     if asked and not (test_path and lookup_path):
         raise UserError("a submission needs both --test and --lookup")
-    if asked and config.data.keypoints != "kaggle15":
+    if asked and config.data.keypoints not in ("kaggle15", "kaggle15_square"):
         raise UserError(f"a Kaggle submission needs a model of Kaggle's 15 keypoints; this run "
                         f"predicts {config.data.keypoints}")
     # Paths from the config are used when present; paths given as flags must work.
@@ -72,7 +72,7 @@ def main(argv: list[str]) -> None:
     predict = inference.Predictor.from_run(run)  # compiled once, for every input below
     pred = predict(ev.images, tta=_TTA.value)
     report = training.rmse_report(pred, ev.keypoints, ev.mask, ev.keypoint_set)
-    if ev.keypoint_set == keypoints.KAGGLE15:
+    if ev.keypoint_set in (keypoints.KAGGLE15, keypoints.KAGGLE15_SQUARE):
         report.update(_nme_report(pred, ev))
     report.update({"n_images": len(ev), "data": source, "checkpoint": _CHECKPOINT.value,
                    "checkpoint_epoch": run.meta["epoch"], "tta": bool(_TTA.value)})
@@ -94,7 +94,8 @@ def main(argv: list[str]) -> None:
 
     if submission_inputs is not None:
         image_ids, test_images, lookup = submission_inputs
-        text = data.submission_csv(lookup, image_ids, predict(test_images, tta=_TTA.value))
+        text = data.submission_csv(lookup, image_ids,
+                                   predict(test_images, tta=_TTA.value)[:, :keypoints.NUM_COORDS])
         files.write_text(out / "submission.csv", text)
         print(f"wrote {out / 'submission.csv'} ({len(lookup)} rows)")
 
@@ -119,12 +120,13 @@ def main(argv: list[str]) -> None:
 def _nme_report(pred, ev) -> dict:
     """NME (300-W: mean error / outer-eye-corner distance) over the faces whose outer eye
     corners and every keypoint are labelled, as photos are scored by predict.py."""
-    from fkd_jax import picture_metrics
+    from fkd_jax import keypoints, picture_metrics
 
-    scored = ev.mask.all(axis=1)
+    k = keypoints.NUM_COORDS  # Kaggle's 15 come first (a square model's square points follow)
+    scored = ev.mask[:, :k].all(axis=1)
     if not scored.any():
         return {}
-    nmes = picture_metrics.nme(pred[scored], ev.keypoints[scored])
+    nmes = picture_metrics.nme(pred[scored, :k], ev.keypoints[scored, :k])
     return {"nme": float(nmes.mean()), "nme_median": float(np.median(nmes)),
             "nme_failure_rate": picture_metrics.failure_rate(nmes),
             "nme_faces": int(scored.sum())}
@@ -133,7 +135,8 @@ def _nme_report(pred, ev) -> dict:
 def _print_table(report: dict, keypoint_set) -> None:
     print(f"RMSE on {report['n_images']} images ({report['data']}; {report['checkpoint']} "
           f"checkpoint, epoch {report['checkpoint_epoch']}{', TTA' if report['tta'] else ''})")
-    print(f"  {'overall':28s} {report['rmse_px']:7.3f} px")
+    scored = " (the 15 face points)" if keypoint_set.scored else ""
+    print(f"  {'overall' + scored:28s} {report['rmse_px']:7.3f} px")
     if "nme" in report:
         print(f"  {'NME (outer eye corners)':28s} {100 * report['nme']:7.2f} %   (median "
               f"{100 * report['nme_median']:.2f} %, failures > 10%: "

@@ -18,8 +18,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.test_path = config_dict.placeholder(str)  # Kaggle test.csv/.zip, for submissions
     c.data.lookup_path = config_dict.placeholder(str)  # Kaggle IdLookupTable.csv
     c.data.groups_path = config_dict.placeholder(str)  # one group id per row: grouped split
-    # Which keypoints: "kaggle15" (Kaggle's 15, from train_path's own columns) or "ibug68"
-    # (the 68 iBUG/300W landmarks, read from keypoints_path, row for row with train_path).
+    # Which keypoints: "kaggle15" (Kaggle's 15, from train_path's own columns), "ibug68"
+    # (the 68 iBUG/300W landmarks, read from keypoints_path, row for row with train_path) or
+    # "kaggle15_square" (Kaggle's 15 + four fixed points of the crop's square, so that the
+    # model says where the training framing lies: predict.py re-frames photos by them).
     c.data.keypoints = "kaggle15"
     c.data.keypoints_path = config_dict.placeholder(str)
     c.data.label_policy = "mask"  # "mask": all rows, masked loss; "drop": complete rows only

@@ -182,7 +182,7 @@ def _check_combinations(config) -> None:
     if t.heatmap_loss_weight > 0 and not models.has_heatmaps(config.model.name):
         raise UserError(f"--config.train.heatmap_loss_weight={t.heatmap_loss_weight!r} needs a "
                         f"heatmap model (--config.model.name={config.model.name!r} has none)")
-    if d.keypoints != "kaggle15" and not d.keypoints_path:
+    if d.keypoints == "ibug68" and not d.keypoints_path:
         raise UserError(f"--config.data.keypoints={d.keypoints!r} needs "
                         "--config.data.keypoints_path (a CSV of those keypoints, row for row "
                         "with --config.data.train_path)")

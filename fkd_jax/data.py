@@ -35,7 +35,8 @@ import pandas as pd
 
 from fkd_jax import files
 from fkd_jax.errors import DataError, UserError
-from fkd_jax.keypoints import COLUMNS, IMAGE_SIZE, KAGGLE15, KeypointSet
+from fkd_jax.keypoints import (COLUMNS, IMAGE_SIZE, KAGGLE15, KAGGLE15_SQUARE, SQUARE_NAMES,
+                               KeypointSet, square_points_px)
 
 IMAGE_COLUMN = "Image"
 NUM_PIXELS = IMAGE_SIZE * IMAGE_SIZE  # 9216 values per Image
@@ -104,6 +105,8 @@ def load_training(path, keypoint_set: KeypointSet = KAGGLE15,
     same image pixels; a coordinate outside the image counts as not labelled (as when
     augmentation moves a keypoint out of the frame).
     """
+    if keypoint_set == KAGGLE15_SQUARE:
+        return with_square_points(load_training(path, KAGGLE15, keypoints_path))
     table, source = _read_table(path, "training.csv", TRAINING_COLUMNS)
     images = _parse_images(table[IMAGE_COLUMN], source)
     row_ids = np.arange(len(table), dtype=np.int64)
@@ -122,6 +125,17 @@ def load_training(path, keypoint_set: KeypointSet = KAGGLE15,
     keypoints, mask = _parse_keypoints(kp_table, kp_source, keypoint_set.columns,
                                        outside_is_missing=True)
     return KeypointData(images, keypoints, mask, row_ids, keypoint_set)
+
+
+def with_square_points(data: KeypointData) -> KeypointData:
+    """Kaggle rows with the crop's four square points appended (`KAGGLE15_SQUARE`), labelled in
+    every row: each crop is its own training square, so they sit at fixed pixels."""
+    square = np.broadcast_to(square_points_px(data.image_size).astype(np.float32),
+                             (len(data), len(SQUARE_NAMES) * 2))
+    return dataclasses.replace(
+        data, keypoints=np.concatenate([data.keypoints, square], axis=1),
+        mask=np.concatenate([data.mask, np.ones(square.shape, bool)], axis=1),
+        keypoint_set=KAGGLE15_SQUARE)
 
 
 def load_test(path) -> tuple[np.ndarray, np.ndarray]:
@@ -216,9 +230,12 @@ def load_label_pattern(path) -> np.ndarray:
 
 def impose_missing(data: KeypointData, pattern: np.ndarray, seed: int) -> KeypointData:
     """Each row keeps only the labels of a pattern row drawn at random (seeded, with
-    replacement); labels it already lacked stay missing."""
+    replacement); labels it already lacked stay missing. The pattern covers Kaggle's 30
+    columns; points a set adds after them (the square points) stay labelled."""
     draw = np.random.default_rng(seed).integers(0, len(pattern), size=len(data))
-    mask = data.mask & pattern[draw]
+    keep = np.ones_like(data.mask)
+    keep[:, :pattern.shape[1]] = pattern[draw]
+    mask = data.mask & keep
     return dataclasses.replace(data, mask=mask,
                                keypoints=np.where(mask, data.keypoints, 0.0).astype(np.float32))
 

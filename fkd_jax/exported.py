@@ -11,8 +11,9 @@ Contract of the exported function (`.call(images)`):
   output  float32 (B, 2K): normalised coordinates u = x / 48 - 1 (x in pixels of the 96x96
           crop, origin at its top-left corner; see fkd_jax.keypoints), x and y interleaved in
           the run's keypoint order: K = 15 in Kaggle's column order (left_eye_center_x,
-          left_eye_center_y, right_eye_center_x, ...) or K = 68 iBUG points (p0_x, p0_y, ...)
-          for an ibug68 run. Pixels: (u + 1) * 48.
+          left_eye_center_y, right_eye_center_x, ...), K = 68 iBUG points (p0_x, p0_y, ...)
+          for an ibug68 run, or K = 19 for a kaggle15_square run (Kaggle's 15, then the four
+          square points). Pixels: (u + 1) * 48.
 
 With jax alone (no fkd_jax):
 

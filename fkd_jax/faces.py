@@ -53,6 +53,7 @@ _CONFIRM_SIZE, _CONFIRM_WIDEN = 96, 1.6  # FaceDetector.confirms: crop pixels, x
 CONFIRM_MIN_SCORE = framing_stats.CONFIRM_MIN_SCORE
 
 _IDX = {name: i for i, name in enumerate(keypoints.KEYPOINT_NAMES)}
+_SQUARE_WIDTH = 2 * keypoints.KAGGLE15_SQUARE.num_keypoints  # 38: Kaggle's 15 + 4 square points
 _MEAN_POINTS = np.asarray(face_shape_stats.MEAN_SHAPE, np.float64).reshape(-1, 2)
 
 # A predictor: crops (N, 96, 96, 1) float32 in [0, 1] -> keypoints (N, 30) in crop pixels.
@@ -82,14 +83,18 @@ class Detection:
 
 
 def kaggle15(keypoints_px: np.ndarray) -> np.ndarray:
-    """(..., 30) Kaggle keypoints of a model's output: as they are, or derived from the 68
-    iBUG landmarks (..., 136) of a 68-point model (fkd_jax.keypoints.kaggle15_from_ibug68)."""
+    """(..., 30) Kaggle keypoints of a model's output: as they are, the first 30 of a square
+    model's 38, or derived from the 68 iBUG landmarks (..., 136) of a 68-point model
+    (fkd_jax.keypoints.kaggle15_from_ibug68)."""
     kp = np.asarray(keypoints_px, np.float64)
     if kp.shape[-1] == keypoints.NUM_COORDS:
         return kp
+    if kp.shape[-1] == _SQUARE_WIDTH:
+        return kp[..., :keypoints.NUM_COORDS]
     if kp.shape[-1] == 2 * keypoints.IBUG68.num_keypoints:
         return np.asarray(keypoints.kaggle15_from_ibug68(kp), np.float64)
-    raise ValueError(f"keypoints of width {kp.shape[-1]}: expected 30 (Kaggle) or 136 (iBUG 68)")
+    raise ValueError(f"keypoints of width {kp.shape[-1]}: expected 30 (Kaggle), 38 (Kaggle + "
+                     "square) or 136 (iBUG 68)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,11 +299,15 @@ def framing_from_keypoints(keypoints_px: np.ndarray, rotate: bool = False) -> Fr
     """The training rule applied to (predicted) keypoints (2K,) in picture pixels: centre =
     mean of the 15 Kaggle keypoints + TRAIN_CENTRE_OFFSET x side; side from
     `side_from_keypoints` (15 keypoints) or exactly as in training, 1.1305 x the larger side of
-    the landmarks' box (68-point models). With `rotate` the square turns with the eye line
-    (undoes in-plane roll; training crops were upright, so roll then comes out as 0)."""
+    the landmarks' box (68-point models). A square model's four square points say where the
+    training square is (`framing_from_square_points`). With `rotate` the square turns with
+    the eye line (undoes in-plane roll; training crops were upright, so roll then comes out
+    as 0)."""
     all_points = keypoints.as_points(np.asarray(keypoints_px, np.float64))
     p = keypoints.as_points(kaggle15(keypoints_px))
     mean, rot, angle = square_axes(keypoints_px, rotate)
+    if len(all_points) * 2 == _SQUARE_WIDTH:
+        return framing_from_square_points(all_points[len(p):], angle)
     if len(all_points) == len(p):
         side = side_from_keypoints((p - mean) @ rot)  # coordinates in the square's own axes
     else:
@@ -306,6 +315,18 @@ def framing_from_keypoints(keypoints_px: np.ndarray, rotate: bool = False) -> Fr
         side = framing_stats.TRAIN_SIDE_PER_BBOX68 * float(span.max())
     centre = mean + rot @ (np.asarray(framing_stats.TRAIN_CENTRE_OFFSET) * side)
     return Framing(float(centre[0]), float(centre[1]), side, angle)
+
+
+def framing_from_square_points(points: np.ndarray, angle: float = 0.0) -> Framing:
+    """The training square marked by a square model's four square points (4, 2) in picture
+    pixels: centre = their mean (they are symmetric about the crop's centre), side from their
+    RMS distance to it (sqrt(2) x 1/3 of the side in a training crop), turned by `angle`."""
+    pts = np.asarray(points, np.float64)
+    centre = pts.mean(axis=0)
+    ref = keypoints.as_points(keypoints.square_points_px(CROP))
+    ratio = np.sqrt(((pts - centre) ** 2).sum(-1).mean()) / np.sqrt(
+        ((ref - CROP / 2) ** 2).sum(-1).mean())
+    return Framing(float(centre[0]), float(centre[1]), float(CROP * ratio), angle)
 
 
 def training_framing(keypoints_px: np.ndarray, landmarks68_px: np.ndarray) -> Framing:
@@ -635,7 +656,9 @@ def draw_faces(picture: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
         cv2.rectangle(out, (round(x), round(y)), (round(x + w), round(y + h)), _BOX, unit)
         cv2.putText(out, str(i), (round(x) + 2 * unit, round(y) + 12 * unit),
                     cv2.FONT_HERSHEY_SIMPLEX, 0.4 * unit, _BOX, unit, cv2.LINE_AA)
-        pts = keypoints.as_points(np.asarray(f.keypoints_px, np.float64))
+        kp = np.asarray(f.keypoints_px, np.float64)
+        # A square model's square points are a framing aid: the face's 15 are drawn.
+        pts = keypoints.as_points(kaggle15(kp) if kp.shape[-1] == _SQUARE_WIDTH else kp)
         colours = _POINT_COLOURS if len(pts) == len(_POINT_COLOURS) else [_MID] * len(pts)
         for (px, py), colour in zip(pts, colours):
             if np.isfinite(px) and np.isfinite(py):

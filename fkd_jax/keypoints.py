@@ -15,7 +15,9 @@ Arrays of keypoints have shape (..., 30) in Kaggle's column order (x, y interlea
 Other keypoint sets (`KeypointSet`, chosen by `config.data.keypoints`): the module-level names
 below describe Kaggle's 15 (`KAGGLE15`), the default everywhere; `IBUG68` is the 68-landmark
 iBUG/300W set. Code that must work for any set takes a `KeypointSet` (names, flip permutation,
-groups) from the data instead of these constants.
+groups) from the data instead of these constants. `KAGGLE15_SQUARE` adds four points that
+mark the crop's own square (`SQUARE_NAMES`): a model trained on them says where the training
+framing lies in a crop that is framed differently (predict.py re-frames photos by them).
 """
 
 from __future__ import annotations
@@ -144,6 +146,9 @@ class KeypointSet:
     names: tuple[str, ...]
     mirror: tuple[int, ...]  # mirror[i]: the keypoint that lands in slot i after a flip
     groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # The keypoints of the headline RMSE (empty: all of them); the square set's four frame
+    # points are a framing aid, not part of the face.
+    scored: tuple[str, ...] = ()
 
     def __post_init__(self):
         m = np.asarray(self.mirror)
@@ -189,7 +194,28 @@ IBUG68 = KeypointSet("ibug68", _IBUG_NAMES, _ibug68_mirror(), {
     "jaw": _IBUG_NAMES[0:17], "eyebrows": _IBUG_NAMES[17:27], "nose": _IBUG_NAMES[27:36],
     "eyes": _IBUG_NAMES[36:48], "mouth": _IBUG_NAMES[48:68]})
 
-KEYPOINT_SETS: dict[str, KeypointSet] = {s.name: s for s in (KAGGLE15, IBUG68)}
+
+# The square points: four fixed points of every crop, at 1/6 and 5/6 of its side, named by the
+# image's corners (not the subject's sides). Every training crop is framed by one rule, so in
+# an un-augmented crop they always sit here; augmentation moves them with the face, and a
+# model learns where the training square lies in a crop framed otherwise.
+SQUARE_NAMES: tuple[str, ...] = ("square_top_west", "square_top_east", "square_bottom_west",
+                                 "square_bottom_east")
+
+
+def square_points_px(size: int = IMAGE_SIZE) -> np.ndarray:
+    """(8,) the square points of a size x size crop in pixels, x y interleaved in
+    `SQUARE_NAMES` order; symmetric about the crop's centre, so their mean is the centre."""
+    lo, hi = size / 6.0, 5.0 * size / 6.0
+    return np.array([lo, lo, hi, lo, lo, hi, hi, hi], np.float64)
+
+
+KAGGLE15_SQUARE = KeypointSet(
+    "kaggle15_square", KEYPOINT_NAMES + SQUARE_NAMES,
+    tuple(int(i) for i in KEYPOINT_FLIP_PERMUTATION) + (16, 15, 18, 17),  # west <-> east
+    {**GROUPS, "square": SQUARE_NAMES}, scored=KEYPOINT_NAMES)
+
+KEYPOINT_SETS: dict[str, KeypointSet] = {s.name: s for s in (KAGGLE15, IBUG68, KAGGLE15_SQUARE)}
 
 
 def kaggle15_from_ibug68(points68):

@@ -370,14 +370,17 @@ def error_sums(pred_px: np.ndarray, keypoints_px: np.ndarray, mask: np.ndarray) 
 
 def rmse_report(pred_px: np.ndarray, keypoints_px: np.ndarray, mask: np.ndarray,
                 keypoint_set: keypoints.KeypointSet = keypoints.KAGGLE15) -> dict[str, float]:
-    """RMSE in pixels: overall (`rmse_px`), per keypoint (x and y pooled) and per group."""
+    """RMSE in pixels: overall (`rmse_px`, over the set's scored keypoints: the 15 face points
+    of the square set), per keypoint (x and y pooled) and per group."""
     se, n = error_sums(pred_px, keypoints_px, mask)
 
     def rmse(names) -> float:
         cols = keypoints.column_indices(names, keypoint_set.names)
         return float(np.sqrt(se[cols].sum() / n[cols].sum())) if n[cols].sum() else float("nan")
 
-    out = {"rmse_px": float(np.sqrt(se.sum() / max(n.sum(), 1)))}
+    scored = keypoints.column_indices(keypoint_set.scored or keypoint_set.names,
+                                      keypoint_set.names)
+    out = {"rmse_px": float(np.sqrt(se[scored].sum() / max(n[scored].sum(), 1)))}
     out.update({name: rmse([name]) for name in keypoint_set.names})
     out.update({f"group/{group}": rmse(names) for group, names in keypoint_set.groups.items()})
     return out

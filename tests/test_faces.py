@@ -373,3 +373,23 @@ def test_reframing_by_keypoints_makes_the_training_crop_the_pipelines_fixed_poin
         assert np.abs(out.images[i] - crop).max() < 2 / 255
     np.testing.assert_array_equal(out.images[2], data.images[2])
     np.testing.assert_array_equal(out.keypoints[2], data.keypoints[2])
+
+
+def test_a_square_models_square_points_give_the_square_they_mark():
+    """A square model (Kaggle's 15 + the crop's 4 square points) re-frames by where it sees
+    the training square: predictions that put the square points at their training place in
+    a crop give back that crop's own square, whatever its place, size and turn."""
+    square = keypoints.square_points_px()
+    for f in (faces.Framing(120.0, 80.5, 150.0, 0.0), faces.Framing(40.0, 210.0, 61.0, 0.4)):
+        pred_crop = np.concatenate([MEAN, square])  # the face anywhere; square as trained
+        got = faces.framing_from_keypoints(f.to_picture(pred_crop), rotate=False)
+        assert (got.cx, got.cy, got.side) == pytest.approx((f.cx, f.cy, f.side))
+        # The square points seen 10% larger and 3 px east in the crop: the square follows.
+        bigger = 48 + 1.1 * (square - 48) + np.tile([3.0, 0.0], 4)
+        got = faces.framing_from_keypoints(f.to_picture(np.concatenate([MEAN, bigger])))
+        centre = f.to_picture(np.array([51.0, 48.0]))
+        assert (got.cx, got.cy, got.side) == pytest.approx((*centre, 1.1 * f.side))
+    # The face's keypoints are the first 15: scored, drawn and written as Kaggle's.
+    both = np.concatenate([MEAN, square])
+    np.testing.assert_array_equal(faces.kaggle15(both), MEAN)
+    assert faces.shape_error(both) == pytest.approx(0, abs=1e-9)

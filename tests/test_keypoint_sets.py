@@ -1,5 +1,6 @@
-"""Keypoint sets beyond Kaggle's 15: the iBUG 68 mirror table, and a 68-landmark run end to end
-on generated data (train.py and eval.py as a user runs them)."""
+"""Keypoint sets beyond Kaggle's 15: the iBUG 68 mirror table, the square set (Kaggle's 15 + the
+crop's square points), and runs of both end to end on generated data (train.py, eval.py and
+predict.py as a user runs them)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
+import pandas as pd
 import pytest
 
-from fkd_jax import data, keypoints, synthetic
+from fkd_jax import data, keypoints, synthetic, training
 from fkd_jax.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,3 +89,71 @@ def test_a_68_landmark_run_trains_and_evaluates(tmp_path):
     report = json.loads((workdir / "eval" / "metrics.json").read_text())
     assert {"p0", "p67", "group/jaw", "group/mouth"} <= set(report)
     assert report["rmse_px"] == pytest.approx(records[-1]["val_rmse_px"], rel=1e-4)
+
+
+def test_the_square_set_adds_the_crops_square_points_to_kaggles_rows(tmp_path):
+    paths = synthetic.write_kaggle_files(tmp_path / "faces", 6, seed=2)
+    plain = data.load_training(paths["training"])
+    d = data.load_training(paths["training"], keypoints.KAGGLE15_SQUARE)
+    assert d.keypoint_set is keypoints.KAGGLE15_SQUARE and d.keypoints.shape == (6, 38)
+    np.testing.assert_array_equal(d.keypoints[:, :30], plain.keypoints)
+    np.testing.assert_array_equal(d.mask[:, :30], plain.mask)
+    np.testing.assert_allclose(d.keypoints[:, 30:], np.tile([16, 16, 80, 16, 16, 80, 80, 80],
+                                                            (6, 1)))
+    assert d.mask[:, 30:].all()
+    # Mirrored, the square points swap west and east and land on the same pixels.
+    flipped = keypoints.flip_keypoints_px(d.keypoints, None, 96,
+                                          keypoints.KAGGLE15_SQUARE.flip_permutation)
+    np.testing.assert_allclose(flipped[:, 30:], d.keypoints[:, 30:])
+    np.testing.assert_allclose(flipped[:, :30], keypoints.flip_keypoints_px(plain.keypoints))
+    # Kaggle's missing-label pattern applies to the 15; the square points stay labelled.
+    holey = data.impose_missing(d, np.zeros((3, 30), bool), seed=0)
+    assert not holey.mask[:, :30].any() and holey.mask[:, 30:].all()
+
+
+def test_the_square_sets_headline_rmse_is_over_the_face_points_only():
+    truth = np.tile(np.concatenate([np.full(30, 40.0), keypoints.square_points_px()]), (4, 1))
+    pred = truth.copy()
+    pred[:, 30:] += 3.0  # the square points 3 px off in x and y, the face exact
+    report = training.rmse_report(pred, truth, np.ones_like(truth, bool),
+                                  keypoints.KAGGLE15_SQUARE)
+    assert report["rmse_px"] == 0.0 and report["group/square"] == pytest.approx(3.0)
+    pred[:, :30] += 1.0
+    assert training.rmse_report(pred, truth, np.ones_like(truth, bool),
+                                keypoints.KAGGLE15_SQUARE)["rmse_px"] == pytest.approx(1.0)
+
+
+def test_a_square_run_trains_evaluates_and_predicts_on_a_photo(tmp_path):
+    """train.py, eval.py and predict.py with `data.keypoints=kaggle15_square`: the headline
+    RMSE and NME are the 15 face points', and predict.py writes Kaggle's 30 columns."""
+    workdir = tmp_path / "square"
+    args = ["--config", "configs/base.py", "--config.data.synthetic_n=32",
+            "--config.data.keypoints=kaggle15_square", "--config.model.name=simple_cnn",
+            "--config.model.widths=(4,8,8)", "--config.train.batch_size=16",
+            "--config.train.epochs=1", "--workdir", str(workdir)]
+    proc = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    proc = subprocess.run([sys.executable, "eval.py", "--workdir", str(workdir)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((workdir / "eval" / "metrics.json").read_text())
+    assert {"square_top_west", "group/square", "nme"} <= set(report)
+    record = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert report["rmse_px"] == pytest.approx(record["val_rmse_px"], rel=1e-4)
+    face = [report[n] for n in keypoints.KEYPOINT_NAMES]
+    assert min(face) <= report["rmse_px"] <= max(face)  # the 15's pooled RMSE, not the 19's
+
+    images, _ = synthetic.generate_faces(1, 4)
+    picture = np.full((160, 200), 100, np.uint8)
+    picture[30:126, 50:146] = images[0]
+    photo = tmp_path / "photo.png"
+    cv2.imwrite(str(photo), picture)
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "predict.py", "--workdir", str(workdir), "--out",
+                           str(out), "--box", "50,30,96,96", str(photo)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    table = pd.read_csv(out / "keypoints.csv")
+    assert len(table) == 1 and list(table.columns[8:]) == list(keypoints.COLUMNS)
+    assert np.isfinite(table[list(keypoints.COLUMNS)].to_numpy()).all()
