@@ -393,3 +393,29 @@ def test_a_square_models_square_points_give_the_square_they_mark():
     both = np.concatenate([MEAN, square])
     np.testing.assert_array_equal(faces.kaggle15(both), MEAN)
     assert faces.shape_error(both) == pytest.approx(0, abs=1e-9)
+
+
+def test_framing_response_of_a_perfect_square_model_is_zero_at_every_offset():
+    """scripts/framing_response.py's measurement, with an oracle for the model (the true 15
+    and square points in each mis-framed crop's pixels): the re-framed square is the true one
+    (no bias, no noise) and the keypoints come back exactly, whatever the offset."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "framing_response.py"
+    spec = importlib.util.spec_from_file_location("framing_response", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    images, kps = synthetic.generate_faces(3, seed=2)
+    truth = np.concatenate([kps, np.tile(keypoints.square_points_px(), (3, 1))], axis=1)
+    for dx, dy, zoom in script.OFFSETS:
+        off = faces.Framing(48 + dx, 48 + dy, 96 * zoom)
+
+        def oracle(crops):
+            return np.stack([off.to_crop(t) for t in truth])
+
+        r = script.response(oracle, images[..., None] / 255.0, kps, dx, dy, zoom, False)
+        assert np.allclose(r["mean"], 0, atol=1e-4) and np.allclose(r["std"], 0, atol=1e-4)
+        assert r["rmse_px"] < 1e-6
+        shape = script.response(oracle, images[..., None] / 255.0, kps, dx, dy, zoom, True)
+        assert shape["rmse_px"] < 1e-6 and not np.allclose(shape["mean"], 0, atol=1e-4)

@@ -1,0 +1,84 @@
+"""How a run's re-framing follows a mis-framed crop, on its own validation crops.
+
+  uv run python scripts/framing_response.py --workdir RUN [--rule auto|shape] [--checkpoint best]
+
+predict.py frames a face (passes 2, 3, ...) from the model's last prediction. This measures
+that step where the truth is known: each validation crop is re-cropped off its training square
+(shifted by dx, dy pixels, zoomed by s), the model predicts, and the square is re-framed from
+the prediction (`faces.framing_from_keypoints`: a square model's square points, else the
+15-keypoint shape rule; `--rule shape` hides a square model's square points). Printed per
+offset: the re-framed square's error against the true one (centre in fractions of the side,
+size as log side; mean = bias, std = noise) and the 15 keypoints' RMSE in the crop's pixels.
+The error's mean divided by the offset is how far the re-framing stays with the wrong crop
+(0: it lands on the true square in one step; 1: it never moves). Writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fkd_jax import experiment, faces, inference, keypoints  # noqa: E402
+from fkd_jax.errors import UserError, exit_on_user_error  # noqa: E402
+
+# (dx, dy) in crop pixels and zoom (the crop's side over the training square's).
+OFFSETS = ((0, 0, 1.0), (3, 0, 1.0), (0, 3, 1.0), (0, 0, 1.08), (0, 0, 0.92), (3, 3, 1.08))
+
+
+def response(predict, images: np.ndarray, truth15: np.ndarray, dx: float, dy: float, zoom: float,
+             hide_square: bool) -> dict:
+    """Re-framing error (N, 3) stats and keypoint RMSE for crops (N, S, S, 1) in [0, 1], each
+    re-cropped off its own square by (dx, dy, zoom)."""
+    size = images.shape[1]
+    off = faces.Framing(size / 2 + dx, size / 2 + dy, size * zoom)
+    gray = np.rint(images[..., 0] * 255).astype(np.uint8)
+    crops = np.concatenate([faces.crop_faces(g, [off], size) for g in gray])
+    pred = np.asarray(predict(crops), np.float64)
+    if hide_square:
+        pred = pred[:, :keypoints.NUM_COORDS]
+    back = np.stack([off.to_picture(p, size) for p in pred])  # the original crop's pixels
+    err = []
+    for p in back:
+        f = faces.framing_from_keypoints(p)
+        err.append([f.cx / size - 0.5, f.cy / size - 0.5, np.log(f.side / size)])
+    err = np.asarray(err)
+    rmse = float(np.sqrt(np.mean((faces.kaggle15(back) - truth15) ** 2)))
+    return {"offset": [round(dx / size, 4), round(dy / size, 4), round(float(np.log(zoom)), 4)],
+            "mean": err.mean(0).round(4).tolist(), "std": err.std(0).round(4).tolist(),
+            "rmse_px": round(rmse, 3)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workdir", required=True, type=Path, help="a trained run's folder")
+    ap.add_argument("--rule", choices=("auto", "shape"), default="auto",
+                    help="auto: the model's own rule; shape: the 15-keypoint shape rule")
+    ap.add_argument("--checkpoint", choices=("best", "latest"), default="best")
+    args = ap.parse_args(argv)
+    if not args.workdir.is_dir():
+        raise UserError(f"--workdir {args.workdir}: no such folder")
+    run = inference.load_run(args.workdir, args.checkpoint)
+    if run.config.data.keypoints == "ibug68":
+        raise UserError(f"--workdir {args.workdir}: a 68-landmark run (this script scores the 15)")
+    data = experiment.read_run_data(run.config, args.workdir)
+    experiment.discard_run_data(data)
+    val = data.val.subset(data.val.mask[:, :keypoints.NUM_COORDS].all(axis=1))
+    predict = inference.Predictor.from_run(run)
+    truth15 = val.keypoints[:, :keypoints.NUM_COORDS].astype(np.float64)
+    square = run.config.data.keypoints == "kaggle15_square" and args.rule == "auto"
+    print(f"{args.workdir}: {len(val)} validation crops, {args.checkpoint} checkpoint "
+          f"(epoch {run.meta['epoch']}), re-framed by {'square points' if square else 'shape'}")
+    print("offset (x, y, log side) -> re-framed square's error: mean, std; keypoint RMSE px")
+    for dx, dy, zoom in OFFSETS:
+        r = response(predict, val.images, truth15, dx, dy, zoom, args.rule == "shape")
+        print(json.dumps(r))
+
+
+if __name__ == "__main__":
+    exit_on_user_error(main)()
