@@ -137,6 +137,7 @@ def _print_table(report: dict, keypoint_set) -> None:
           f"checkpoint, epoch {report['checkpoint_epoch']}{', TTA' if report['tta'] else ''})")
     scored = " (the 15 face points)" if keypoint_set.scored else ""
     print(f"  {'overall' + scored:28s} {report['rmse_px']:7.3f} px")
+    print(f"  {'mean signed error x, y':28s} {report['bias_x_px']:+7.3f} {report['bias_y_px']:+.3f} px")
     if "nme" in report:
         print(f"  {'NME (outer eye corners)':28s} {100 * report['nme']:7.2f} %   (median "
               f"{100 * report['nme_median']:.2f} %, failures > 10%: "

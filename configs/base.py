@@ -86,4 +86,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.augment.blur_prob = 0.0
     c.augment.erase_prob = 0.0  # one occluding rectangle (random erasing), this often
     c.augment.erase_size = 0.4  # its largest side, as a fraction of the image side
+    # How far right of the image content the x labels sit, pixels (a labelling convention);
+    # the flip mirrors labels about that axis (fkd_jax/augment.py).
+    c.augment.flip_label_offset_px = 0.0
     return c

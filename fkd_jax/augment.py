@@ -55,6 +55,11 @@ class AugmentSettings:
     blur_prob: float = 0.0  # probability of a Gaussian blur, sigma in BLUR_SIGMA_RANGE
     erase_prob: float = 0.0  # probability of one occluding rectangle (random erasing)
     erase_size: float = 0.4  # its largest side, as a fraction of the image side
+    # How far right of the image content the x labels sit (pixels): a labelling convention
+    # (e.g. 1-based pixel indices). The flip mirrors labels about W / 2 + this, so they stay
+    # on their content; about W / 2 it would move them by twice this, and a model trained on
+    # half-flipped faces then lands this far left of every label.
+    flip_label_offset_px: float = 0.0
 
     @property
     def affine(self) -> bool:
@@ -100,9 +105,12 @@ def read_settings(cfg) -> AugmentSettings:
 
 
 def hflip(image: jax.Array, keypoints_px: jax.Array, mask: jax.Array,
-          flip_permutation: np.ndarray = FLIP_PERMUTATION) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Mirror the image along its width; keypoints x -> W - x with left/right swapped."""
-    kp, m = flip_keypoints_px(keypoints_px, mask, image.shape[1], flip_permutation)
+          flip_permutation: np.ndarray = FLIP_PERMUTATION, label_offset_px: float = 0.0
+          ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Mirror the image along its width; keypoints x -> W + 2 * label_offset_px - x with
+    left/right swapped (labels that sit label_offset_px right of their content stay so)."""
+    kp, m = flip_keypoints_px(keypoints_px, mask, image.shape[1] + 2 * label_offset_px,
+                              flip_permutation)
     return image[:, ::-1, :], kp, m
 
 
@@ -304,7 +312,7 @@ def augment_example(key: jax.Array, image: jax.Array, keypoints_px: jax.Array, m
     if s.flip:
         do_flip = jax.random.bernoulli(k_flip)
         if not s.affine:  # a pure flip is an exact copy: no resampling needed
-            flipped = hflip(out, kp, m, flip_permutation)
+            flipped = hflip(out, kp, m, flip_permutation, s.flip_label_offset_px)
             out, kp, m = (jnp.where(do_flip, f, o) for f, o in zip(flipped, (out, kp, m)))
     if s.affine:
         k_rot, k_scale, k_shift = jax.random.split(k_affine, 3)
@@ -317,7 +325,7 @@ def augment_example(key: jax.Array, image: jax.Array, keypoints_px: jax.Array, m
         # (with its left/right relabelling) first, then the same rotation/scale/shift.
         out = warp_image(out, affine_matrix(angle, scale, shift, mirror, centre=w / 2))
         if s.flip:
-            fkp, fm = flip_keypoints_px(kp, m, w, flip_permutation)
+            fkp, fm = flip_keypoints_px(kp, m, w + 2 * s.flip_label_offset_px, flip_permutation)
             kp, m = jnp.where(do_flip, fkp, kp), jnp.where(do_flip, fm, m)
         kp, m = transform_keypoints(kp, m, affine_matrix(angle, scale, shift, centre=w / 2),
                                     size=w)

@@ -105,6 +105,7 @@ def _schema() -> dict[str, Key]:
         "augment.blur_prob": _in_range(0.0, 1.0),
         "augment.erase_prob": _in_range(0.0, 1.0),
         "augment.erase_size": _in_range(0.0, 1.0),
+        "augment.flip_label_offset_px": _in_range(-2.0, 2.0),
     }
 
 

@@ -89,36 +89,45 @@ class Predictor:
 
     `fn(images)` maps a batch (batch_size, S, S, 1) to (batch_size, 2K) *normalised*
     coordinates; a request of N images runs ceil(N / batch_size) calls, the last one padded,
-    so every request reuses the executable compiled for the first.
+    so every request reuses the executable compiled for the first. Flip TTA un-mirrors about
+    the axis training mirrored labels about (`flip_label_offset_px`, the run's
+    `augment.flip_label_offset_px`).
     """
 
     def __init__(self, fn: Callable[[jax.Array], jax.Array], batch_size: int = EVAL_BATCH,
                  image_size: int = keypoints.IMAGE_SIZE,
-                 flip_permutation: np.ndarray = keypoints.FLIP_PERMUTATION):
+                 flip_permutation: np.ndarray = keypoints.FLIP_PERMUTATION,
+                 flip_label_offset_px: float = 0.0):
         self._fn, self.batch_size, self.image_size = fn, batch_size, image_size
         self.flip_permutation = flip_permutation
+        self.flip_label_offset_px = flip_label_offset_px
 
     @classmethod
     def from_params(cls, apply: Callable, params, batch_size: int = EVAL_BATCH,
                     image_size: int = keypoints.IMAGE_SIZE,
-                    flip_permutation: np.ndarray = keypoints.FLIP_PERMUTATION) -> "Predictor":
+                    flip_permutation: np.ndarray = keypoints.FLIP_PERMUTATION,
+                    flip_label_offset_px: float = 0.0) -> "Predictor":
         """`apply` is a jitted `(params, images) -> normalised` (`model_apply`); the
         parameters stay an argument, not baked-in constants, so a training loop reuses the
         compiled function with each epoch's parameters."""
-        return cls(lambda x: apply(params, x), batch_size, image_size, flip_permutation)
+        return cls(lambda x: apply(params, x), batch_size, image_size, flip_permutation,
+                   flip_label_offset_px)
 
     @classmethod
     def from_run(cls, run: Run, batch_size: int = EVAL_BATCH) -> "Predictor":
         keypoint_set = keypoints.KEYPOINT_SETS[run.config.data.keypoints]
+        offset = float(run.config.augment.get("flip_label_offset_px", 0.0) or 0.0)
         return cls.from_params(model_apply(run.graphdef), run.params, batch_size,
-                               flip_permutation=keypoint_set.flip_permutation)
+                               flip_permutation=keypoint_set.flip_permutation,
+                               flip_label_offset_px=offset)
 
     def __call__(self, images: np.ndarray, tta: bool = False) -> np.ndarray:
         """(N, 2K) pixels; with `tta`, averaged with the (un-mirrored) mirror-image prediction."""
         pred = self._predict(images)
         if tta:
             mirrored = self._predict(np.asarray(images)[:, :, ::-1, :])
-            pred = 0.5 * (pred + keypoints.flip_keypoints_px(mirrored, None, self.image_size,
+            axis_width = self.image_size + 2 * self.flip_label_offset_px
+            pred = 0.5 * (pred + keypoints.flip_keypoints_px(mirrored, None, axis_width,
                                                               self.flip_permutation))
         return pred
 

@@ -371,7 +371,9 @@ def error_sums(pred_px: np.ndarray, keypoints_px: np.ndarray, mask: np.ndarray) 
 def rmse_report(pred_px: np.ndarray, keypoints_px: np.ndarray, mask: np.ndarray,
                 keypoint_set: keypoints.KeypointSet = keypoints.KAGGLE15) -> dict[str, float]:
     """RMSE in pixels: overall (`rmse_px`, over the set's scored keypoints: the 15 face points
-    of the square set), per keypoint (x and y pooled) and per group."""
+    of the square set), per keypoint (x and y pooled) and per group; and the mean signed
+    error of the scored x and y coordinates (`bias_x_px`, `bias_y_px`: a model off by the same
+    amount everywhere, e.g. trained with labels mirrored about the wrong axis, shows here)."""
     se, n = error_sums(pred_px, keypoints_px, mask)
 
     def rmse(names) -> float:
@@ -381,6 +383,10 @@ def rmse_report(pred_px: np.ndarray, keypoints_px: np.ndarray, mask: np.ndarray,
     scored = keypoints.column_indices(keypoint_set.scored or keypoint_set.names,
                                       keypoint_set.names)
     out = {"rmse_px": float(np.sqrt(se[scored].sum() / max(n[scored].sum(), 1)))}
+    err = np.where(mask, np.asarray(pred_px, np.float64) - keypoints_px, 0.0)[:, scored]
+    for axis, cols in (("x", slice(0, None, 2)), ("y", slice(1, None, 2))):
+        count = np.asarray(mask)[:, scored][:, cols].sum()
+        out[f"bias_{axis}_px"] = float(err[:, cols].sum() / count) if count else float("nan")
     out.update({name: rmse([name]) for name in keypoint_set.names})
     out.update({f"group/{group}": rmse(names) for group, names in keypoint_set.groups.items()})
     return out

@@ -257,3 +257,24 @@ def test_erase_probability_one_occludes_every_image_with_one_flat_patch_keeping_
     np.testing.assert_array_equal(out_mask, mask)
     untouched = _augment({"erase_prob": 0.0})(jax.random.key(3), images, kp, mask)[0]
     np.testing.assert_array_equal(untouched, images)
+
+
+@pytest.mark.parametrize("affine", [False, True])
+def test_flip_mirrors_labels_about_their_contents_axis_when_they_sit_off_it(affine):
+    """Labels that sit 0.4 px right of their content (a labelling convention) stay 0.4 px
+    right of it in the mirrored image: mirrored about W / 2 + 0.4, not W / 2."""
+    images, kp, mask = _batch(32)
+    cfg = {"flip": True, **({"rotate_deg": 1e-6} if affine else {})}
+    plain = _augment(cfg)(jax.random.key(4), images, kp, mask)
+    offset = _augment({**cfg, "flip_label_offset_px": 0.4})(jax.random.key(4), images, kp, mask)
+    np.testing.assert_array_equal(np.asarray(offset[0]), np.asarray(plain[0]))  # same pixels
+    dx = np.asarray(offset[1]) - np.asarray(plain[1])
+    # The flipped faces' x labels move by 2 x 0.4 px, the others' not at all; y never.
+    flipped_rows = np.abs(dx[:, 0] - 0.8) < 1e-4
+    assert 0 < flipped_rows.sum() < 32
+    np.testing.assert_allclose(dx[flipped_rows][:, 0::2], 0.8, atol=1e-4)
+    np.testing.assert_allclose(dx[~flipped_rows], 0.0, atol=1e-4)
+    np.testing.assert_allclose(dx[:, 1::2], 0.0, atol=1e-4)
+    # The rows that moved are the mirrored ones: their pixels differ from the input's.
+    same = np.all(np.asarray(plain[0]) == np.asarray(images), axis=(1, 2, 3))
+    assert not same[flipped_rows].any()

@@ -204,3 +204,41 @@ def test_schedules_start_and_end_sensibly(schedule):
     assert int(np.argmax(lrs)) in (9, 10)
     if schedule != "constant":
         assert float(s(99)) < 0.1 * peak
+
+
+def test_flip_tta_un_mirrors_about_the_runs_label_axis():
+    """A model trained with augment.flip_label_offset_px predicts labels that sit that far
+    right of their content, in mirrored images too; TTA must map the mirrored prediction
+    back about W / 2 + offset, or it would pull every x by the offset."""
+    from fkd_jax import inference
+
+    xs = (np.arange(96) + 0.5) / 48 - 1
+    offset = 0.4
+
+    def fn(x):  # every keypoint's x = the brightness centroid's + 0.4 px; y fixed
+        x = np.asarray(x)[..., 0]
+        cx = (x.sum(1) * xs).sum(1) / np.maximum(x.sum((1, 2)), 1e-9) + offset / 48
+        out = np.zeros((len(x), 30))
+        out[:, 0::2] = cx[:, None]
+        return out
+
+    images = _blob_data(3)["images"]
+    plain = inference.Predictor(fn, batch_size=4)(images)
+    with_axis = inference.Predictor(fn, batch_size=4, flip_label_offset_px=offset)
+    np.testing.assert_allclose(with_axis(images, tta=True), plain, atol=1e-3)
+    centre_axis = inference.Predictor(fn, batch_size=4)
+    np.testing.assert_allclose(centre_axis(images, tta=True)[:, 0::2], plain[:, 0::2] - offset,
+                               atol=1e-3)
+
+
+def test_rmse_report_gives_the_mean_signed_error_per_axis():
+    truth = np.full((3, 30), 40.0)
+    pred = truth.copy()
+    pred[:, 0::2] -= 0.4  # every x 0.4 px left
+    pred[0, 1] += 3.0  # one y 3 px low
+    mask = np.ones((3, 30), bool)
+    mask[1, 2:4] = False  # an unlabelled keypoint does not count
+    pred[1, 2] = 99.0
+    report = training.rmse_report(pred, truth, mask)
+    assert report["bias_x_px"] == pytest.approx(-0.4)
+    assert report["bias_y_px"] == pytest.approx(3.0 / 44)
