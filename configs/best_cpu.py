@@ -24,6 +24,11 @@ epoch by 0.024 +- 0.006 px to 1.243 +- 0.004 (same section), also at no cost in 
 Weight decay 0.1 (from 0.05) on top lowered the raw parameters' best and last epochs and the
 EMA's last epoch by 0.02-0.04 px in each of 3 paired seeds, and the EMA's best epoch by
 0.008 +- 0.007 px to 1.236 +- 0.006 (0.013, 0.000, 0.010 per seed), again at no cost in time.
+The flip mirrors the labels about their pixels' axis (`augment.flip_label_offset_px` = 0.4:
+youtube_faces' labels sit ~0.4 px right of their pixels, and mirrored about the image's centre
+they taught every flip-trained net to land that far left of each label): XX_FLIP_RESULT.
+On another dataset set it to minus the mean signed x error (`eval.py`) of a run trained with
+0.
 """
 
 from configs import base
@@ -44,6 +49,7 @@ def get_config():
     c.train.ema_decay = 0.9998
     c.train.heatmap_loss_weight = 0.001
     c.augment.flip = True
+    c.augment.flip_label_offset_px = 0.4  # youtube_faces' labels: ~0.4 px right of their pixels
     c.augment.rotate_deg = 6.0
     c.augment.scale = 0.04
     c.augment.shift_px = 2.0
