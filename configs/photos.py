@@ -13,7 +13,9 @@ decay 0.1, erasing, heatmap loss): this jitter (+-2.5 px, +-8%) gives NME 3.86% 
 every face found, none above 10%, crop RMSE 1.292 px (EMA); the earlier, larger jitter (3.5 px,
 14%) 3.80% (median 3.62%) but one turned face lost and crop RMSE 1.374 px; best_cpu itself
 3.94% (seeds 1 and 2). One seed each: the two jitters are within seed noise on the mean; this
-one is kept for the worst case and the crop accuracy.
+one is kept for the worst case and the crop accuracy. These figures predate best_cpu's flip
+about the labels' own axis (augment.flip_label_offset_px = 0.4), which this config inherits and
+which took best_cpu itself to 3.56% on the same photos (seed 1): not re-measured here yet.
 """
 
 from configs import best_cpu
