@@ -109,8 +109,8 @@ def hflip(image: jax.Array, keypoints_px: jax.Array, mask: jax.Array,
           ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Mirror the image along its width; keypoints x -> W + 2 * label_offset_px - x with
     left/right swapped (labels that sit label_offset_px right of their content stay so)."""
-    kp, m = flip_keypoints_px(keypoints_px, mask, image.shape[1] + 2 * label_offset_px,
-                              flip_permutation)
+    kp, m = flip_keypoints_px(keypoints_px, mask, image.shape[1], flip_permutation,
+                              label_offset_px)
     return image[:, ::-1, :], kp, m
 
 
@@ -325,7 +325,7 @@ def augment_example(key: jax.Array, image: jax.Array, keypoints_px: jax.Array, m
         # (with its left/right relabelling) first, then the same rotation/scale/shift.
         out = warp_image(out, affine_matrix(angle, scale, shift, mirror, centre=w / 2))
         if s.flip:
-            fkp, fm = flip_keypoints_px(kp, m, w + 2 * s.flip_label_offset_px, flip_permutation)
+            fkp, fm = flip_keypoints_px(kp, m, w, flip_permutation, s.flip_label_offset_px)
             kp, m = jnp.where(do_flip, fkp, kp), jnp.where(do_flip, fm, m)
         kp, m = transform_keypoints(kp, m, affine_matrix(angle, scale, shift, centre=w / 2),
                                     size=w)

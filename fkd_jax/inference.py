@@ -126,9 +126,9 @@ class Predictor:
         pred = self._predict(images)
         if tta:
             mirrored = self._predict(np.asarray(images)[:, :, ::-1, :])
-            axis_width = self.image_size + 2 * self.flip_label_offset_px
-            pred = 0.5 * (pred + keypoints.flip_keypoints_px(mirrored, None, axis_width,
-                                                              self.flip_permutation))
+            pred = 0.5 * (pred + keypoints.flip_keypoints_px(mirrored, None, self.image_size,
+                                                              self.flip_permutation,
+                                                              self.flip_label_offset_px))
         return pred
 
     def _predict(self, images: np.ndarray) -> np.ndarray:

@@ -110,17 +110,21 @@ def to_pixels(keypoints_norm, size: int = IMAGE_SIZE):
 
 
 def flip_keypoints_px(keypoints_px, mask=None, width: int = IMAGE_SIZE,
-                      flip_permutation: np.ndarray = FLIP_PERMUTATION):
+                      flip_permutation: np.ndarray = FLIP_PERMUTATION,
+                      label_offset_px: float = 0.0):
     """Keypoints (..., 2K) in pixels of a horizontally flipped image.
 
-    x -> width - x, y unchanged, and left/right names swap (`flip_permutation`, Kaggle's by
-    default; `KeypointSet.flip_permutation` for another set). The mask (..., 2K), if given,
-    is permuted alongside and returned as a second value.
+    x -> width + 2 * label_offset_px - x, y unchanged, and left/right names swap
+    (`flip_permutation`, Kaggle's by default; `KeypointSet.flip_permutation` for another set).
+    `label_offset_px`: how far right of their content the labels sit (a labelling convention,
+    `augment.flip_label_offset_px`); mirrored about the content's axis they stay so. The mask
+    (..., 2K), if given, is permuted alongside and returned as a second value.
     """
     flipped = keypoints_px[..., flip_permutation]
     n = len(flip_permutation)
     sign = np.where(np.arange(n) % 2 == 0, -1.0, 1.0).astype(np.float32)
-    offset = np.where(np.arange(n) % 2 == 0, float(width), 0.0).astype(np.float32)
+    offset = np.where(np.arange(n) % 2 == 0, float(width) + 2.0 * label_offset_px,
+                      0.0).astype(np.float32)
     flipped = flipped * sign + offset
     if mask is None:
         return flipped
