@@ -5,8 +5,9 @@
 The file holds the prediction function with its parameters, lowered for cpu, cuda and tpu,
 for any batch size: input float32 (B, 96, 96, 1) grayscale in [0, 1], output float32 (B, 2K)
 normalised coordinates u = x / 48 - 1, x and y interleaved (K = 15 in Kaggle's column order;
-68 iBUG points for an ibug68 run; 19 for a kaggle15_square run: the 15, then 4 square points). Details: fkd_jax/exported.py. `predict.py --model FILE` uses
-it; so can plain jax (no fkd_jax needed):
+68 iBUG points for an ibug68 run; 19 for a kaggle15_square run: the 15, then 4 square
+points). Details: fkd_jax/exported.py. `predict.py --model FILE` uses it; so can plain jax
+(no fkd_jax needed):
 
     import jax, numpy as np
     model = jax.export.deserialize(bytearray(open("model.jaxexport", "rb").read()))
