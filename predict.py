@@ -60,6 +60,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="stop re-framing a face once its crop moves less than this fraction "
                         "of its side (default 0.02; 0 = always --passes passes)")
     p.add_argument("--tta", action="store_true", help="average with the mirror image")
+    p.add_argument("--no_retry", action="store_true",
+                   help="keep a face still moving after the last pass as it is (default: "
+                        "locate it again from its box with --tta)")
     p.add_argument("--no_rotate", action="store_true",
                    help="keep re-framed crops upright (default: turn them with the eye line)")
     p.add_argument("--smoothing", choices=["on", "off"], default="on",
@@ -335,7 +338,8 @@ class Runner:
         t2 = time.perf_counter()
         found = F.find_faces(grays, self.predictor, self.detector, boxes=boxes,
                              confirm=not user_box, loose=loose, passes=self.passes,
-                             tta=self.args.tta, rotate=self.rotate, settle=self.settle)
+                             tta=self.args.tta, rotate=self.rotate, settle=self.settle,
+                             retry_tta=not self.args.no_retry)
         t3 = time.perf_counter()
         for it, picture, fs in zip(ok, pictures, found):
             self.n_photos += 1
@@ -386,7 +390,8 @@ class Runner:
             boxes = [[F.Detection(box, 1.0)]] if box is not None else None
             return F.find_faces([gray], self.predictor, self.detector, boxes=boxes,
                                 settle=self.settle, passes=self.passes,
-                                tta=self.args.tta, rotate=self.rotate)[0]
+                                tta=self.args.tta, rotate=self.rotate,
+                                retry_tta=not self.args.no_retry)[0]
 
         def refine(frame_rgb, previous):
             return F.refine_faces(F.to_gray(frame_rgb), previous, self.predictor, passes=1,
@@ -433,6 +438,7 @@ class Runner:
             "video_frames": self.n_frames, "faces": self.n_faces,
             "no_face": self.no_face, "failed": self.failed,
             "settings": {"passes": self.passes, "settle": self.settle, "tta": self.args.tta,
+                         "retry": not self.args.no_retry,
                          "rotate": self.rotate,
                          "box": self.args.box,
                          "smoothing": None if self.smoothing is None else

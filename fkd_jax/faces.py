@@ -540,8 +540,8 @@ def find_faces(grays: Sequence[np.ndarray], predict: PredictFn,
                boxes: Sequence[Sequence[Detection]] | None = None,
                confirm: bool | None = None, loose: Sequence[bool] | None = None,
                passes: int = DEFAULT_PASSES, tta: bool = False, rotate: bool = True,
-               settle: float = DEFAULT_SETTLE,
-               max_shape_error: float = MAX_SHAPE_ERROR) -> list[list[Face]]:
+               settle: float = DEFAULT_SETTLE, max_shape_error: float = MAX_SHAPE_ERROR,
+               retry_tta: bool = True) -> list[list[Face]]:
     """Every face of each picture (grayscale uint8 (H, W)), located: one list of Faces per
     picture, best score first; an empty list when there is no face (never a guess).
 
@@ -549,9 +549,14 @@ def find_faces(grays: Sequence[np.ndarray], predict: PredictFn,
     (default: when the boxes come from the detector here) a face is kept if its keypoints look
     like a face (`shape_error`) and the detector finds it again, surely, in the crop they
     frame (`FaceDetector.confirm_score` >= CONFIRM_MIN_SCORE, or SECOND_CASCADE finds it);
-    in a picture where no box is confirmed that way, the one the second look rates highest
-    (then the detector) is kept, unless the boxes come from the loose fallback (`loose[i]`).
+    in a picture where no box is confirmed that way, one is kept unless the boxes come from
+    the loose fallback (`loose[i]`): the most face-like, first by its shape (within
+    `max_shape_error`), then by the second look's score, then by the detector's.
     A user's box is kept as given.
+    With `retry_tta` (and `settle` > 0, `passes` > 1, no `tta`), faces whose square still moves
+    at the last pass are located again from their boxes with flip TTA, and take that result
+    if it settles: a head turned far from frontal can send the plain model chasing across the
+    picture, where the mirrored view's average pulls it back.
     Faces whose keypoints coincide (two boxes on one face) are merged, keeping the higher score.
     """
     confirm = boxes is None if confirm is None else confirm
@@ -566,10 +571,12 @@ def find_faces(grays: Sequence[np.ndarray], predict: PredictFn,
     loose = [False] * len(grays) if loose is None else list(loose)
     index = [i for i, bs in enumerate(boxes) for _ in bs]
     dets = [d for bs in boxes for d in bs]
-    history = locate(grays, index, [framing_from_box(d.box) for d in dets], predict,
-                     passes, tta, rotate, settle=settle)
+    framings = [framing_from_box(d.box) for d in dets]
+    history = locate(grays, index, framings, predict, passes, tta, rotate, settle=settle)
+    if retry_tta and not tta and settle > 0 and passes > 1:
+        history = _retry_unsettled(grays, index, framings, predict, history, rotate, settle)
     faces: list[list[Face]] = [[] for _ in grays]
-    candidates: dict[int, list[tuple[float, float, Face]]] = {}
+    candidates: dict[int, list[tuple[bool, float, float, Face]]] = {}
     for j, (pic, det) in enumerate(zip(index, dets)):
         kp = history[-1][j]
         face = Face(det.box, det.score, kp, tuple(h[j] for h in history), shape_error(kp))
@@ -577,16 +584,32 @@ def find_faces(grays: Sequence[np.ndarray], predict: PredictFn,
             faces[pic].append(face)
             continue
         sure = detector.confirm_score(grays[pic], kp)
-        if face.shape_error <= max_shape_error and (
-                sure >= CONFIRM_MIN_SCORE
-                or detector.confirm_score(grays[pic], kp, second=True) > -math.inf):
+        shaped = face.shape_error <= max_shape_error
+        if shaped and (sure >= CONFIRM_MIN_SCORE
+                       or detector.confirm_score(grays[pic], kp, second=True) > -math.inf):
             faces[pic].append(face)
         elif not loose[pic]:
-            candidates.setdefault(pic, []).append((sure, det.score, face))
+            candidates.setdefault(pic, []).append((shaped, sure, det.score, face))
     for pic, cands in candidates.items():
         if not faces[pic]:  # none confirmed: the most face-like of the detector's boxes
-            faces[pic].append(max(cands, key=lambda c: (c[0], c[1]))[2])
+            faces[pic].append(max(cands, key=lambda c: c[:3])[3])
     return [merge_duplicates(fs) for fs in faces]
+
+
+def _retry_unsettled(grays, index, framings, predict, history, rotate, settle):
+    """find_faces' retry: faces still moving at the last pass, located again with flip TTA."""
+    moving = np.flatnonzero(np.any(history[-1] != history[-2], axis=1))
+    if len(moving) == 0:
+        return history
+    again = locate(grays, [index[i] for i in moving], [framings[i] for i in moving], predict,
+                   len(history), True, rotate, settle=settle)
+    settled = np.all(again[-1] == again[-2], axis=1)
+    history = [h.copy() for h in history]
+    for k, i in enumerate(moving):
+        if settled[k]:
+            for h, a in zip(history, again):
+                h[i] = a[k]
+    return history
 
 
 def merge_duplicates(faces: Sequence[Face], overlap: float = 0.5) -> list[Face]:

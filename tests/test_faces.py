@@ -291,6 +291,66 @@ def test_a_face_only_the_second_cascade_finds_is_kept():
     np.testing.assert_allclose(out[0][0].keypoints_px, truth, atol=1e-6)
 
 
+def test_unconfirmed_boxes_fall_back_to_the_one_shaped_like_a_face():
+    """No box confirmed: a face-shaped one wins over the detector's favourite (a tie whose
+    keypoints are no face), whatever the second look says of the tie."""
+    gray = np.full((300, 400), 100, np.uint8)
+    squashed = MEAN.copy()
+    squashed[1::2] = 48 + 0.3 * (squashed[1::2] - 48)  # flattened vertically: no face shape
+    assert faces.shape_error(squashed) > faces.MAX_SHAPE_ERROR >= faces.shape_error(MEAN)
+    tie = faces.Detection((220.0, 150.0, 96.0, 96.0), 6.0)
+    face = faces.Detection((20.0, 20.0, 96.0, 96.0), 4.0)
+    boxes = [tie, face]
+
+    def predict(crops, tta=False):  # one pass: crops come in box order
+        return np.stack([squashed, MEAN])
+
+    class TheTieLooksSure(faces.FaceDetector):
+        def confirm_score(self, gray, keypoints_px, second=False):
+            is_tie = keypoints_px[0] > 200
+            return 9.0 if is_tie and not second else -np.inf
+
+    out = faces.find_faces([gray], predict, TheTieLooksSure(), boxes=[boxes], confirm=True,
+                           passes=1)
+    assert [f.box for f in out[0]] == [face.box]
+
+
+def test_faces_still_moving_after_the_last_pass_are_located_again_with_tta():
+    """A face the plain model chases across the picture (it never settles) is located again
+    from its box with flip TTA and takes that result, which settles; a face that settles is
+    never predicted twice."""
+    gray = np.full((300, 400), 150, np.uint8)
+    gray[:, :200] = 50  # the left face's crops are dark, the right face's bright
+    fixed = faces.framing_from_keypoints(MEAN, rotate=True).to_crop(MEAN)
+    calls = []
+
+    def predict(crops, tta=False):
+        calls.append((len(crops), tta))
+        out = np.tile(fixed, (len(crops), 1))
+        if not tta:  # on the dark side the plain model sees the face 10 px further right
+            out[crops.mean(axis=(1, 2, 3)) < 0.4, 0::2] += 10.0
+        return out
+
+    boxes = [faces.Detection((60.0, 60.0, 100.0, 100.0), 3.0),
+             faces.Detection((240.0, 60.0, 100.0, 100.0), 2.0)]
+    out = faces.find_faces([gray], predict, boxes=[boxes], confirm=False, passes=4)[0]
+    assert (1, True) in calls  # the moving face, alone, with TTA
+    assert all(n == 1 for n, tta in calls if tta)
+    settled = faces.locate([gray], [0], [faces.framing_from_box(boxes[0].box)],
+                           lambda c, tta=False: np.tile(fixed, (len(c), 1)), passes=4)
+    np.testing.assert_allclose(settled[-1], settled[-2])
+    by_box = {f.box: f for f in out}
+    np.testing.assert_allclose(by_box[boxes[0].box].keypoints_px, settled[-1][0])
+    np.testing.assert_allclose(by_box[boxes[0].box].history[0], settled[0][0])
+    # Without the retry the moving face keeps the plain model's last keypoints, 30 px on.
+    calls.clear()
+    plain = faces.find_faces([gray], predict, boxes=[boxes], confirm=False, passes=4,
+                             retry_tta=False)[0]
+    assert not any(tta for _, tta in calls)
+    moved = {f.box: f for f in plain}[boxes[0].box].keypoints_px - settled[-1][0]
+    assert moved[0::2].mean() > 20
+
+
 def test_settled_faces_stop_costing_model_calls():
     """A face whose square stops moving is not cropped again; its keypoints carry over."""
     gray = np.full((200, 300), 100, np.uint8)

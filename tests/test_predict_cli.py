@@ -113,6 +113,7 @@ def test_folder_with_photos_video_and_a_corrupt_file(setup):
     assert str(photos / "blank.jpg") in summary["no_face"]
     assert summary["faces"] == len(found)
     assert summary["timings_s"]["total_s"] > 0
+    assert summary["settings"]["retry"] is True  # --no_retry turns it off
 
     scores = json.loads((out / "scores.json").read_text())
     assert scores["final"]["n_faces"] == 1
