@@ -20,7 +20,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from fkd_jax import keypoints
+from fkd_jax import augment, keypoints
 from fkd_jax.errors import UserError
 
 # Prediction batch: larger ones run slower on CPU (640 faces through heatmap_unet on 2 cores:
@@ -116,7 +116,7 @@ class Predictor:
     @classmethod
     def from_run(cls, run: Run, batch_size: int = EVAL_BATCH) -> "Predictor":
         keypoint_set = keypoints.KEYPOINT_SETS[run.config.data.keypoints]
-        offset = float(run.config.augment.get("flip_label_offset_px", 0.0) or 0.0)
+        offset = augment.read_settings(run.config.get("augment")).flip_label_offset_px
         return cls.from_params(model_apply(run.graphdef), run.params, batch_size,
                                flip_permutation=keypoint_set.flip_permutation,
                                flip_label_offset_px=offset)
