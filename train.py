@@ -6,6 +6,10 @@ With no --config.data.train_path it trains on the embedded procedural faces. Re-
 same command on the same --workdir resumes from the latest checkpoint. Ctrl-C finishes the
 current epoch, saves it and exits (status 130); a non-finite loss stops the run (status 3)
 keeping the last good checkpoint. The work itself is `fkd_jax.trainer.train_and_evaluate`.
+
+With --config.train.members=N > 1 it trains an ensemble (fkd_jax/ensemble.py): this command
+once per member, side by side, each pinned to its share of the CPU cores, in
+--workdir/member<i>; then it scores the members' mean on the validation split.
 """
 
 from __future__ import annotations
@@ -25,17 +29,29 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", 0, "Multi-host: this process's 
 
 
 def main(argv: list[str]) -> None:
-    from fkd_jax import cli, config_schema, parallel, trainer
+    from fkd_jax import cli, config_schema, ensemble, parallel, trainer
     from fkd_jax.errors import UserError
 
     cli.parse_flags(argv, flags.FLAGS)
     if _CONFIG.value is None:
         raise UserError("--config is required, e.g. --config configs/base.py")
     config_schema.check_config(_CONFIG.value)  # every key, before anything is read or written
+    if ensemble.members(_CONFIG.value) > 1 and _NUM_PROCESSES.value > 1:
+        raise UserError("--config.train.members > 1 trains its members side by side on one "
+                        "machine; it cannot be combined with --num_processes")
     parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     config_path = config_flags.get_config_filename(flags.FLAGS["config"])
     workdir = cli.check_workdir(Path(_WORKDIR.value or cli.default_workdir(config_path)))
-    trainer.train_and_evaluate(_CONFIG.value, workdir)
+    if ensemble.members(_CONFIG.value) == 1:
+        trainer.train_and_evaluate(_CONFIG.value, workdir)
+        return
+
+    def member_command(i: int) -> list[str]:
+        return [sys.executable, str(Path(__file__).resolve()), *argv[1:],
+                *ensemble.member_overrides(_CONFIG.value, i),
+                f"--workdir={ensemble.member_dir(workdir, i)}"]
+
+    trainer.train_ensemble(_CONFIG.value, workdir, member_command)
 
 
 if __name__ == "__main__":

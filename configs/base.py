@@ -73,6 +73,9 @@ def get_config() -> ml_collections.ConfigDict:
     # which pulls each heatmap to one sharp peak (training.heatmap_kl); 0 = off.
     c.train.heatmap_loss_weight = 0.0
     c.train.heatmap_sigma_px = 4.0
+    # > 1: an ensemble of that many runs (seeds seed*N ... seed*N+N-1, one split), trained side
+    # by side on the CPU cores, predicting their mean (fkd_jax/ensemble.py).
+    c.train.members = 1
 
     c.augment = ml_collections.ConfigDict()
     c.augment.flip = False

@@ -93,6 +93,7 @@ def _schema() -> dict[str, Key]:
         "train.swa_start_epoch": _at_least(0),
         "train.heatmap_loss_weight": _at_least(0, "float"),
         "train.heatmap_sigma_px": Key("float", ok=lambda v: v > 0, why="must be > 0 (pixels)"),
+        "train.members": _at_least(1),
         # augment (all off = 0 / False)
         "augment.flip": Key("bool"),
         "augment.rotate_deg": _in_range(0.0, 180.0),

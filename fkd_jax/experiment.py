@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from fkd_jax import data as kdata
-from fkd_jax import faces, files, keypoints, synthetic
+from fkd_jax import ensemble, faces, files, keypoints, synthetic
 from fkd_jax.errors import UserError
 
 
@@ -57,7 +57,10 @@ def read_run_data(config, workdir: Path) -> RunData:
     `config.data.missing_pattern_path`'s missing labels): validation keeps every row and is
     scored on its labelled coordinates, so runs with either policy are compared on the same
     faces. A file in which no training row keeps a labelled keypoint is refused.
+    An ensemble's data are those of its member 0 (all members share the split).
     """
+    if ensemble.members(config) > 1:
+        return read_run_data(ensemble.member_config(config, 0), ensemble.member_dir(workdir, 0))
     d = config.data
     data_seed = config.seed if d.get("split_seed") is None else d.split_seed
     new_synthetic = None

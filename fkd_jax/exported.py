@@ -33,7 +33,7 @@ import jax.numpy as jnp
 
 from fkd_jax import keypoints
 from fkd_jax.errors import UserError
-from fkd_jax.inference import EVAL_BATCH, Predictor, Run
+from fkd_jax.inference import EVAL_BATCH, Predictor, Run, apply_members
 
 PLATFORMS = ("cpu", "cuda", "tpu")
 SUFFIX = ".jaxexport"
@@ -44,12 +44,8 @@ def export_run(run: Run, platforms: tuple[str, ...] = PLATFORMS) -> bytes:
 
     Batch size is symbolic ("b"); the crop size is fixed at keypoints.IMAGE_SIZE.
     """
-    from fkd_jax import training
-
-    graphdef, params = run.graphdef, run.params
-
-    def predict(images: jax.Array) -> jax.Array:
-        return training.apply_model(graphdef, params, images)
+    def predict(images: jax.Array) -> jax.Array:  # an ensemble's mean, for an ensemble's run
+        return apply_members(run.graphdef, run.members, run.params, images)
 
     (batch,) = jax.export.symbolic_shape("b")
     size = keypoints.IMAGE_SIZE

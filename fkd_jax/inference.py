@@ -1,9 +1,10 @@
 """Trained models for prediction: restore a run, and one compiled predictor for every input.
 
 `load_run(workdir)` is the one restore path (eval.py, predict.py, export.py and the tests use
-it). `Predictor` compiles the model once for a fixed batch shape (B, S, S, 1) and pads every
-request up to whole batches, so the validation set, a test set and any number of photo crops
-of any count reuse the same executable: nothing recompiles per file or per size.
+it); it restores an ensemble's directory (fkd_jax.ensemble) as one Run that predicts the
+members' mean. `Predictor` compiles the model once for a fixed batch shape (B, S, S, 1) and
+pads every request up to whole batches, so the validation set, a test set and any number of
+photo crops of any count reuse the same executable: nothing recompiles per file or per size.
 
 Units: `Predictor` takes images float32 (N, S, S, 1) NHWC in [0, 1] and returns keypoints
 (N, 2K) in *pixels* of that S x S crop (Kaggle column order, see fkd_jax.keypoints).
@@ -11,6 +12,7 @@ Units: `Predictor` takes images float32 (N, S, S, 1) NHWC in [0, 1] and returns 
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,12 +36,15 @@ class Run:
 
     `params` are the averaged parameters (EMA or SWA, `config.train.ema_decay` /
     `swa_start_epoch`) when the run kept them, else the raw ones: what the run predicts with.
+    An ensemble (`members` > 1) holds a tuple of its members' parameters (one model structure)
+    and its meta the members' epochs (`meta["epoch"]` a list).
     """
 
     config: ml_collections.ConfigDict
     graphdef: Any
     params: Any
     meta: dict
+    members: int = 1
 
 
 def read_run_config(workdir: Path) -> ml_collections.ConfigDict:
@@ -70,11 +75,17 @@ def _from_before_the_redesign(config: ml_collections.ConfigDict) -> ml_collectio
 
 
 def load_run(workdir: str | Path, which: str = "best") -> Run:
-    """Restore the `which` ("best" or "latest") checkpoint of a run directory."""
-    from fkd_jax import checkpoints, training
+    """Restore the `which` ("best" or "latest") checkpoint of a run directory (of each member's,
+    for an ensemble)."""
+    from fkd_jax import checkpoints, ensemble, training
 
     workdir = Path(workdir)
     config = read_run_config(workdir)
+    n = ensemble.members(config)
+    if n > 1:
+        runs = [load_run(ensemble.member_dir(workdir, i), which) for i in range(n)]
+        return Run(config, runs[0].graphdef, tuple(r.params for r in runs),
+                   {"epoch": [r.meta["epoch"] for r in runs]}, members=n)
     graphdef, abstract = training.abstract_state(config)
     with checkpoints.Checkpoints(workdir, read_only=True) as ckpt:
         restored = (ckpt.restore_best if which == "best" else ckpt.restore_latest)(abstract)
@@ -117,7 +128,7 @@ class Predictor:
     def from_run(cls, run: Run, batch_size: int = EVAL_BATCH) -> "Predictor":
         keypoint_set = keypoints.KEYPOINT_SETS[run.config.data.keypoints]
         offset = augment.read_settings(run.config.get("augment")).flip_label_offset_px
-        return cls.from_params(model_apply(run.graphdef), run.params, batch_size,
+        return cls.from_params(model_apply(run.graphdef, run.members), run.params, batch_size,
                                flip_permutation=keypoint_set.flip_permutation,
                                flip_label_offset_px=offset)
 
@@ -148,9 +159,17 @@ class Predictor:
         return np.asarray(keypoints.to_pixels(np.concatenate(out), self.image_size), np.float32)
 
 
-def model_apply(graphdef) -> Callable:
+def model_apply(graphdef, members: int = 1) -> Callable:
     """The jitted `(params, images (B, S, S, 1)) -> (B, 2K) normalised` of a model structure;
     jit's cache compiles it once per batch shape."""
+    return jax.jit(functools.partial(apply_members, graphdef, members))
+
+
+def apply_members(graphdef, members: int, params, images: jax.Array) -> jax.Array:
+    """The model's normalised prediction; for an ensemble (`members` > 1, `params` a tuple) the
+    members' mean, every member in the one compiled function."""
     from fkd_jax import training
 
-    return jax.jit(lambda params, images: training.apply_model(graphdef, params, images))
+    if members == 1:
+        return training.apply_model(graphdef, params, images)
+    return sum(training.apply_model(graphdef, p, images) for p in params) / members

@@ -28,12 +28,13 @@ from typing import Any, Callable
 
 import jax
 
-from fkd_jax import (augment, checkpoints, experiment, files, inference, keypoints, parallel,
-                     training, workdir_lock)
+from fkd_jax import (augment, checkpoints, ensemble, experiment, files, inference, keypoints,
+                     parallel, processes, training, workdir_lock)
 from fkd_jax.errors import RunStopped, UserError
 
 EXIT_NON_FINITE = 3
 EXIT_INTERRUPTED = 130
+ENSEMBLE_METRICS = "ensemble_metrics.json"
 
 
 @dataclass
@@ -110,6 +111,66 @@ def _set_up(config, workdir: Path) -> Run:
     return Run(config, workdir, data, state, train_arrays, compiled, predict, averaging,
                training.make_schedule(config.train, steps_per_epoch), steps_per_epoch,
                0, {"val_rmse_px": math.inf, "epoch": 0}, compile_time, log, layout)
+
+
+def train_ensemble(config, workdir: Path, member_command: Callable[[int], list[str]],
+                   log: Callable = print) -> dict:
+    """Train (or resume) an ensemble's members side by side, then score the members' mean.
+
+    Member i runs `member_command(i)` (train.py for its single-run config, fkd_jax.ensemble),
+    in a process pinned to its own share of the CPU cores, its output in workdir/member<i>.log.
+    Ctrl-C reaches the members, which save and stop; rerunning the command resumes each, and a
+    finished member is only re-scored. Returns the scores written to ensemble_metrics.json.
+    """
+    n = ensemble.members(config)
+    # The members' data are checked here first: one clear error, not one per member.
+    experiment.discard_run_data(experiment.read_run_data(config, workdir))
+    groups = processes.core_groups(processes.available_cores(),
+                                   min(n, len(processes.available_cores())))
+    with workdir_lock.hold(workdir):
+        files.write_text(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
+        jobs = [processes.Job(f"member{i}", member_command(i),
+                              workdir / f"{ensemble.MEMBER_PREFIX}{i}.log") for i in range(n)]
+        for i, job in enumerate(jobs):
+            log(f"member {i} (seed {ensemble.member_config(config, i).seed}): core(s) "
+                f"{','.join(map(str, groups[i % len(groups)]))}, output in {job.log}")
+        t0 = time.perf_counter()
+        try:
+            status = processes.run_pinned(jobs, groups)
+        except KeyboardInterrupt:
+            raise RunStopped(f"members stopped and saved in {workdir}; run the same command to "
+                             "resume", EXIT_INTERRUPTED, prefix="interrupted") from None
+        wall = time.perf_counter() - t0
+        failed = [(status.get(j.name), j) for j in jobs if status.get(j.name) != 0]
+        if failed:
+            code = max((c for c, _ in failed if c), default=EXIT_INTERRUPTED)
+            raise RunStopped("; ".join(
+                f"{j.name} {'did not start' if c is None else f'exit {c}'}: "
+                f"{processes.last_line(j.log)} (log {j.log})" for c, j in failed),
+                code if code in (EXIT_NON_FINITE, EXIT_INTERRUPTED) else 2)
+        scores = score_ensemble(workdir)
+        scores["wall_s"] = wall
+        files.write_json(workdir / ENSEMBLE_METRICS, scores)
+    log(f"ensemble of {n}: val_rmse {scores['val_rmse_px']:.3f} px (members "
+        f"{', '.join(f'{v:.3f}' for v in scores['members_val_rmse_px'])}; with flip TTA "
+        f"{scores['tta_rmse_px']:.3f}); trained in {wall / 60:.1f} min; {workdir / ENSEMBLE_METRICS}")
+    return scores
+
+
+def score_ensemble(workdir: Path) -> dict:
+    """Validation RMSE (px) of an ensemble's best checkpoints: the mean prediction (and with
+    flip TTA) and each member alone."""
+    run = inference.load_run(workdir, "best")
+    data = experiment.read_run_data(run.config, workdir)
+    experiment.discard_run_data(data)
+    members = [inference.Run(run.config, run.graphdef, p, {}) for p in run.params]
+    return {
+        "val_rmse_px": evaluate(inference.Predictor.from_run(run), data.val),
+        "tta_rmse_px": evaluate(inference.Predictor.from_run(run), data.val, tta=True),
+        "members_val_rmse_px": [evaluate(inference.Predictor.from_run(m), data.val)
+                                for m in members],
+        "members_best_epoch": run.meta["epoch"],
+    }
 
 
 def _resume(run: Run, ckpt: checkpoints.Checkpoints) -> None:
@@ -202,9 +263,9 @@ def _epochs(run: Run, ckpt: checkpoints.Checkpoints) -> dict:
     return record
 
 
-def evaluate(predictor: inference.Predictor, val) -> float:
+def evaluate(predictor: inference.Predictor, val, tta: bool = False) -> float:
     """Validation RMSE in pixels over the labelled coordinates."""
-    pred_px = predictor(val.images)
+    pred_px = predictor(val.images, tta=tta)
     return training.rmse_report(pred_px, val.keypoints, val.mask, val.keypoint_set)["rmse_px"]
 
 

@@ -20,6 +20,11 @@ validation split, and imposed missing labels) stay fixed at `config.data.split_s
 when the config leaves it None, so the spread is that of training alone on one split.
 `--vary_split` lets each seed draw its own split instead (`data.split_seed` = None).
 
+A config with `train.members` = N > 1 (an ensemble, fkd_jax/ensemble.py) trains each seed k
+as train.py would with `--config.seed=k`: members of seeds N*k ... N*k+N-1 side by side on all
+cores (so --jobs must be 1), and reports the mean prediction (`ensemble_rmse_px`), the members
+alone (`members_rmse_px_mean`) and the mean with flip TTA, all at the members' best checkpoints.
+
 Writes WORKDIR/summary.json and WORKDIR/summary.md (and prints the table). Per seed, from its
 metrics.jsonl and best checkpoint:
   best_epoch            the epoch of the best checkpoint (ranked by the averaged parameters'
@@ -40,8 +45,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -106,6 +109,11 @@ def aggregate(rows: list[dict]) -> tuple[dict, dict]:
 
 def _columns(rows: list[dict]) -> list[tuple[str, str, str]]:
     """(key, header, format) of the table's columns, those the rows have."""
+    if "ensemble_rmse_px" in rows[0]:  # seeds of an ensemble config
+        return [("ensemble_rmse_px", "val ensemble (px)", "{:.3f}"),
+                ("members_rmse_px_mean", "val members alone, mean (px)", "{:.3f}"),
+                ("tta_rmse_px", "ensemble + TTA (px)", "{:.3f}"),
+                ("wall_s", "wall (min)", "{:.1f}")]
     cols = [("best_epoch", "best epoch", "{:.0f}")]
     for key in _RMSE_KEYS:
         if f"{key}_best" in rows[0]:
@@ -192,70 +200,69 @@ def _tta_rmse(seed_dir: Path) -> tuple[float, float, int]:
     return plain, tta, int(run.meta["epoch"])
 
 
-def run_seed(config, seed: int, seed_dir: Path) -> dict:
-    """Train (or resume) one seed, score its best checkpoint, write its seed_result.json."""
-    from fkd_jax import cli, config_schema, experiment, files, trainer
+def run_seed(config, seed: int, seed_dir: Path, member_command=None) -> dict:
+    """Train (or resume) one seed, score its best checkpoint, write its seed_result.json.
+    An ensemble's seed (`config.train.members` > 1) trains its members with
+    `member_command(i)` (train.py's command line for member i) and is scored as a whole."""
+    from fkd_jax import cli, config_schema, ensemble, experiment, files, trainer
 
     config_schema.check_config(config)
     _check_same_config(seed_dir, config)
     cli.check_workdir(seed_dir)
-    resumed = bool(experiment.read_metrics(seed_dir))
+    n = ensemble.members(config)
+    first = ensemble.member_dir(seed_dir, 0) if n > 1 else seed_dir
+    resumed = bool(experiment.read_metrics(first))
     t0 = time.perf_counter()
-    trainer.train_and_evaluate(config, seed_dir)
-    wall = time.perf_counter() - t0
-    plain, tta, best_epoch = _tta_rmse(seed_dir)
-    row = {"seed": seed, "workdir": str(seed_dir), "best_epoch": best_epoch,
-           **seed_figures(experiment.read_metrics(seed_dir)), "tta_rmse_px": tta,
-           "best_checkpoint_rmse_px": plain, "wall_s": wall, "resumed": resumed}
+    if n > 1:
+        scores = trainer.train_ensemble(config, seed_dir, member_command)
+        row = {"seed": seed, "workdir": str(seed_dir), "ensemble_rmse_px": scores["val_rmse_px"],
+               "members_rmse_px_mean": float(np.mean(scores["members_val_rmse_px"])),
+               "members_rmse_px": scores["members_val_rmse_px"],
+               "tta_rmse_px": scores["tta_rmse_px"]}
+    else:
+        trainer.train_and_evaluate(config, seed_dir)
+        plain, tta, best_epoch = _tta_rmse(seed_dir)
+        row = {"seed": seed, "workdir": str(seed_dir), "best_epoch": best_epoch,
+               **seed_figures(experiment.read_metrics(seed_dir)), "tta_rmse_px": tta,
+               "best_checkpoint_rmse_px": plain}
+    row.update(wall_s=time.perf_counter() - t0, resumed=resumed)
     files.write_json(seed_dir / RESULT, row)
     return row
 
 
-def core_groups(cores: list[int], jobs: int) -> list[list[int]]:
-    """Split the cores this process may use into `jobs` disjoint groups, as even as possible."""
-    if not 1 <= jobs <= len(cores):
-        raise UserError(f"--jobs={jobs} must be between 1 and the {len(cores)} CPU core(s) this "
-                        "process may use")
-    cores = sorted(cores)
-    return [cores[i::jobs] for i in range(jobs)]
+def _member_command(argv: list[str], config_path: str, config, seed_dir: Path):
+    """train.py's command line for member i of a seed's ensemble: the config file, this
+    command's --config.* overrides, then the member's seed and split."""
+    from fkd_jax import ensemble
 
-
-def _available_cores() -> list[int]:
-    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(
-        range(os.cpu_count() or 1))
+    train_py = Path(__file__).resolve().parents[1] / "train.py"
+    overrides = [a for a in argv[1:] if a.startswith("--config.")]
+    return lambda i: [sys.executable, str(train_py), f"--config={config_path}", *overrides,
+                      *ensemble.member_overrides(config, i),
+                      f"--workdir={ensemble.member_dir(seed_dir, i)}"]
 
 
 def _train_side_by_side(argv: list[str], seeds: list[int], workdir: Path,
                         groups: list[list[int]]) -> None:
     """Train `seeds` in one worker process (this script, --jobs=1 --nosummary) per group of
-    cores, pinned to it; one XLA thread in a worker whose group is a single core."""
-    workers = []
-    for i, cores in enumerate(groups):
+    cores, pinned to it (fkd_jax.processes)."""
+    from fkd_jax import processes
+
+    jobs = []
+    for i in range(len(groups)):
         mine = seeds[i::len(groups)]
         if not mine:
             continue
-        env = dict(os.environ)
-        if len(cores) == 1:  # XLA's CPU thread pool would otherwise size itself to the machine
-            env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "")
-                                + " --xla_cpu_multi_thread_eigen=false").strip()
         names = ",".join(map(str, mine))
         log = workdir / f"log_seeds_{names.replace(',', '_')}.txt"
-        pin = getattr(os, "sched_setaffinity", None)
         cmd = [sys.executable, str(Path(__file__).resolve()), *argv[1:],
-               f"--seeds={names}", f"--workdir={workdir}", "--jobs=1",
-               "--nosummary"]
+               f"--seeds={names}", f"--workdir={workdir}", "--jobs=1", "--nosummary"]
         print(f"seeds {names}: training on core(s) "
-              f"{','.join(map(str, cores))}, output in {log}", flush=True)
-        with open(log, "w") as out:
-            workers.append((names, log, subprocess.Popen(
-                cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                preexec_fn=(lambda c=cores: pin(0, c)) if pin else None)))
-    failed = []
-    for names, log, proc in workers:
-        if proc.wait() != 0:
-            lines = log.read_text(errors="replace").strip().splitlines()
-            failed.append(f"seeds {names} (exit {proc.returncode}: "
-                          f"{lines[-1] if lines else 'no output'}; log {log})")
+              f"{','.join(map(str, groups[i]))}, output in {log}", flush=True)
+        jobs.append(processes.Job(f"seeds {names}", cmd, log))
+    status = processes.run_pinned(jobs, groups)
+    failed = [f"{job.name} (exit {status[job.name]}: {processes.last_line(job.log)}; "
+              f"log {job.log})" for job in jobs if status.get(job.name, 0) != 0]
     if failed:
         raise UserError("training failed for " + "; ".join(failed))
 
@@ -271,12 +278,15 @@ def _parse_seeds(values: list[str]) -> list[int]:
 
 
 def _same_split(seed_dirs: list[Path]) -> bool:
-    splits = [json.loads((d / "split.json").read_text()) for d in seed_dirs]
+    from fkd_jax import ensemble
+
+    splits = [json.loads(((d if (d / "split.json").exists() else ensemble.member_dir(d, 0))
+                          / "split.json").read_text()) for d in seed_dirs]
     return all(s == splits[0] for s in splits)
 
 
 def main(argv: list[str]) -> None:
-    from fkd_jax import cli, config_schema, files
+    from fkd_jax import cli, config_schema, ensemble, files, processes
 
     cli.parse_flags(argv, flags.FLAGS)
     if _CONFIG.value is None:
@@ -286,7 +296,10 @@ def main(argv: list[str]) -> None:
     configs = {k: _seed_config(_CONFIG.value, k, _VARY_SPLIT.value) for k in seeds}
     for c in configs.values():  # every seed's config, before anything is written
         config_schema.check_config(c)
-    groups = core_groups(_available_cores(), _JOBS.value)  # before anything is written
+    groups = processes.core_groups(processes.available_cores(), _JOBS.value)  # first
+    if _JOBS.value > 1 and ensemble.members(_CONFIG.value) > 1:
+        raise UserError(f"--jobs={_JOBS.value}: each seed of an ensemble config already trains "
+                        "its members side by side on all cores; use --jobs=1")
     default = cli.default_workdir(config_path)
     workdir = cli.check_workdir(Path(_WORKDIR.value or f"{default}_seeds"))
 
@@ -304,7 +317,8 @@ def main(argv: list[str]) -> None:
             rows.append(json.loads((seed_dir / RESULT).read_text()))
             continue
         print(f"seed {k}: training in {seed_dir}", flush=True)
-        rows.append(run_seed(configs[k], k, seed_dir))
+        rows.append(run_seed(configs[k], k, seed_dir,
+                             _member_command(argv, config_path, configs[k], seed_dir)))
     if not _SUMMARY.value:
         return
 
