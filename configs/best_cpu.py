@@ -3,6 +3,14 @@
   python train.py --config configs/best_cpu.py --config.data.train_path=PATH/training.zip \
       --config.data.groups_path=PATH/person_ids.txt --workdir DIR
 
+Two members (`train.members = 2`, fkd_jax/ensemble.py): two runs of the recipe below, seeds
+2s and 2s+1, trained side by side, one per core, predicting their mean. On 2 cores one run at
+batch 8 keeps about one core busy, so the pair trains in 42.7-43.0 min at 114-115 images/s
+each, where one run alone takes ~31 min at 154 images/s (2026-12-02, session 26), and the
+mean scores 1.193-1.196 px on the validation people against 1.208-1.218 for its members
+(README, "Two members side by side"). `--config.train.members=1` trains one run of the
+recipe (the figures below are for one run).
+
 Heatmap regression (a residual encoder-decoder, soft-argmax to coordinates) trained in small
 batches with light augmentation, AdamW with warm-up and cosine decay, gradient clipping; the
 best epoch on validation RMSE is kept. Why these choices (each measured in 25-epoch pilots on
@@ -50,6 +58,7 @@ def get_config():
     c.train.grad_clip = 1.0
     c.train.ema_decay = 0.9998
     c.train.heatmap_loss_weight = 0.001
+    c.train.members = 2
     c.augment.flip = True
     c.augment.flip_label_offset_px = 0.4  # youtube_faces' labels: ~0.4 px right of their pixels
     c.augment.rotate_deg = 6.0

@@ -60,6 +60,9 @@ class Run:
 
 def train_and_evaluate(config, workdir: Path) -> dict:
     """Train (or resume) the run in `workdir`; returns the last epoch's metrics record."""
+    if ensemble.members(config) > 1:
+        raise UserError(f"config.train.members={ensemble.members(config)} is an ensemble: train "
+                        "it with train.py (trainer.train_ensemble), not as one run")
     main = parallel.is_main_process()
     # One run per work directory: process 0 holds the lock for all processes of a run.
     with workdir_lock.hold(workdir) if main else contextlib.nullcontext():
