@@ -42,7 +42,7 @@ from typing import Callable
 
 import numpy as np
 
-from fkd_jax import video
+from fkd_jax import experiment, video
 from fkd_jax.faces import Face
 from fkd_jax.video import OneEuroFilter, OneEuroSettings
 
@@ -212,7 +212,7 @@ def validation_photos(workdir: Path, n: int) -> list[Path]:
     """The first n photos (sorted by name) of people in the run's validation split."""
     import pandas as pd
 
-    split = json.loads((workdir / "split.json").read_text())
+    split = json.loads(experiment.split_path(workdir).read_text())
     ids = np.loadtxt(YOUTUBE / "person_ids.txt", dtype=np.int64)
     train_people = set(ids[np.asarray(split["train_row_ids"])].tolist())
     table = pd.read_csv(PHOTOS / "keypoints.csv")

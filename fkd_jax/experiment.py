@@ -46,6 +46,13 @@ def synthetic_dir(config, workdir: Path) -> Path:
     return workdir / "synthetic" / (name + ("-kaggle-missing" if d.synthetic_kaggle_missing else ""))
 
 
+def split_path(workdir: str | Path) -> Path:
+    """A run's split.json; an ensemble's is its member 0's (all members share the split)."""
+    own = Path(workdir) / "split.json"
+    member = ensemble.member_dir(workdir, 0) / "split.json"
+    return member if not own.exists() and member.exists() else own
+
+
 def read_run_data(config, workdir: Path) -> RunData:
     """The run's (train, validation) rows, the split fixed and the label policy applied to
     training; writes nothing into `workdir`.

@@ -278,10 +278,9 @@ def _parse_seeds(values: list[str]) -> list[int]:
 
 
 def _same_split(seed_dirs: list[Path]) -> bool:
-    from fkd_jax import ensemble
+    from fkd_jax import experiment
 
-    splits = [json.loads(((d if (d / "split.json").exists() else ensemble.member_dir(d, 0))
-                          / "split.json").read_text()) for d in seed_dirs]
+    splits = [json.loads(experiment.split_path(d).read_text()) for d in seed_dirs]
     return all(s == splits[0] for s in splits)
 
 

@@ -68,6 +68,7 @@ def test_train_py_trains_the_members_on_one_split_and_scores_their_mean(ensemble
     assert [c["train"]["members"] for c in configs] == [1, 1]
     splits = [(workdir / f"member{i}" / "split.json").read_text() for i in (0, 1)]
     assert splits[0] == splits[1]
+    assert experiment.split_path(workdir) == workdir / "member0" / "split.json"
     for i in (0, 1):
         assert len((workdir / f"member{i}" / "metrics.jsonl").read_text().splitlines()) == 2
         assert "epoch   2/2" in (workdir / f"member{i}.log").read_text()
