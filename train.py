@@ -46,12 +46,9 @@ def main(argv: list[str]) -> None:
         trainer.train_and_evaluate(_CONFIG.value, workdir)
         return
 
-    def member_command(i: int) -> list[str]:
-        return [sys.executable, str(Path(__file__).resolve()), *argv[1:],
-                *ensemble.member_overrides(_CONFIG.value, i),
-                f"--workdir={ensemble.member_dir(workdir, i)}"]
-
-    trainer.train_ensemble(_CONFIG.value, workdir, member_command)
+    command = [sys.executable, str(Path(__file__).resolve()), *argv[1:]]
+    trainer.train_ensemble(_CONFIG.value, workdir,
+                           lambda i: ensemble.member_command(command, _CONFIG.value, workdir, i))
 
 
 if __name__ == "__main__":

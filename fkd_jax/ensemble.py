@@ -53,3 +53,9 @@ def member_overrides(config, i: int) -> list[str]:
     c = member_config(config, i)
     return [f"--config.seed={c.seed}", f"--config.data.split_seed={c.data.split_seed}",
             "--config.train.members=1"]
+
+
+def member_command(command: list[str], config, workdir: str | Path, i: int) -> list[str]:
+    """`command` (a train.py command line for the ensemble's config) turned into member `i`'s:
+    the member's seed and split, and its run directory, given last so they take effect."""
+    return [*command, *member_overrides(config, i), f"--workdir={member_dir(workdir, i)}"]

@@ -128,8 +128,8 @@ def train_ensemble(config, workdir: Path, member_command: Callable[[int], list[s
     n = ensemble.members(config)
     # The members' data are checked here first: one clear error, not one per member.
     experiment.discard_run_data(experiment.read_run_data(config, workdir))
-    groups = processes.core_groups(processes.available_cores(),
-                                   min(n, len(processes.available_cores())))
+    cores = processes.available_cores()
+    groups = processes.core_groups(cores, min(n, len(cores)))
     with workdir_lock.hold(workdir):
         files.write_text(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
         jobs = [processes.Job(f"member{i}", member_command(i),
@@ -167,9 +167,10 @@ def score_ensemble(workdir: Path) -> dict:
     data = experiment.read_run_data(run.config, workdir)
     experiment.discard_run_data(data)
     members = [inference.Run(run.config, run.graphdef, p, {}) for p in run.params]
+    mean = inference.Predictor.from_run(run)  # compiled once for both figures
     return {
-        "val_rmse_px": evaluate(inference.Predictor.from_run(run), data.val),
-        "tta_rmse_px": evaluate(inference.Predictor.from_run(run), data.val, tta=True),
+        "val_rmse_px": evaluate(mean, data.val),
+        "tta_rmse_px": evaluate(mean, data.val, tta=True),
         "members_val_rmse_px": [evaluate(inference.Predictor.from_run(m), data.val)
                                 for m in members],
         "members_best_epoch": run.meta["epoch"],

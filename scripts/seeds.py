@@ -237,9 +237,8 @@ def _member_command(argv: list[str], config_path: str, config, seed_dir: Path):
 
     train_py = Path(__file__).resolve().parents[1] / "train.py"
     overrides = [a for a in argv[1:] if a.startswith("--config.")]
-    return lambda i: [sys.executable, str(train_py), f"--config={config_path}", *overrides,
-                      *ensemble.member_overrides(config, i),
-                      f"--workdir={ensemble.member_dir(seed_dir, i)}"]
+    command = [sys.executable, str(train_py), f"--config={config_path}", *overrides]
+    return lambda i: ensemble.member_command(command, config, seed_dir, i)
 
 
 def _train_side_by_side(argv: list[str], seeds: list[int], workdir: Path,
