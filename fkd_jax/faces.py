@@ -461,9 +461,11 @@ def locate(grays: Sequence[np.ndarray], picture_index: Sequence[int],
     predictor's `image_size` (96 when it has none).
 
     `settle` > 0 stops re-framing a face once its square moves less than that (centre
-    distance and side change, as fractions of the side): its keypoints are then carried to the
-    later passes unchanged, so far-off starts can be given many passes without spending them
-    on faces that have converged.
+    distance and side change, as fractions of the side) between two passes framed by the
+    rule: its keypoints are then carried to the later passes unchanged, so far-off starts can
+    be given many passes without spending them on faces that have converged. Every face gets
+    pass 2: a first re-framing close to the given framing says little (on a real photo the
+    crop then crept 2-8% a pass for four more passes, NME 12.5% -> 3.0%).
     `relax` > 1 over-relaxes each re-framing (centre and log side move `relax` times as far
     as the rule says): the model follows a mis-framed face only part of the way (about half
     on best_cpu), so plain re-framing converges geometrically and slowly on far-off boxes.
@@ -482,7 +484,7 @@ def locate(grays: Sequence[np.ndarray], picture_index: Sequence[int],
                 moved = max(math.hypot(new.cx - framings[i].cx, new.cy - framings[i].cy),
                             abs(new.side - framings[i].side)) / framings[i].side
                 framings[i] = new
-                if moved < settle:
+                if moved < settle and p > 1:  # pass 1's crop came from the box, not the rule
                     active[i] = False
         else:
             current = np.zeros((len(framings), 0))

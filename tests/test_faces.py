@@ -375,6 +375,27 @@ def test_settled_faces_stop_costing_model_calls():
     assert always == [2] * 5
 
 
+def test_every_face_gets_a_second_pass_before_it_may_settle():
+    """A first re-framing that lands close to the detector box's framing does not stop the
+    face: the box was framed by another rule, so only moves between passes framed from
+    keypoints count. A model whose answer creeps 1% of the side a pass (under `settle`) is
+    cropped twice, then stops."""
+    gray = np.full((200, 300), 100, np.uint8)
+    fixed = faces.framing_from_keypoints(MEAN, rotate=True).to_crop(MEAN)
+    creep = np.tile([0.96, 0.0], len(fixed) // 2)  # 1% of the 96-pixel crop to the right
+    sizes = []
+
+    def predict(crops, tta=False):
+        sizes.append(len(crops))
+        return np.tile(fixed + creep, (len(crops), 1))
+
+    start = [faces.Framing(150, 100, 120)]
+    history = faces.locate([gray], [0], start, predict, passes=5, settle=0.02)
+    assert sizes == [1, 1]
+    assert history[1][0, 0] - history[0][0, 0] == pytest.approx(1.2, abs=0.05)  # crept 1%
+    np.testing.assert_allclose(history[-1], history[1])
+
+
 @pytest.mark.parametrize("size", [64, 128])
 def test_crops_follow_the_models_input_size(size):
     """A model taking S x S crops gets S x S crops, and its keypoints (S-pixel crop units) come
