@@ -45,6 +45,8 @@ SECOND_CASCADE = "haarcascade_frontalface_alt2.xml"
 # people's photos: as accurate as 3 fixed passes with 2.3 crops a face instead of 3, and far-off
 # boxes (profile faces) get the passes they need (README, "How a picture is framed").
 DEFAULT_PASSES = 8
+# Pictures are searched for faces at most this many pixels on their longer side (FaceDetector).
+DETECT_MAX_SIDE = 1024
 DEFAULT_SETTLE = 0.02
 # A face is kept only if its keypoints, aligned onto the mean face by a similarity, lie within
 # this RMS distance of it (in outer-eye-corner distances): non-faces and lost tracks fail.
@@ -198,10 +200,34 @@ def crop_faces(gray: np.ndarray, framings: Sequence[Framing], size: int = CROP) 
 
 
 def _warp(image: np.ndarray, framing: Framing, size: int) -> np.ndarray:
-    """The square `framing` of a 2-D image (uint8 or float32) resampled to size x size."""
+    """The square `framing` of a 2-D image (uint8 or float32) resampled to size x size.
+
+    A square more than twice the crop's side (a face of 192+ pixels: high-resolution photos
+    and video) is first shrunk by a power of two m (<= side / size) by averaging m x m blocks
+    of its region, then resampled: one bilinear resample of a 10x larger face samples 4 of
+    every 100 pixels and aliases fine detail into the crop, where the training crops were
+    rendered at 1-2x. Below 2x the crop is the single bilinear resample it always was."""
+    m = 1 << int(math.floor(math.log2(framing.side / size))) if framing.side >= 2 * size else 1
+    if m > 1:
+        image, framing = _shrunk_region(image, framing, m)
     return cv2.warpAffine(image, framing.warp_matrix(size), (size, size),
                           flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                           borderMode=cv2.BORDER_REPLICATE)
+
+
+def _shrunk_region(image: np.ndarray, framing: Framing, m: int) -> tuple[np.ndarray, Framing]:
+    """The region around `framing`'s square (edge replicated past the picture's border), as
+    m x m block means, and the framing in that region's pixels (pixel J covers original
+    pixels m J .. m J + m - 1 of the region, so coordinates scale by exactly 1/m)."""
+    x, y, w, h = framing.box()
+    x0, y0 = (int(math.floor(v / m)) * m - 2 * m for v in (x, y))
+    x1, y1 = (int(math.ceil(v / m)) * m + 2 * m for v in (x + w, y + h))
+    rows = np.clip(np.arange(y0, y1), 0, image.shape[0] - 1)
+    cols = np.clip(np.arange(x0, x1), 0, image.shape[1] - 1)
+    region = image[rows[:, None], cols[None, :]]
+    small = cv2.resize(region, ((x1 - x0) // m, (y1 - y0) // m), interpolation=cv2.INTER_AREA)
+    return small, Framing((framing.cx - x0) / m, (framing.cy - y0) / m, framing.side / m,
+                          framing.angle)
 
 
 def reframe_by_keypoints(data: KeypointData) -> KeypointData:
@@ -383,24 +409,38 @@ class FaceDetector:
     `detect(gray)` runs haarcascade_frontalface_default with scaleFactor 1.1, minNeighbors 3,
     minSize 30 px; `detect_loose(gray)` the same with minNeighbors 1 (more faces and more false
     boxes: its results are kept only if the predicted keypoints look like a face).
+    A picture whose longer side exceeds `max_side` is searched on a copy shrunk to it (area
+    average) and the boxes scaled back: a 12-megapixel photo costs what a 1024-pixel one does,
+    and the smallest face searched for (30 px of the copy) grows with the picture instead of
+    staying at 30 px, where texture gives the cascade false faces.
     """
 
     def __init__(self, cascade: str = DEFAULT_CASCADE, scale_factor: float = 1.1,
-                 min_neighbors: int = 3, min_size: int = 30):
+                 min_neighbors: int = 3, min_size: int = 30, max_side: int = DETECT_MAX_SIDE):
         self._cascade = _load_cascade(cascade)
         self._second_cascade: cv2.CascadeClassifier | None = None  # loaded when first needed
         self.scale_factor, self.min_neighbors, self.min_size = scale_factor, min_neighbors, min_size
+        self.max_side = max_side
 
     def detect(self, gray: np.ndarray, min_neighbors: int | None = None) -> list[Detection]:
-        """Face boxes of a grayscale uint8 picture (H, W), best score first. The score is the
-        cascade's last-stage weight (levelWeights): higher is surer, not a probability."""
+        """Face boxes (x, y, w, h in the picture's pixels) of a grayscale uint8 picture (H, W),
+        best score first. The score is the cascade's last-stage weight (levelWeights): higher
+        is surer, not a probability."""
         gray = to_gray(gray)
+        h, w = gray.shape
+        sx = sy = 1.0
+        if max(h, w) > self.max_side:
+            s = self.max_side / max(h, w)
+            small = (max(1, round(w * s)), max(1, round(h * s)))
+            gray = cv2.resize(gray, small, interpolation=cv2.INTER_AREA)
+            sx, sy = w / small[0], h / small[1]
         n = self.min_neighbors if min_neighbors is None else min_neighbors
         rects, _, weights = self._cascade.detectMultiScale3(
             gray, scaleFactor=self.scale_factor, minNeighbors=n,
             minSize=(self.min_size, self.min_size), outputRejectLevels=True)
-        found = [Detection(tuple(float(v) for v in r), float(s))
-                 for r, s in zip(np.reshape(rects, (-1, 4)), np.ravel(weights))]
+        found = [Detection((float(x) * sx, float(y) * sy, float(bw) * sx, float(bh) * sy),
+                           float(s)) for (x, y, bw, bh), s in
+                 zip(np.reshape(rects, (-1, 4)), np.ravel(weights))]
         return sorted(found, key=lambda d: -d.score)
 
     def detect_loose(self, gray: np.ndarray) -> list[Detection]:
@@ -428,10 +468,7 @@ class FaceDetector:
             cascade = self._second_cascade
         f = framing_from_keypoints(keypoints_px, rotate=True)
         size = _CONFIRM_SIZE
-        m = Framing(f.cx, f.cy, f.side * _CONFIRM_WIDEN, f.angle).warp_matrix(size)
-        crop = cv2.warpAffine(to_gray(gray), m, (size, size),
-                              flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                              borderMode=cv2.BORDER_REPLICATE)
+        crop = _warp(to_gray(gray), Framing(f.cx, f.cy, f.side * _CONFIRM_WIDEN, f.angle), size)
         side, best = size / _CONFIRM_WIDEN, -math.inf
         lo, hi = math.ceil(0.5 * side), math.floor(1.5 * side)
         rects, _, weights = cascade.detectMultiScale3(
@@ -552,13 +589,16 @@ def find_faces(grays: Sequence[np.ndarray], predict: PredictFn,
     like a face (`shape_error`) and the detector finds it again, surely, in the crop they
     frame (`FaceDetector.confirm_score` >= CONFIRM_MIN_SCORE, or SECOND_CASCADE finds it);
     in a picture where no box is confirmed that way, one is kept unless the boxes come from
-    the loose fallback (`loose[i]`): the most face-like, first by its shape (within
-    `max_shape_error`), then by the second look's score, then by the detector's.
+    the loose fallback (`loose[i]`): the most face-like, first by how many of the two tests
+    it passes, then the largest box (texture gives the cascade its false faces at small sizes,
+    where its windows are many), then the detector's score.
     A user's box is kept as given.
     With `retry_tta` (and `settle` > 0, `passes` > 1, no `tta`), faces whose square still moves
     at the last pass are located again from their boxes with flip TTA, and take that result
     if it settles: a head turned far from frontal can send the plain model chasing across the
-    picture, where the mirrored view's average pulls it back.
+    picture, where the mirrored view's average pulls it back. Faces that settle unconfirmed
+    (the plain model lost on a face, or a box on no face) get the same retry on the same
+    terms, and are judged again on its result.
     Faces whose keypoints coincide (two boxes on one face) are merged, keeping the higher score.
     """
     confirm = boxes is None if confirm is None else confirm
@@ -575,43 +615,61 @@ def find_faces(grays: Sequence[np.ndarray], predict: PredictFn,
     dets = [d for bs in boxes for d in bs]
     framings = [framing_from_box(d.box) for d in dets]
     history = locate(grays, index, framings, predict, passes, tta, rotate, settle=settle)
+
+    def looks(j: int) -> tuple[bool, bool]:  # (shaped, seen by a cascade) of face j
+        kp = history[-1][j]
+        seen = (detector.confirm_score(grays[index[j]], kp) >= CONFIRM_MIN_SCORE
+                or detector.confirm_score(grays[index[j]], kp, second=True) > -math.inf)
+        return shape_error(kp) <= max_shape_error, seen
+
+    checks = [looks(j) for j in range(len(dets))] if confirm else []
     if retry_tta and not tta and settle > 0 and passes > 1:
-        history = _retry_unsettled(grays, index, framings, predict, history, rotate, settle)
+        unconfirmed = np.array([not all(c) for c in checks] if confirm else [], bool)
+        history, redone = _retry_unsettled(grays, index, framings, predict, history, rotate,
+                                           settle, unconfirmed)
+        for j in redone if confirm else ():
+            checks[j] = looks(j)
     faces: list[list[Face]] = [[] for _ in grays]
-    candidates: dict[int, list[tuple[bool, float, float, Face]]] = {}
+    candidates: dict[int, list[tuple[int, float, float, Face]]] = {}
     for j, (pic, det) in enumerate(zip(index, dets)):
         kp = history[-1][j]
         face = Face(det.box, det.score, kp, tuple(h[j] for h in history), shape_error(kp))
         if not confirm:
             faces[pic].append(face)
             continue
-        sure = detector.confirm_score(grays[pic], kp)
-        shaped = face.shape_error <= max_shape_error
-        if shaped and (sure >= CONFIRM_MIN_SCORE
-                       or detector.confirm_score(grays[pic], kp, second=True) > -math.inf):
+        shaped, seen = checks[j]
+        if shaped and seen:
             faces[pic].append(face)
         elif not loose[pic]:
-            candidates.setdefault(pic, []).append((shaped, sure, det.score, face))
+            candidates.setdefault(pic, []).append(
+                (int(shaped) + int(seen), det.box[2] * det.box[3], det.score, face))
     for pic, cands in candidates.items():
         if not faces[pic]:  # none confirmed: the most face-like of the detector's boxes
             faces[pic].append(max(cands, key=lambda c: c[:3])[3])
     return [merge_duplicates(fs) for fs in faces]
 
 
-def _retry_unsettled(grays, index, framings, predict, history, rotate, settle):
-    """find_faces' retry: faces still moving at the last pass, located again with flip TTA."""
-    moving = np.flatnonzero(np.any(history[-1] != history[-2], axis=1))
-    if len(moving) == 0:
-        return history
-    again = locate(grays, [index[i] for i in moving], [framings[i] for i in moving], predict,
+def _retry_unsettled(grays, index, framings, predict, history, rotate, settle, also=None):
+    """find_faces' retry: faces still moving at the last pass (and those marked in `also`),
+    located again with flip TTA; a retry that settles replaces the face's history. Returns the
+    history and the faces replaced."""
+    redo = np.any(history[-1] != history[-2], axis=1)
+    if also is not None and len(also):
+        redo |= also
+    redo = np.flatnonzero(redo)
+    if len(redo) == 0:
+        return history, []
+    again = locate(grays, [index[i] for i in redo], [framings[i] for i in redo], predict,
                    len(history), True, rotate, settle=settle)
     settled = np.all(again[-1] == again[-2], axis=1)
     history = [h.copy() for h in history]
-    for k, i in enumerate(moving):
+    replaced = []
+    for k, i in enumerate(redo):
         if settled[k]:
+            replaced.append(int(i))
             for h, a in zip(history, again):
                 h[i] = a[k]
-    return history
+    return history, replaced
 
 
 def merge_duplicates(faces: Sequence[Face], overlap: float = 0.5) -> list[Face]:

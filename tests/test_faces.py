@@ -185,6 +185,59 @@ def test_detector_finds_a_pasted_face_and_nothing_in_a_blank_picture():
     assert faces.find_faces([blank], predict, faces.FaceDetector()) == [[]]
 
 
+def test_detector_searches_large_pictures_at_its_working_size():
+    """A picture larger than `max_side` is searched on a copy shrunk to it (the cascade never
+    sees more), and the boxes come back in the picture's pixels: exactly 3x the boxes found
+    on that copy, around the pasted face."""
+    images, kps = synthetic.generate_faces(1, seed=0)
+    m = similarity(6.0, 0.0, 300, 180)
+    big = faces.to_gray(paste(images[0], m, size=(960, 1200)))
+    centre = keypoints.as_points(apply(m, kps[0])).mean(0)
+    detector = faces.FaceDetector(max_side=400)
+    seen = []
+
+    class Recording:
+        def __init__(self, cascade):
+            self.cascade = cascade
+
+        def detectMultiScale3(self, gray, **kw):
+            seen.append(gray.shape)
+            return self.cascade.detectMultiScale3(gray, **kw)
+
+    detector._cascade = Recording(detector._cascade)
+    found = detector.detect(big)
+    assert seen == [(320, 400)]
+    copy = cv2.resize(big, (400, 320), interpolation=cv2.INTER_AREA)
+    on_copy = faces.FaceDetector(max_side=10_000).detect(copy)
+    assert found and len(found) == len(on_copy)
+    for a, b in zip(found, on_copy):
+        np.testing.assert_allclose(a.box, 3 * np.array(b.box))
+    assert any(d.box[0] < centre[0] < d.box[0] + d.box[2] and
+               d.box[1] < centre[1] < d.box[1] + d.box[3] for d in found)
+
+
+def test_crops_of_large_faces_average_instead_of_aliasing():
+    """A face more than twice the crop's side is shrunk by block averages before the bilinear
+    resample: a 1-pixel checkerboard cropped at 8x comes out mid-grey (one bilinear resample
+    would pick whole black or white pixels), and the crop equals the crop of the picture's
+    own 8 x 8 block means; a small face is still the single bilinear resample."""
+    board = (np.indices((960, 960)).sum(axis=0) % 2 * 255).astype(np.uint8)
+    crop = faces.crop_faces(board, [faces.Framing(480.0, 480.0, 768.0, 0.0)])[0, :, :, 0]
+    assert np.abs(crop - 0.5).max() < 0.01
+    rng = np.random.default_rng(0)
+    picture = rng.integers(0, 256, (960, 1280), dtype=np.uint8)
+    means = cv2.resize(picture, (160, 120), interpolation=cv2.INTER_AREA)
+    big = faces.Framing(640.0, 480.0, 768.0, 0.3)
+    by_means = faces.crop_faces(means, [faces.Framing(80.0, 60.0, 96.0, 0.3)])
+    np.testing.assert_allclose(faces.crop_faces(picture, [big]), by_means, atol=1 / 255)
+    plain = faces.Framing(640.3, 480.7, 150.0, 0.2)
+    once = cv2.warpAffine(picture, plain.warp_matrix(), (96, 96),
+                          flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REPLICATE)
+    np.testing.assert_allclose(faces.crop_faces(picture, [plain])[0, :, :, 0],
+                               once.astype(np.float32) / 255, atol=1e-6)
+
+
 def test_user_box_is_kept_and_duplicates_merge():
     predict = lambda crops, tta=False: np.tile(MEAN, (len(crops), 1))  # noqa: E731
     gray = np.full((200, 200), 100, np.uint8)
@@ -291,28 +344,43 @@ def test_a_face_only_the_second_cascade_finds_is_kept():
     np.testing.assert_allclose(out[0][0].keypoints_px, truth, atol=1e-6)
 
 
-def test_unconfirmed_boxes_fall_back_to_the_one_shaped_like_a_face():
-    """No box confirmed: a face-shaped one wins over the detector's favourite (a tie whose
-    keypoints are no face), whatever the second look says of the tie."""
+def test_unconfirmed_boxes_fall_back_to_the_most_face_like_then_the_largest():
+    """No box confirmed (both tests passed): a box passing one test (face-shaped keypoints,
+    or a cascade's second look) beats one passing none, whatever the detector's score; among
+    boxes passing as many, the larger wins (texture gives the cascade its false faces at small
+    sizes, where its windows are many), then the detector's score."""
     gray = np.full((300, 400), 100, np.uint8)
     squashed = MEAN.copy()
     squashed[1::2] = 48 + 0.3 * (squashed[1::2] - 48)  # flattened vertically: no face shape
     assert faces.shape_error(squashed) > faces.MAX_SHAPE_ERROR >= faces.shape_error(MEAN)
-    tie = faces.Detection((220.0, 150.0, 96.0, 96.0), 6.0)
-    face = faces.Detection((20.0, 20.0, 96.0, 96.0), 4.0)
-    boxes = [tie, face]
 
-    def predict(crops, tta=False):  # one pass: crops come in box order
-        return np.stack([squashed, MEAN])
-
-    class TheTieLooksSure(faces.FaceDetector):
+    class SeesWhatIsRight(faces.FaceDetector):  # the default cascade's look, by x position
         def confirm_score(self, gray, keypoints_px, second=False):
-            is_tie = keypoints_px[0] > 200
-            return 9.0 if is_tie and not second else -np.inf
+            return 9.0 if keypoints_px[0] > 200 and not second else -np.inf
 
-    out = faces.find_faces([gray], predict, TheTieLooksSure(), boxes=[boxes], confirm=True,
-                           passes=1)
-    assert [f.box for f in out[0]] == [face.box]
+    def pick(boxes, answers):
+        def predict(crops, tta=False):  # one pass: crops come in box order
+            return np.stack(answers)
+        out = faces.find_faces([gray], predict, SeesWhatIsRight(), boxes=[boxes],
+                               confirm=True, passes=1)
+        return [f.box for f in out[0]]
+
+    def keypoints_on(box, answer):  # crop keypoints of a box, as picture keypoints
+        return faces.framing_from_box(box.box).to_picture(answer)
+
+    left_small = faces.Detection((20.0, 20.0, 64.0, 64.0), 6.0)
+    left_big = faces.Detection((20.0, 20.0, 120.0, 120.0), 1.0)
+    right_small = faces.Detection((220.0, 150.0, 64.0, 64.0), 6.0)
+    right_big = faces.Detection((220.0, 150.0, 120.0, 120.0), 1.0)
+    assert keypoints_on(right_small, squashed)[0] > 200 > keypoints_on(left_big, MEAN)[0]
+    # One test each (shaped on the left, seen on the right): the larger box.
+    assert pick([right_small, left_big], [squashed, MEAN]) == [left_big.box]
+    assert pick([right_big, left_small], [squashed, MEAN]) == [right_big.box]
+    # One test against none: the one, though smaller and lower-scored.
+    assert pick([left_big, right_small], [squashed, squashed]) == [right_small.box]
+    # As many tests, as large: the detector's favourite.
+    twin = faces.Detection((20.0, 170.0, 64.0, 64.0), 2.0)
+    assert pick([twin, left_small], [MEAN, MEAN]) == [left_small.box]
 
 
 def test_faces_still_moving_after_the_last_pass_are_located_again_with_tta():
@@ -349,6 +417,36 @@ def test_faces_still_moving_after_the_last_pass_are_located_again_with_tta():
     assert not any(tta for _, tta in calls)
     moved = {f.box: f for f in plain}[boxes[0].box].keypoints_px - settled[-1][0]
     assert moved[0::2].mean() > 20
+
+
+def test_a_face_that_settles_unconfirmed_is_located_again_with_tta():
+    """The plain model settles on keypoints that are no face shape (lost on a turned head):
+    the face is located again from its box with flip TTA, and the face-shaped result that
+    settles replaces it, so the second look judges that one."""
+    gray = np.full((300, 400), 120, np.uint8)
+    squashed = MEAN.copy()
+    squashed[1::2] = 48 + 0.3 * (squashed[1::2] - 48)
+    calls = []
+
+    def at_rest(points):  # keypoints whose own training square is the whole crop
+        return faces.framing_from_keypoints(points, rotate=True).to_crop(points)
+
+    def predict(crops, tta=False):
+        calls.append((len(crops), tta))
+        return np.tile(at_rest(MEAN) if tta else at_rest(squashed), (len(crops), 1))
+
+    class SeesAnything(faces.FaceDetector):
+        def confirm_score(self, gray, keypoints_px, second=False):
+            return 9.0
+
+    box = faces.Detection((100.0, 60.0, 120.0, 120.0), 3.0)
+    out = faces.find_faces([gray], predict, SeesAnything(), boxes=[[box]], confirm=True,
+                           passes=4)[0]
+    assert (1, True) in calls and len(out) == 1
+    assert out[0].shape_error < 1e-6  # the mirrored model's mean face, not the squashed one
+    plain = faces.find_faces([gray], predict, SeesAnything(), boxes=[[box]], confirm=True,
+                             passes=4, retry_tta=False)[0]
+    assert plain[0].shape_error > faces.MAX_SHAPE_ERROR  # kept only as the fallback
 
 
 def test_settled_faces_stop_costing_model_calls():
