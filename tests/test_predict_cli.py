@@ -180,3 +180,28 @@ def test_unreadable_model_is_one_line_and_writes_nothing(setup, bad):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
     assert not out.exists()
+
+
+def test_photo_resolution_benchmark_enlarges_photos_and_their_labels(tmp_path):
+    """benchmarks/photo_resolution.py: a photo enlarged s times has s times the pixels and its
+    labels s times the coordinates (pixel j covers [j, j+1)); at 1x without noise the photo
+    is copied byte for byte, not re-encoded."""
+    from conftest import load_benchmark
+
+    bench = load_benchmark("photo_resolution")
+    images, kps = synthetic.generate_faces(1, seed=3)
+    photo = tmp_path / "face.jpg"
+    cv2.imwrite(str(photo), images[0])
+    row = {"file": "face.jpg", **dict(zip(keypoints.COLUMNS, kps[0].tolist()))}
+    other = {"file": "other.jpg", **dict(zip(keypoints.COLUMNS, kps[0].tolist()))}
+    labels = tmp_path / "labels.csv"
+    pd.DataFrame([row, other]).to_csv(labels, index=False)
+    out = bench.enlarged([photo], labels, tmp_path / "x3", 3.0, 16.0)
+    big = cv2.imread(str(tmp_path / "x3" / "face.jpg"), cv2.IMREAD_GRAYSCALE)
+    assert big.shape == (3 * images[0].shape[0], 3 * images[0].shape[1])
+    scaled = pd.read_csv(out)
+    assert list(scaled["file"]) == ["face.jpg"]
+    np.testing.assert_allclose(scaled[list(keypoints.COLUMNS)].to_numpy()[0], 3 * kps[0],
+                               rtol=1e-6)
+    bench.enlarged([photo], labels, tmp_path / "x1", 1.0, 0.0)
+    assert (tmp_path / "x1" / "face.jpg").read_bytes() == photo.read_bytes()
