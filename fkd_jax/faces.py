@@ -224,9 +224,15 @@ def _shrunk_region(image: np.ndarray, framing: Framing, m: int) -> tuple[np.ndar
     x, y, w, h = framing.box()
     x0, y0 = (int(math.floor(v / m)) * m - 2 * m for v in (x, y))
     x1, y1 = (int(math.ceil(v / m)) * m + 2 * m for v in (x + w, y + h))
-    rows = np.clip(np.arange(y0, y1), 0, image.shape[0] - 1)
-    cols = np.clip(np.arange(x0, x1), 0, image.shape[1] - 1)
-    region = image[rows[:, None], cols[None, :]]
+    h, w = image.shape[:2]
+    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    if cx0 >= cx1 or cy0 >= cy1:  # wholly outside: the nearest edge pixels, replicated
+        rows = np.clip(np.arange(y0, y1), 0, h - 1)
+        cols = np.clip(np.arange(x0, x1), 0, w - 1)
+        region = image[rows[:, None], cols[None, :]]
+    else:  # a view of the picture, its border replicated past the picture's edges
+        region = cv2.copyMakeBorder(image[cy0:cy1, cx0:cx1], cy0 - y0, y1 - cy1, cx0 - x0,
+                                    x1 - cx1, cv2.BORDER_REPLICATE)
     small = cv2.resize(region, ((x1 - x0) // m, (y1 - y0) // m), interpolation=cv2.INTER_AREA)
     return small, Framing((framing.cx - x0) / m, (framing.cy - y0) / m, framing.side / m,
                           framing.angle)
