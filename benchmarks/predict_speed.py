@@ -112,8 +112,7 @@ def main(argv=None) -> None:
     # End to end, in chunks as predict.py runs a folder.
     r = runner()
     t = time.perf_counter()
-    for start in range(0, len(items), predict.CHUNK):
-        r.photos(items[start:start + predict.CHUNK])
+    r.all_photos(items)
     photos_s = time.perf_counter() - t
     stages = {k: round(v / max(len(items), 1) * 1000, 2) for k, v in r.timings.items() if v}
 

@@ -121,6 +121,28 @@ def test_folder_with_photos_video_and_a_corrupt_file(setup):
     assert (out / "ced.png").is_file() and (out / "scores.csv").is_file()
 
 
+def test_chunks_searched_ahead_in_a_thread_give_the_same_rows(setup, tmp_path, monkeypatch):
+    """With one photo a chunk, every next photo is decoded and searched for faces in the
+    second thread while this one is located (a corrupt file fails there): the rows, failures
+    and faces are those of one chunk for all."""
+    import predict
+
+    tmp, photos, _, _ = setup
+    tables, summaries = {}, {}
+    for chunk in (1, predict.CHUNK):
+        monkeypatch.setattr(predict, "CHUNK", chunk)
+        out = tmp_path / f"chunk{chunk}"
+        assert predict.main(["--workdir", str(tmp / "run"), "--out", str(out),
+                             "--no_overlays", str(photos)]) == 1  # the corrupt file
+        tables[chunk] = pd.read_csv(out / "keypoints.csv")
+        summaries[chunk] = json.loads((out / "summary.json").read_text())
+    one, all_ = tables[1], tables[predict.CHUNK]
+    assert len(one) == len(all_) and len(one.dropna(subset=["face"])) >= 2
+    pd.testing.assert_frame_equal(one, all_)
+    for key in ("failed", "no_face", "faces", "photos"):
+        assert summaries[1][key] == summaries[predict.CHUNK][key]
+
+
 def test_user_box_and_exported_model_give_the_same_keypoints(setup):
     tmp, photos, _, kp = setup
     box = "60,20,192,192"
