@@ -47,6 +47,9 @@ SECOND_CASCADE = "haarcascade_frontalface_alt2.xml"
 DEFAULT_PASSES = 8
 # Pictures are searched for faces at most this many pixels on their longer side (FaceDetector).
 DETECT_MAX_SIDE = 1024
+# Where no face is found upright: the tilts (degrees) turned copies are searched at. The
+# cascade finds faces within ~15 degrees of upright, so 30-degree steps leave no gap to 105.
+TURNS = (30, -30, 60, -60, 90, -90, 180)
 DEFAULT_SETTLE = 0.02
 # A face is kept only if its keypoints, aligned onto the mean face by a similarity, lie within
 # this RMS distance of it (in outer-eye-corner distances): lost tracks and garbage fail. 0.16
@@ -80,10 +83,22 @@ class Face:
 
 @dataclass(frozen=True)
 class Detection:
-    """A face box in picture pixels (x, y of the top-left corner, w, h) and its score."""
+    """A face box in picture pixels (x, y of the top-left corner, w, h) and its score.
+
+    `angle` (radians, the box's x axis in the picture) is set when the box was found on a
+    turned copy of the picture (`FaceDetector.detect_turned`): the face's square is then the
+    box turned by `angle` about its centre."""
 
     box: tuple[float, float, float, float]
     score: float
+    angle: float = 0.0
+
+    def bounds(self) -> tuple[float, float, float, float]:
+        """The axis-aligned box around the (turned) square: what outputs report and draw."""
+        x, y, w, h = self.box
+        c, n = abs(math.cos(self.angle)), abs(math.sin(self.angle))
+        bw, bh = w * c + h * n, w * n + h * c
+        return (x + (w - bw) / 2, y + (h - bh) / 2, bw, bh)
 
 
 def kaggle15(keypoints_px: np.ndarray) -> np.ndarray:
@@ -264,12 +279,16 @@ def reframe_by_keypoints(data: KeypointData) -> KeypointData:
     return replace(data, images=images, keypoints=kps, mask=mask)
 
 
-def framing_from_box(box: Sequence[float]) -> Framing:
+def framing_from_box(box: Sequence[float], angle: float = 0.0) -> Framing:
     """The first guess at the training square from a detector (or user) box (x, y, w, h),
-    by the map fitted on the training people's photos (framing_stats.BOX_*)."""
+    by the map fitted on the training people's photos (framing_stats.BOX_*); a box turned by
+    `angle` (a Detection found on a turned copy) gives the square turned with it."""
     x, y, w, h = (float(v) for v in box)
     fx, fy = framing_stats.BOX_CENTRE
-    return Framing(x + w * fx, y + h * fy, framing_stats.BOX_SIDE * math.sqrt(w * h))
+    dx, dy = (fx - 0.5) * w, (fy - 0.5) * h  # the fitted offset, in the box's own axes
+    c, n = math.cos(angle), math.sin(angle)
+    return Framing(x + w / 2 + c * dx - n * dy, y + h / 2 + n * dx + c * dy,
+                   framing_stats.BOX_SIDE * math.sqrt(w * h), angle)
 
 
 def eye_angle(keypoints_px: np.ndarray) -> float:
@@ -456,6 +475,37 @@ class FaceDetector:
         """The fallback for pictures where `detect` finds nothing (minNeighbors 1)."""
         return self.detect(gray, min_neighbors=1)
 
+    def detect_turned(self, gray: np.ndarray, turns: Sequence[float] = TURNS
+                      ) -> list[Detection]:
+        """The other fallback where `detect` finds nothing: the cascade only finds faces
+        within ~15 degrees of upright, so a tilted head or a photo taken sideways (without
+        EXIF orientation) has none. Searches copies of the picture turned by each of `turns`
+        (degrees: the face's own tilt in the picture) and returns the boxes of all, each with
+        its `angle`, in the picture's pixels. Not only the first copy with any: a copy turned
+        30 degrees from the face finds boxes on texture as readily as none on the face (the
+        second look then sorts them out)."""
+        gray = to_gray(gray)
+        h, w = gray.shape
+        fill = int(np.mean(gray))
+        out = []
+        for degrees in turns:
+            a = math.radians(degrees)
+            c, n = math.cos(a), math.sin(a)
+            rot = np.array([[c, n], [-n, c]])  # picture -> copy: a face turned by a is upright
+            size = (math.ceil(w * abs(c) + h * abs(n)), math.ceil(w * abs(n) + h * abs(c)))
+            centre, centre_copy = np.array([w / 2, h / 2]), np.array(size) / 2
+            # continuous coordinates (pixel j covers [j, j+1)) -> OpenCV's pixel indices
+            shift = rot @ (0.5 - centre) + centre_copy - 0.5
+            copy = cv2.warpAffine(gray, np.hstack([rot, shift[:, None]]), size,
+                                  flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                                  borderValue=fill)
+            for d in self.detect(copy):
+                x, y, bw, bh = d.box
+                cx, cy = rot.T @ (np.array([x + bw / 2, y + bh / 2]) - centre_copy) + centre
+                out.append(Detection((float(cx) - bw / 2, float(cy) - bh / 2, bw, bh),
+                                     d.score, a))
+        return sorted(out, key=lambda d: -d.score)
+
     def confirms(self, gray: np.ndarray, keypoints_px: np.ndarray) -> bool:
         """Whether the cascade finds the face again, surely enough (`confirm_score` >=
         CONFIRM_MIN_SCORE), in the upright crop framed by the face's own keypoints. The
@@ -573,13 +623,15 @@ def _predict(predict: PredictFn, crops: np.ndarray, tta: bool) -> np.ndarray:
 
 def detect_faces(grays: Sequence[np.ndarray], detector: FaceDetector
                  ) -> tuple[list[list[Detection]], list[bool]]:
-    """Detector boxes of each picture (the loose fallback where the detector finds none), and
-    whether they came from the fallback."""
+    """Detector boxes of each picture, and whether they came from the fallbacks: where the
+    detector finds nothing upright, the boxes of the loose pass and of the first turned copy
+    with any (`FaceDetector.detect_loose`, `detect_turned`); a face from these is kept only
+    if confirmed."""
     boxes, loose = [], []
     for g in grays:
         found = detector.detect(g)
         loose.append(not found)
-        boxes.append(found or detector.detect_loose(g))
+        boxes.append(found or detector.detect_turned(g) + detector.detect_loose(g))
     return boxes, loose
 
 
@@ -622,7 +674,7 @@ def find_faces(grays: Sequence[np.ndarray], predict: PredictFn,
     loose = [False] * len(grays) if loose is None else list(loose)
     index = [i for i, bs in enumerate(boxes) for _ in bs]
     dets = [d for bs in boxes for d in bs]
-    framings = [framing_from_box(d.box) for d in dets]
+    framings = [framing_from_box(d.box, d.angle) for d in dets]
     history = locate(grays, index, framings, predict, passes, tta, rotate, settle=settle)
 
     def looks(j: int) -> tuple[bool, bool]:  # (shaped, seen by a cascade) of face j
@@ -642,7 +694,7 @@ def find_faces(grays: Sequence[np.ndarray], predict: PredictFn,
     candidates: dict[int, list[tuple[int, float, float, Face]]] = {}
     for j, (pic, det) in enumerate(zip(index, dets)):
         kp = history[-1][j]
-        face = Face(det.box, det.score, kp, tuple(h[j] for h in history), shape_error(kp))
+        face = Face(det.bounds(), det.score, kp, tuple(h[j] for h in history), shape_error(kp))
         if not confirm:
             faces[pic].append(face)
             continue

@@ -238,6 +238,39 @@ def test_crops_of_large_faces_average_instead_of_aliasing():
                                once.astype(np.float32) / 255, atol=1e-6)
 
 
+@pytest.mark.parametrize("tilt", [40.0, 90.0, -65.0])
+def test_a_tilted_face_is_found_on_a_turned_copy_and_framed_turned(tilt):
+    """The cascade finds faces within ~15 degrees of upright: a head tilted further (or a photo
+    taken sideways) is found on a turned copy of the picture, its box mapped back with the
+    copy's angle, and framed turned (within 15 degrees of the face's own tilt) on its
+    centre; then located like any face, and kept only because the second look confirms it."""
+    images, kps = synthetic.generate_faces(1, seed=0)
+    a = math.radians(tilt)
+    centre = np.array([200.0, 160.0])
+    m = similarity(2.0, a, 0, 0)
+    m[:, 2] = centre - m[:, :2] @ [48.0, 48.0]
+    picture = faces.to_gray(paste(images[0], m, size=(320, 400)))
+    detector = faces.FaceDetector()
+    def centre_of(framing):
+        return np.array([framing.cx, framing.cy])
+
+    upright = [d for d in detector.detect(picture)
+               if np.hypot(*(centre_of(faces.framing_from_box(d.box)) - centre)) < 40]
+    assert upright == []  # too tilted for the cascade as it is
+    boxes, loose = faces.detect_faces([picture], detector)
+    assert loose == [True]  # a fallback: its faces must be confirmed
+    near = [d for d in boxes[0]
+            if np.hypot(*(centre_of(faces.framing_from_box(d.box, d.angle)) - centre)) < 40]
+    assert near
+    offs = [abs((math.degrees(d.angle - a) + 180) % 360 - 180) for d in near]
+    assert min(offs) <= 15 and max(offs) <= 30  # the nearest turn, or one either side
+    fixed = faces.framing_from_keypoints(MEAN, rotate=True).to_crop(MEAN)
+    found = faces.find_faces([picture], lambda c, tta=False: np.tile(fixed, (len(c), 1)),
+                             detector)[0]
+    centres = [keypoints.as_points(f.keypoints_px).mean(0) for f in found]
+    assert any(np.hypot(*(c - centre)) < 40 for c in centres)
+
+
 def test_user_box_is_kept_and_duplicates_merge():
     predict = lambda crops, tta=False: np.tile(MEAN, (len(crops), 1))  # noqa: E731
     gray = np.full((200, 200), 100, np.uint8)
