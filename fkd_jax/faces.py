@@ -204,6 +204,23 @@ class Framing:
         return (self.cx - half, self.cy - half, 2 * half, 2 * half)
 
 
+def turn_picture(image: np.ndarray, degrees: float, border_value: int | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The picture (H, W[, C]) turned by `degrees` (what pointed along its x axis then points
+    `degrees` below it, y down), on a canvas just large enough, and the map of continuous
+    coordinates onto it: p_turned = rot @ p + shift. Past the picture's edges: `border_value`,
+    or the edge replicated when None."""
+    h, w = image.shape[:2]
+    c, n = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
+    rot = np.array([[c, -n], [n, c]])
+    size = (math.ceil(w * abs(c) + h * abs(n) - 1e-9), math.ceil(w * abs(n) + h * abs(c) - 1e-9))
+    shift = np.array(size) / 2 - rot @ np.array([w / 2, h / 2])
+    m = np.hstack([rot, (rot @ [0.5, 0.5] + shift - 0.5)[:, None]])  # on OpenCV's pixel indices
+    border = (dict(borderMode=cv2.BORDER_REPLICATE) if border_value is None else
+              dict(borderMode=cv2.BORDER_CONSTANT, borderValue=border_value))
+    return cv2.warpAffine(image, m, size, flags=cv2.INTER_LINEAR, **border), rot, shift
+
+
 def crop_faces(gray: np.ndarray, framings: Sequence[Framing], size: int = CROP) -> np.ndarray:
     """Crops (N, size, size, 1) float32 in [0, 1] of a grayscale uint8 picture (H, W): one
     bilinear affine resample each, the picture's border replicated outside it (as in
@@ -485,25 +502,16 @@ class FaceDetector:
         30 degrees from the face finds boxes on texture as readily as none on the face (the
         second look then sorts them out)."""
         gray = to_gray(gray)
-        h, w = gray.shape
         fill = int(np.mean(gray))
         out = []
         for degrees in turns:
-            a = math.radians(degrees)
-            c, n = math.cos(a), math.sin(a)
-            rot = np.array([[c, n], [-n, c]])  # picture -> copy: a face turned by a is upright
-            size = (math.ceil(w * abs(c) + h * abs(n)), math.ceil(w * abs(n) + h * abs(c)))
-            centre, centre_copy = np.array([w / 2, h / 2]), np.array(size) / 2
-            # continuous coordinates (pixel j covers [j, j+1)) -> OpenCV's pixel indices
-            shift = rot @ (0.5 - centre) + centre_copy - 0.5
-            copy = cv2.warpAffine(gray, np.hstack([rot, shift[:, None]]), size,
-                                  flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                                  borderValue=fill)
+            # the copy turned back by the tilt: a face tilted by it is upright there
+            copy, rot, shift = turn_picture(gray, -degrees, border_value=fill)
             for d in self.detect(copy):
                 x, y, bw, bh = d.box
-                cx, cy = rot.T @ (np.array([x + bw / 2, y + bh / 2]) - centre_copy) + centre
+                cx, cy = rot.T @ (np.array([x + bw / 2, y + bh / 2]) - shift)
                 out.append(Detection((float(cx) - bw / 2, float(cy) - bh / 2, bw, bh),
-                                     d.score, a))
+                                     d.score, math.radians(degrees)))
         return sorted(out, key=lambda d: -d.score)
 
     def confirms(self, gray: np.ndarray, keypoints_px: np.ndarray) -> bool:

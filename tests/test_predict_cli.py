@@ -204,13 +204,13 @@ def test_unreadable_model_is_one_line_and_writes_nothing(setup, bad):
     assert not out.exists()
 
 
-def test_photo_resolution_benchmark_enlarges_photos_and_their_labels(tmp_path):
-    """benchmarks/photo_resolution.py: a photo enlarged s times has s times the pixels and its
+def test_photo_conditions_benchmark_moves_photos_and_their_labels_together(tmp_path):
+    """benchmarks/photo_conditions.py: a photo enlarged s times has s times the pixels and its
     labels s times the coordinates (pixel j covers [j, j+1)); at 1x without noise the photo
-    is copied byte for byte, not re-encoded."""
+    is copied byte for byte, not re-encoded; turned, its labels turn with it."""
     from conftest import load_benchmark
 
-    bench = load_benchmark("photo_resolution")
+    bench = load_benchmark("photo_conditions")
     images, kps = synthetic.generate_faces(1, seed=3)
     photo = tmp_path / "face.jpg"
     cv2.imwrite(str(photo), images[0])
@@ -227,3 +227,15 @@ def test_photo_resolution_benchmark_enlarges_photos_and_their_labels(tmp_path):
                                rtol=1e-6)
     bench.enlarged([photo], labels, tmp_path / "x1", 1.0, 0.0)
     assert (tmp_path / "x1" / "face.jpg").read_bytes() == photo.read_bytes()
+    # Turned by 90 degrees: the canvas swaps sides and a dark pixel lands where its label does.
+    dot = np.full((60, 80), 200, np.uint8)
+    dot[10, 30] = 0  # centre at (30.5, 10.5)
+    cv2.imwrite(str(tmp_path / "dot.png"), dot)
+    at = {"file": "dot.png", **dict(zip(keypoints.COLUMNS, np.tile([30.5, 10.5], 15)))}
+    pd.DataFrame([at]).to_csv(tmp_path / "dot.csv", index=False)
+    out = bench.turned([tmp_path / "dot.png"], tmp_path / "dot.csv", tmp_path / "t90", 90.0)
+    pic = cv2.imread(str(tmp_path / "t90" / "dot.png"), cv2.IMREAD_GRAYSCALE)
+    assert pic.shape == (80, 60)
+    x, y = pd.read_csv(out)[list(keypoints.COLUMNS[:2])].to_numpy()[0]
+    i, j = np.unravel_index(np.argmin(pic), pic.shape)
+    assert (j + 0.5, i + 0.5) == pytest.approx((x, y), abs=1e-6)
