@@ -45,12 +45,12 @@ SECOND_CASCADE = "haarcascade_frontalface_alt2.xml"
 # people's photos: as accurate as 3 fixed passes with 2.3 crops a face instead of 3, and far-off
 # boxes (profile faces) get the passes they need (README, "How a picture is framed").
 DEFAULT_PASSES = 8
+DEFAULT_SETTLE = 0.02
 # Pictures are searched for faces at most this many pixels on their longer side (FaceDetector).
 DETECT_MAX_SIDE = 1024
 # Where no face is found upright: the tilts (degrees) turned copies are searched at. The
 # cascade finds faces within ~15 degrees of upright, so 30-degree steps leave no gap to 105.
 TURNS = (30, -30, 60, -60, 90, -90, 180)
-DEFAULT_SETTLE = 0.02
 # A face is kept only if its keypoints, aligned onto the mean face by a similarity, lie within
 # this RMS distance of it (in outer-eye-corner distances): lost tracks and garbage fail. 0.16
 # is the 99th percentile of the true keypoints of the training people's 420 photos (0.12, the
@@ -74,6 +74,7 @@ class Face:
     the continuous convention of fkd_jax.keypoints)."""
 
     box: tuple[float, float, float, float]  # x, y, w, h of the detector's (or given) box
+    # (found on a turned copy: the upright box around the turned one, Detection.bounds)
     score: float  # detector confidence (higher is surer); 1.0 for a box given by the user
     keypoints_px: np.ndarray  # (2K,) keypoints in Kaggle column order (x, y interleaved)
     # Keypoints after each pass (the last equals keypoints_px): to measure what a pass gains.
@@ -632,9 +633,9 @@ def _predict(predict: PredictFn, crops: np.ndarray, tta: bool) -> np.ndarray:
 def detect_faces(grays: Sequence[np.ndarray], detector: FaceDetector
                  ) -> tuple[list[list[Detection]], list[bool]]:
     """Detector boxes of each picture, and whether they came from the fallbacks: where the
-    detector finds nothing upright, the boxes of the loose pass and of the first turned copy
-    with any (`FaceDetector.detect_loose`, `detect_turned`); a face from these is kept only
-    if confirmed."""
+    detector finds nothing upright, the boxes of the turned copies and of the loose pass
+    (`FaceDetector.detect_turned`, `detect_loose`); a face from these is kept only if
+    confirmed."""
     boxes, loose = [], []
     for g in grays:
         found = detector.detect(g)
