@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fkd_jax.errors import UserError, exit_on_user_error
+from fkd_jax.errors import RunStopped, UserError, exit_on_user_error
 
 EXIT_SOME_FAILED = 1
 CHUNK = 64  # photos per chunk: all their crops go through the predictor together, per pass
@@ -232,9 +232,16 @@ def main(argv: list[str]) -> int:
         raise UserError(f"--out {out}: cannot create it ({e.strerror or e})") from None
 
     run = Runner(args, predictor, detector, out, smoothing)
-    run.all_photos([it for it in items if it.kind == "photo"])
-    for it in (it for it in items if it.kind == "video"):
-        run.video(it)
+    try:
+        run.all_photos([it for it in items if it.kind == "photo"])
+        for it in (it for it in items if it.kind == "video"):
+            run.video(it)
+    except KeyboardInterrupt:  # keep what is done: a long folder stopped is not lost
+        run.timings.update(timings)
+        run.finish(items, labels, t_start, interrupted=True)
+        raise RunStopped(f"Ctrl-C: stopped after {run.n_photos} photos and {run.n_videos} "
+                         f"videos, whose rows are in {out / 'keypoints.csv'}", 130,
+                         "interrupted") from None
     run.timings.update(timings)
     return run.finish(items, labels, t_start)
 
@@ -443,16 +450,21 @@ class Runner:
                         self._add_rows(item.name, index, fs)
                         writer.write(F.draw_faces(frame, fs))
                         n += 1
-        except UserError as e:  # a video that breaks off mid-way: drop its partial rows
+        except (UserError, KeyboardInterrupt) as e:  # broken off mid-way: drop its partial rows
             del self.rows[rows_before:]
             self.n_faces, self.no_face = faces_before, no_face_before
+            if isinstance(e, KeyboardInterrupt):
+                raise
             self._fail(item, e)
             return
         self.n_videos += 1
         self.n_frames += n
         self.timings["video_s"] += time.perf_counter() - t
 
-    def finish(self, items: list[Item], labels, t_start: float) -> int:
+    def finish(self, items: list[Item], labels, t_start: float,
+               interrupted: bool = False) -> int:
+        """Write keypoints.csv and summary.json (and scores with labels); print the totals.
+        `interrupted`: Ctrl-C stopped the run; what was done is written and said so."""
         from fkd_jax import files
 
         t = time.perf_counter()
@@ -484,6 +496,8 @@ class Runner:
         }
         if scores is not None:
             summary["scores"] = scores
+        if interrupted:
+            summary["interrupted"] = True
         files.write_json(self.out / "summary.json", jsonable(summary))
         print(f"{self.n_photos} photos, {self.n_videos} videos ({self.n_frames} frames): "
               f"{self.n_faces} faces, {len(self.no_face)} files with no face found, "

@@ -143,6 +143,36 @@ def test_chunks_searched_ahead_in_a_thread_give_the_same_rows(setup, tmp_path, m
         assert summaries[1][key] == summaries[predict.CHUNK][key]
 
 
+def test_ctrl_c_keeps_the_photos_done(setup, tmp_path, monkeypatch, capsys):
+    """Ctrl-C during a folder: the photos located before it keep their rows, summary.json says
+    the run was interrupted, one line on stderr, exit 130."""
+    import predict
+
+    tmp, photos, _, _ = setup
+    monkeypatch.setattr(predict, "CHUNK", 1)
+    real, calls = predict.Runner._locate, []
+
+    def locate_then_ctrl_c(self, detected):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, detected)
+
+    monkeypatch.setattr(predict.Runner, "_locate", locate_then_ctrl_c)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as stop:
+        predict.main(["--workdir", str(tmp / "run"), "--out", str(out), "--no_overlays",
+                      str(photos)])
+    assert stop.value.code == 130
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith("interrupted: Ctrl-C: stopped after 1 photos")
+    assert "Traceback" not in err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] is True and summary["photos"] == 1
+    table = pd.read_csv(out / "keypoints.csv")
+    assert len(set(table["file"])) == 1  # the one photo done, not the video after it
+
+
 def test_user_box_and_exported_model_give_the_same_keypoints(setup):
     tmp, photos, _, kp = setup
     box = "60,20,192,192"
