@@ -331,8 +331,8 @@ class Runner:
         """Every photo, CHUNK at a time; the next chunk is decoded and searched for faces in a
         second thread (with its own detector: OpenCV's cascades are not shared between
         threads) while this one is located: detection and the model each leave part of the
-        two cores idle, and overlapped they finish ~15-20% sooner. Stage timings then add up
-        to more than the wall time."""
+        two cores idle, and overlapped they finish ~10-20% sooner (README, Speed). Stage
+        timings then add up to more than the wall time."""
         chunks = [items[i:i + CHUNK] for i in range(0, len(items), CHUNK)]
         if len(chunks) < 2:
             for chunk in chunks:
