@@ -66,11 +66,12 @@ def turned(photos: list[Path], labels: Path, folder: Path, degrees: float) -> Pa
     import cv2
 
     folder.mkdir(parents=True, exist_ok=True)
-    shifts = {}
+    maps = {}  # file name -> (rot, shift) of its turned canvas
     for p in photos:
-        img, rot, shifts[p.name] = faces.turn_picture(cv2.imread(str(p)), degrees)
+        img, *maps[p.name] = faces.turn_picture(cv2.imread(str(p)), degrees)
         cv2.imwrite(str(folder / p.name), img, [cv2.IMWRITE_JPEG_QUALITY, 95])
-    return _labels_for(photos, labels, folder, lambda name, pts: pts @ rot.T + shifts[name])
+    return _labels_for(photos, labels, folder,
+                       lambda name, pts: pts @ maps[name][0].T + maps[name][1])
 
 
 def _labels_for(photos: list[Path], labels: Path, folder: Path, move) -> Path:

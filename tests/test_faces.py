@@ -12,6 +12,14 @@ import pytest
 from fkd_jax import face_shape_stats, faces, keypoints, picture_metrics as pm, synthetic
 
 MEAN = np.asarray(face_shape_stats.MEAN_SHAPE, np.float64)
+SQUASHED = MEAN.copy()  # the mean face flattened vertically: no face shape
+SQUASHED[1::2] = 48 + 0.3 * (SQUASHED[1::2] - 48)
+
+
+def at_rest(points: np.ndarray) -> np.ndarray:
+    """Keypoints placed where their own training square is the whole 96-px crop: a model
+    answering them re-frames every crop onto itself."""
+    return faces.framing_from_keypoints(points, rotate=True).to_crop(points)
 
 
 def test_opencv_4_ships_the_haar_cascades():
@@ -264,7 +272,7 @@ def test_a_tilted_face_is_found_on_a_turned_copy_and_framed_turned(tilt):
     assert near
     offs = [abs((math.degrees(d.angle - a) + 180) % 360 - 180) for d in near]
     assert min(offs) <= 15 and max(offs) <= 30  # the nearest turn, or one either side
-    fixed = faces.framing_from_keypoints(MEAN, rotate=True).to_crop(MEAN)
+    fixed = at_rest(MEAN)
     found = faces.find_faces([picture], lambda c, tta=False: np.tile(fixed, (len(c), 1)),
                              detector)[0]
     centres = [keypoints.as_points(f.keypoints_px).mean(0) for f in found]
@@ -383,9 +391,7 @@ def test_unconfirmed_boxes_fall_back_to_the_most_face_like_then_the_largest():
     boxes passing as many, the larger wins (texture gives the cascade its false faces at small
     sizes, where its windows are many), then the detector's score."""
     gray = np.full((300, 400), 100, np.uint8)
-    squashed = MEAN.copy()
-    squashed[1::2] = 48 + 0.3 * (squashed[1::2] - 48)  # flattened vertically: no face shape
-    assert faces.shape_error(squashed) > faces.MAX_SHAPE_ERROR >= faces.shape_error(MEAN)
+    assert faces.shape_error(SQUASHED) > faces.MAX_SHAPE_ERROR >= faces.shape_error(MEAN)
 
     class SeesWhatIsRight(faces.FaceDetector):  # the default cascade's look, by x position
         def confirm_score(self, gray, keypoints_px, second=False):
@@ -405,12 +411,12 @@ def test_unconfirmed_boxes_fall_back_to_the_most_face_like_then_the_largest():
     left_big = faces.Detection((20.0, 20.0, 120.0, 120.0), 1.0)
     right_small = faces.Detection((220.0, 150.0, 64.0, 64.0), 6.0)
     right_big = faces.Detection((220.0, 150.0, 120.0, 120.0), 1.0)
-    assert keypoints_on(right_small, squashed)[0] > 200 > keypoints_on(left_big, MEAN)[0]
+    assert keypoints_on(right_small, SQUASHED)[0] > 200 > keypoints_on(left_big, MEAN)[0]
     # One test each (shaped on the left, seen on the right): the larger box.
-    assert pick([right_small, left_big], [squashed, MEAN]) == [left_big.box]
-    assert pick([right_big, left_small], [squashed, MEAN]) == [right_big.box]
+    assert pick([right_small, left_big], [SQUASHED, MEAN]) == [left_big.box]
+    assert pick([right_big, left_small], [SQUASHED, MEAN]) == [right_big.box]
     # One test against none: the one, though smaller and lower-scored.
-    assert pick([left_big, right_small], [squashed, squashed]) == [right_small.box]
+    assert pick([left_big, right_small], [SQUASHED, SQUASHED]) == [right_small.box]
     # As many tests, as large: the detector's favourite.
     twin = faces.Detection((20.0, 170.0, 64.0, 64.0), 2.0)
     assert pick([twin, left_small], [MEAN, MEAN]) == [left_small.box]
@@ -422,7 +428,7 @@ def test_faces_still_moving_after_the_last_pass_are_located_again_with_tta():
     never predicted twice."""
     gray = np.full((300, 400), 150, np.uint8)
     gray[:, :200] = 50  # the left face's crops are dark, the right face's bright
-    fixed = faces.framing_from_keypoints(MEAN, rotate=True).to_crop(MEAN)
+    fixed = at_rest(MEAN)
     calls = []
 
     def predict(crops, tta=False):
@@ -457,16 +463,11 @@ def test_a_face_that_settles_unconfirmed_is_located_again_with_tta():
     the face is located again from its box with flip TTA, and the face-shaped result that
     settles replaces it, so the second look judges that one."""
     gray = np.full((300, 400), 120, np.uint8)
-    squashed = MEAN.copy()
-    squashed[1::2] = 48 + 0.3 * (squashed[1::2] - 48)
     calls = []
-
-    def at_rest(points):  # keypoints whose own training square is the whole crop
-        return faces.framing_from_keypoints(points, rotate=True).to_crop(points)
 
     def predict(crops, tta=False):
         calls.append((len(crops), tta))
-        return np.tile(at_rest(MEAN) if tta else at_rest(squashed), (len(crops), 1))
+        return np.tile(at_rest(MEAN) if tta else at_rest(SQUASHED), (len(crops), 1))
 
     class SeesAnything(faces.FaceDetector):
         def confirm_score(self, gray, keypoints_px, second=False):
@@ -489,7 +490,7 @@ def test_settled_faces_stop_costing_model_calls():
 
     # The mean face placed where the training rule frames it as the whole crop: re-framing
     # from it reproduces the square it was predicted in, so it settles after pass 2.
-    fixed = faces.framing_from_keypoints(MEAN, rotate=True).to_crop(MEAN)
+    fixed = at_rest(MEAN)
     assert faces.framing_from_keypoints(fixed, rotate=True).side == pytest.approx(96)
 
     def predict(crops, tta=False):
@@ -512,7 +513,7 @@ def test_every_face_gets_a_second_pass_before_it_may_settle():
     keypoints count. A model whose answer creeps 1% of the side a pass (under `settle`) is
     cropped twice, then stops."""
     gray = np.full((200, 300), 100, np.uint8)
-    fixed = faces.framing_from_keypoints(MEAN, rotate=True).to_crop(MEAN)
+    fixed = at_rest(MEAN)
     creep = np.tile([0.96, 0.0], len(fixed) // 2)  # 1% of the 96-pixel crop to the right
     sizes = []
 
