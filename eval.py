@@ -1,7 +1,7 @@
 """Evaluate a trained run: RMSE tables, figures, a Kaggle submission, predictions on image files.
 
   python eval.py --workdir DIR                      # the run's validation split, best checkpoint
-  python eval.py --workdir DIR --data training.zip  # any Kaggle-format file (masked RMSE)
+  python eval.py --workdir DIR --data steps.zip  # any Kaggle-format file (masked RMSE)
   python eval.py --workdir DIR --test test.zip --lookup IdLookupTable.csv   # submission.csv
   python eval.py --workdir DIR --images a.jpg,b.png # keypoints as JSON + overlay PNGs
 
@@ -11,6 +11,7 @@ written, and every file is written atomically, so a bad input leaves no partial 
 
 from __future__ import annotations
 
+from fkd_jax.data import kaggle
 import sys
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import numpy as np
 from absl import flags
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by train.py.")
-_DATA = flags.DEFINE_string("data", None, "Kaggle-format training.csv/.zip to evaluate on "
+_DATA = flags.DEFINE_string("data", None, "Kaggle-format steps.csv/.zip to evaluate on "
                             "(default: the run's validation split).")
 _CHECKPOINT = flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint.")
 _TTA = flags.DEFINE_bool("tta", False, "Average each prediction with that of the mirrored image.")
@@ -30,25 +31,32 @@ _N_SHOW = flags.DEFINE_integer("n_show", 32, "Faces in the prediction grid.")
 
 
 def main(argv: list[str]) -> None:
-    from fkd_jax import (cli, data, experiment, files, images as image_io, inference, keypoints,
-                         plotting, training)
+    from fkd_jax import cli
+    from fkd_jax.training import run_dir
+    from fkd_jax import files
+    from fkd_jax.pictures import images as image_io
+    from fkd_jax.training import restore
+    from fkd_jax.inference import predictor
+    from fkd_jax.geometry import keypoints
+    from fkd_jax.evaluation import plots
+    from fkd_jax.training import steps
     from fkd_jax.errors import UserError
 
     cli.parse_flags(argv, flags.FLAGS)
     if not _WORKDIR.value:
         raise UserError("--workdir is required (a run directory written by train.py)")
     workdir = Path(_WORKDIR.value)
-    run = inference.load_run(workdir, _CHECKPOINT.value)
+    run = restore.load_run(workdir, _CHECKPOINT.value)
     config = run.config
     out = Path(_OUT.value) if _OUT.value else workdir / "eval"
 
     # Read and check every input before writing anything.
     if _DATA.value:
         keypoint_set = keypoints.KEYPOINT_SETS[config.data.keypoints]
-        ev, source = data.load_training(_DATA.value, keypoint_set), _DATA.value
+        ev, source = kaggle.load_training(_DATA.value, keypoint_set), _DATA.value
     else:
-        run_data = experiment.read_run_data(config, workdir)
-        experiment.discard_run_data(run_data)  # eval never writes into the run's folder
+        run_data = run_dir.read_run_data(config, workdir)
+        run_dir.discard_run_data(run_data)  # eval never writes into the run's folder
         ev, source = run_data.val, f"{workdir} validation split"
     test_path = _TEST.value or config.data.get("test_path")
     lookup_path = _LOOKUP.value or config.data.get("lookup_path")
@@ -62,16 +70,16 @@ def main(argv: list[str]) -> None:
     # Paths from the config are used when present; paths given as flags must work.
     if test_path and lookup_path and (asked or (Path(test_path).exists()
                                                 and Path(lookup_path).exists())):
-        image_ids, test_images = data.load_test(test_path)
-        lookup = data.load_lookup(lookup_path)
-        data.check_lookup_against_test(lookup, image_ids, lookup_path)
+        image_ids, test_images = kaggle.load_test(test_path)
+        lookup = kaggle.load_lookup(lookup_path)
+        kaggle.check_lookup_against_test(lookup, image_ids, lookup_path)
         submission_inputs = (image_ids, test_images, lookup)
     user_images = [image_io.load_face_image(p) for p in _IMAGES.value]
     cli.check_workdir(out, "--out")
 
-    predict = inference.Predictor.from_run(run)  # compiled once, for every input below
+    predict = predictor.Predictor.from_run(run)  # compiled once, for every input below
     pred = predict(ev.images, tta=_TTA.value)
-    report = training.rmse_report(pred, ev.keypoints, ev.mask, ev.keypoint_set)
+    report = steps.rmse_report(pred, ev.keypoints, ev.mask, ev.keypoint_set)
     if ev.keypoint_set in (keypoints.KAGGLE15, keypoints.KAGGLE15_SQUARE):
         report.update(_nme_report(pred, ev))
     report.update({"n_images": len(ev), "data": source, "checkpoint": _CHECKPOINT.value,
@@ -79,22 +87,22 @@ def main(argv: list[str]) -> None:
     _print_table(report, ev.keypoint_set)
 
     n = min(_N_SHOW.value, len(ev))
-    plotting.plot_face_grid(out / "predictions.png", ev.images[:n], ev.keypoints[:n], pred[:n],
+    plots.plot_face_grid(out / "predictions.png", ev.images[:n], ev.keypoints[:n], pred[:n],
                             ev.mask[:n])
     per_image = np.sqrt(np.where(ev.mask, (pred - ev.keypoints) ** 2, 0).sum(1)
                         / np.maximum(ev.mask.sum(1), 1))
     worst = np.argsort(-per_image)[: min(16, len(ev))]
-    plotting.plot_face_grid(out / "worst.png", ev.images[worst], ev.keypoints[worst], pred[worst],
+    plots.plot_face_grid(out / "worst.png", ev.images[worst], ev.keypoints[worst], pred[worst],
                             ev.mask[worst], titles=[f"{per_image[i]:.2f} px" for i in worst])
-    records = experiment.read_metrics(workdir)
+    records = run_dir.read_metrics(workdir)
     if records:
-        plotting.plot_learning_curves(out / "learning_curves.png", records)
-    plotting.plot_per_keypoint_errors(out / "per_keypoint_rmse.png",
+        plots.plot_learning_curves(out / "learning_curves.png", records)
+    plots.plot_per_keypoint_errors(out / "per_keypoint_rmse.png",
                                       {k: report[k] for k in ev.keypoint_set.names})
 
     if submission_inputs is not None:
         image_ids, test_images, lookup = submission_inputs
-        text = data.submission_csv(lookup, image_ids,
+        text = kaggle.submission_csv(lookup, image_ids,
                                    predict(test_images, tta=_TTA.value)[:, :keypoints.NUM_COORDS])
         files.write_text(out / "submission.csv", text)
         print(f"wrote {out / 'submission.csv'} ({len(lookup)} rows)")
@@ -110,7 +118,7 @@ def main(argv: list[str]) -> None:
                   "keypoints": {name: [round(float(kp[2 * i]), 2), round(float(kp[2 * i + 1]), 2)]
                                 for i, name in enumerate(ev.keypoint_set.names)}}
         files.write_json(stem.with_name(stem.name + ".json"), result)
-        plotting.plot_overlay(stem.with_name(stem.name + "_keypoints.png"), np.asarray(gray), kp)
+        plots.plot_overlay(stem.with_name(stem.name + "_keypoints.png"), np.asarray(gray), kp)
         print(f"wrote {stem}.json and {stem}_keypoints.png")
 
     files.write_json(out / "metrics.json", report)
@@ -120,15 +128,16 @@ def main(argv: list[str]) -> None:
 def _nme_report(pred, ev) -> dict:
     """NME (300-W: mean error / outer-eye-corner distance) over the faces whose outer eye
     corners and every keypoint are labelled, as photos are scored by predict.py."""
-    from fkd_jax import keypoints, picture_metrics
+    from fkd_jax.geometry import keypoints
+    from fkd_jax.evaluation import metrics
 
     k = keypoints.NUM_COORDS  # Kaggle's 15 come first (a square model's square points follow)
     scored = ev.mask[:, :k].all(axis=1)
     if not scored.any():
         return {}
-    nmes = picture_metrics.nme(pred[scored, :k], ev.keypoints[scored, :k])
+    nmes = metrics.nme(pred[scored, :k], ev.keypoints[scored, :k])
     return {"nme": float(nmes.mean()), "nme_median": float(np.median(nmes)),
-            "nme_failure_rate": picture_metrics.failure_rate(nmes),
+            "nme_failure_rate": metrics.failure_rate(nmes),
             "nme_faces": int(scored.sum())}
 
 

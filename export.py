@@ -6,7 +6,7 @@ The file holds the prediction function with its parameters, lowered for cpu, cud
 for any batch size: input float32 (B, 96, 96, 1) grayscale in [0, 1], output float32 (B, 2K)
 normalised coordinates u = x / 48 - 1, x and y interleaved (K = 15 in Kaggle's column order;
 68 iBUG points for an ibug68 run; 19 for a kaggle15_square run: the 15, then 4 square
-points). Details: fkd_jax/exported.py. `predict.py --model FILE` uses it; so can plain jax
+points). Details: fkd_jax/inference/exported.py. `predict.py --model FILE` uses it; so can plain jax
 (no fkd_jax needed):
 
     import jax, numpy as np
@@ -45,7 +45,11 @@ def check_out(out: Path) -> None:
 
 
 def main(argv: list[str]) -> None:
-    from fkd_jax import cli, exported, files, inference, keypoints
+    from fkd_jax import cli
+    from fkd_jax.inference import exported
+    from fkd_jax import files
+    from fkd_jax.training import restore
+    from fkd_jax.geometry import keypoints
     from fkd_jax.errors import UserError
 
     cli.parse_flags(argv, flags.FLAGS)
@@ -57,7 +61,7 @@ def main(argv: list[str]) -> None:
     out = Path(_OUT.value) if _OUT.value else workdir / f"model{exported.SUFFIX}"
     check_out(out)
 
-    run = inference.load_run(workdir, _CHECKPOINT.value)
+    run = restore.load_run(workdir, _CHECKPOINT.value)
     data = exported.export_run(run)
     run_k = keypoints.KEYPOINT_SETS[run.config.data.get("keypoints", "kaggle15")].num_keypoints
     try:

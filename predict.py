@@ -33,6 +33,12 @@ from pathlib import Path
 
 import numpy as np
 
+from fkd_jax.geometry.framing import to_gray
+from fkd_jax.geometry import framing
+from fkd_jax.pictures import detection
+from fkd_jax.pictures import drawing
+from fkd_jax.pictures import images as picture_files
+from fkd_jax.pictures import location
 from fkd_jax.errors import RunStopped, UserError, exit_on_user_error
 
 EXIT_SOME_FAILED = 1
@@ -113,8 +119,8 @@ class Item:
 def find_inputs(paths: list[str]) -> list[Item]:
     """Expand PATHs (files, folders searched recursively) into photos and videos, in order,
     each once. Raises UserError for a missing path, an unsupported file or an empty folder."""
-    from fkd_jax.faces import IMAGE_SUFFIXES
-    from fkd_jax.video import VIDEO_SUFFIXES
+    from fkd_jax.pictures.images import IMAGE_SUFFIXES
+    from fkd_jax.pictures.video import VIDEO_SUFFIXES
 
     def kind(p: Path) -> str | None:
         s = p.suffix.lower()
@@ -163,7 +169,7 @@ def read_labels(path: str):
     """{file name in the CSV: (T, 30) true keypoints} from a CSV with `file` + Kaggle columns."""
     import pandas as pd
 
-    from fkd_jax import keypoints
+    from fkd_jax.geometry import keypoints
 
     p = Path(path)
     if not p.is_file():
@@ -210,11 +216,10 @@ def main(argv: list[str]) -> int:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory")
 
-    from fkd_jax import faces as F
 
     smoothing = None
     if args.smoothing == "on":
-        from fkd_jax.video import OneEuroSettings
+        from fkd_jax.pictures.video import OneEuroSettings
 
         defaults = OneEuroSettings()
         smoothing = OneEuroSettings(
@@ -224,7 +229,7 @@ def main(argv: list[str]) -> int:
 
     t0 = time.perf_counter()
     predictor = load_predictor(args)
-    detector = F.FaceDetector()
+    detector = detection.FaceDetector()
     timings = {"load_model_s": time.perf_counter() - t0}
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -249,10 +254,11 @@ def main(argv: list[str]) -> int:
 def load_predictor(args) -> "TwoBatchPredictor":
     """The model from a run's checkpoint or an exported model, restored (or read) once here,
     so that a bad model is a whole-command error before anything is written."""
-    from fkd_jax import inference
+    from fkd_jax.training import restore
+    from fkd_jax.inference import predictor as inference
 
     if args.model:
-        from fkd_jax import exported
+        from fkd_jax.inference import exported
 
         if not Path(args.model).is_file():
             raise UserError(f"--model {args.model}: no such file")
@@ -260,7 +266,7 @@ def load_predictor(args) -> "TwoBatchPredictor":
         return TwoBatchPredictor(lambda b: exported.load_predictor(args.model, batch_size=b))
     if not Path(args.workdir).is_dir():
         raise UserError(f"--workdir {args.workdir}: no such folder")
-    run = inference.load_run(args.workdir, args.checkpoint)
+    run = restore.load_run(args.workdir, args.checkpoint)
     return TwoBatchPredictor(lambda b: inference.Predictor.from_run(run, batch_size=b))
 
 
@@ -305,10 +311,9 @@ class Runner:
     def __init__(self, args, predictor, detector, out: Path, smoothing):
         self.args, self.predictor, self.detector, self.out = args, predictor, detector, out
         self.smoothing = smoothing
-        from fkd_jax import faces as F
 
-        self.passes = args.passes or F.DEFAULT_PASSES
-        self.settle = F.DEFAULT_SETTLE if args.settle is None else args.settle
+        self.passes = args.passes or location.DEFAULT_PASSES
+        self.settle = location.DEFAULT_SETTLE if args.settle is None else args.settle
         self.rotate = not args.no_rotate
         self.rows: list[dict] = []
         self.failed: list[dict] = []
@@ -338,9 +343,8 @@ class Runner:
             for chunk in chunks:
                 self.photos(chunk)
             return
-        from fkd_jax import faces as F
 
-        detector = F.FaceDetector()
+        detector = detection.FaceDetector()
         with ThreadPoolExecutor(1) as pool:
             ahead = pool.submit(self._detect, chunks[0], detector)
             for k in range(len(chunks)):
@@ -351,32 +355,30 @@ class Runner:
 
     def _detect(self, chunk: list[Item], detector) -> tuple:
         """Decode a chunk and find its face boxes: (items read, pictures, grays, boxes, loose)."""
-        from fkd_jax import faces as F
 
         t = time.perf_counter()
         ok, pictures = [], []
         for it in chunk:
             try:
-                pictures.append(F.read_picture(it.path))
+                pictures.append(picture_files.read_picture(it.path))
                 ok.append(it)
             except UserError as e:
                 self._fail(it, e)
-        grays = [F.to_gray(p) for p in pictures]
+        grays = [to_gray(p) for p in pictures]
         t1 = time.perf_counter()
         if self.args.box is not None:
-            boxes, loose = [[F.Detection(self.args.box, 1.0)] for _ in grays], None
+            boxes, loose = [[detection.Detection(self.args.box, 1.0)] for _ in grays], None
         else:
-            boxes, loose = F.detect_faces(grays, detector)
+            boxes, loose = detection.detect_faces(grays, detector)
         self.timings["decode_s"] += t1 - t
         self.timings["detect_s"] += time.perf_counter() - t1
         return ok, pictures, grays, boxes, loose
 
     def _locate(self, detected: tuple) -> None:
-        from fkd_jax import faces as F
 
         ok, pictures, grays, boxes, loose = detected
         t2 = time.perf_counter()
-        found = F.find_faces(grays, self.predictor, self.detector, boxes=boxes,
+        found = location.find_faces(grays, self.predictor, self.detector, boxes=boxes,
                              confirm=self.args.box is None, loose=loose, passes=self.passes,
                              tta=self.args.tta, rotate=self.rotate, settle=self.settle,
                              retry_tta=not self.args.no_retry)
@@ -386,13 +388,12 @@ class Runner:
             self._add_rows(it.name, 0, fs)
             self.photo_faces[it.name] = fs
             if not self.args.no_overlays:
-                write_picture(self.out / "overlays" / it.overlay, F.draw_faces(picture, fs))
+                write_picture(self.out / "overlays" / it.overlay, drawing.draw_faces(picture, fs))
         self.timings["locate_s"] += t3 - t2
         self.timings["overlays_s"] += time.perf_counter() - t3
 
     def _add_rows(self, name: str, frame: int, fs: list) -> None:
-        from fkd_jax import faces as F
-        from fkd_jax import keypoints
+        from fkd_jax.geometry import keypoints
 
         if not fs:
             if frame == 0 or name not in self.no_face:
@@ -407,13 +408,12 @@ class Runner:
             row = {"file": name, "frame": frame, "face": getattr(f, "track", i),
                    "box_x": f.box[0], "box_y": f.box[1], "box_w": f.box[2], "box_h": f.box[3],
                    "score": f.score}
-            row.update(zip(keypoints.COLUMNS, F.kaggle15(f.keypoints_px)))
+            row.update(zip(keypoints.COLUMNS, framing.kaggle15(f.keypoints_px)))
             self.rows.append(row)
             self.n_faces += 1
 
     def video(self, item: Item) -> None:
-        from fkd_jax import faces as F
-        from fkd_jax import video as V
+        from fkd_jax.pictures import video as V
 
         t = time.perf_counter()
         try:
@@ -424,15 +424,15 @@ class Runner:
         box = self.args.box
 
         def find(frame_rgb):
-            gray = F.to_gray(frame_rgb)
-            boxes = [[F.Detection(box, 1.0)]] if box is not None else None
-            return F.find_faces([gray], self.predictor, self.detector, boxes=boxes,
+            gray = to_gray(frame_rgb)
+            boxes = [[detection.Detection(box, 1.0)]] if box is not None else None
+            return location.find_faces([gray], self.predictor, self.detector, boxes=boxes,
                                 settle=self.settle, passes=self.passes,
                                 tta=self.args.tta, rotate=self.rotate,
                                 retry_tta=not self.args.no_retry)[0]
 
         def refine(frame_rgb, previous):
-            return F.refine_faces(F.to_gray(frame_rgb), previous, self.predictor, passes=1,
+            return location.refine_faces(to_gray(frame_rgb), previous, self.predictor, passes=1,
                                   tta=self.args.tta, rotate=self.rotate,
                                   detector=self.detector)
 
@@ -448,7 +448,7 @@ class Runner:
                 with V.VideoWriter(self.out / "overlays" / item.overlay, fps, size) as writer:
                     for index, frame, fs in tracked:
                         self._add_rows(item.name, index, fs)
-                        writer.write(F.draw_faces(frame, fs))
+                        writer.write(drawing.draw_faces(frame, fs))
                         n += 1
         except (UserError, KeyboardInterrupt) as e:  # broken off mid-way: drop its partial rows
             del self.rows[rows_before:]
@@ -518,7 +518,7 @@ def rows_to_csv(rows: list[dict]) -> str:
     """keypoints.csv text: fixed columns, 2 decimals for pixels, empty cells where no face."""
     import pandas as pd
 
-    from fkd_jax import keypoints
+    from fkd_jax.geometry import keypoints
 
     columns = ["file", "frame", "face", "box_x", "box_y", "box_w", "box_h", "score",
                *keypoints.COLUMNS]
@@ -547,9 +547,8 @@ def score(photo_faces: dict, labels: dict, out: Path, passes: int) -> dict:
     share, failure rate, AUC; writes scores.csv (one row per labelled face) and ced.png."""
     import pandas as pd
 
-    from fkd_jax import faces as F
     from fkd_jax import files
-    from fkd_jax import picture_metrics as pm
+    from fkd_jax.evaluation import metrics as pm
 
     per_face, per_pass = [], [[] for _ in range(passes)]
     extra = 0
@@ -558,7 +557,7 @@ def score(photo_faces: dict, labels: dict, out: Path, passes: int) -> dict:
         if key is None:
             continue
         truth = labels[key]
-        pred = (np.stack([F.kaggle15(f.keypoints_px) for f in fs]) if fs
+        pred = (np.stack([framing.kaggle15(f.keypoints_px) for f in fs]) if fs
                 else np.zeros((0, truth.shape[1])))
         pairs = dict((t, p) for p, t in pm.match_faces(pred, truth))
         extra += len(fs) - len(pairs)
@@ -566,9 +565,9 @@ def score(photo_faces: dict, labels: dict, out: Path, passes: int) -> dict:
             if t in pairs:
                 f = fs[pairs[t]]
                 hist = f.history or (f.keypoints_px,)
-                errs = [float(pm.nme(F.kaggle15(h), truth[t])) for h in hist]
+                errs = [float(pm.nme(framing.kaggle15(h), truth[t])) for h in hist]
                 errs += [errs[-1]] * (passes - len(errs))
-                final = float(pm.nme(F.kaggle15(f.keypoints_px), truth[t]))
+                final = float(pm.nme(framing.kaggle15(f.keypoints_px), truth[t]))
             else:
                 errs, final = [float("nan")] * passes, float("nan")
             for p in range(passes):

@@ -5,9 +5,9 @@
 With no --config.data.train_path it trains on the embedded procedural faces. Re-running the
 same command on the same --workdir resumes from the latest checkpoint. Ctrl-C finishes the
 current epoch, saves it and exits (status 130); a non-finite loss stops the run (status 3)
-keeping the last good checkpoint. The work itself is `fkd_jax.trainer.train_and_evaluate`.
+keeping the last good checkpoint. The work itself is `fkd_jax.training.loop.train_and_evaluate`.
 
-With --config.train.members=N > 1 it trains an ensemble (fkd_jax/ensemble.py): this command
+With --config.train.members=N > 1 it trains an ensemble (fkd_jax/training/ensemble.py): this command
 once per member, side by side, each pinned to its share of the CPU cores, in
 --workdir/member<i>; then it scores the members' mean on the validation split.
 """
@@ -29,13 +29,17 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", 0, "Multi-host: this process's 
 
 
 def main(argv: list[str]) -> None:
-    from fkd_jax import cli, config_schema, ensemble, parallel, trainer
+    from fkd_jax import cli
+    from fkd_jax.training import config_check
+    from fkd_jax.training import ensemble
+    from fkd_jax.training import parallel
+    from fkd_jax.training import loop
     from fkd_jax.errors import UserError
 
     cli.parse_flags(argv, flags.FLAGS)
     if _CONFIG.value is None:
         raise UserError("--config is required, e.g. --config configs/base.py")
-    config_schema.check_config(_CONFIG.value)  # every key, before anything is read or written
+    config_check.check_config(_CONFIG.value)  # every key, before anything is read or written
     if ensemble.members(_CONFIG.value) > 1 and _NUM_PROCESSES.value > 1:
         raise UserError("--config.train.members > 1 trains its members side by side on one "
                         "machine; it cannot be combined with --num_processes")
@@ -43,11 +47,11 @@ def main(argv: list[str]) -> None:
     config_path = config_flags.get_config_filename(flags.FLAGS["config"])
     workdir = cli.check_workdir(Path(_WORKDIR.value or cli.default_workdir(config_path)))
     if ensemble.members(_CONFIG.value) == 1:
-        trainer.train_and_evaluate(_CONFIG.value, workdir)
+        loop.train_and_evaluate(_CONFIG.value, workdir)
         return
 
     command = [sys.executable, str(Path(__file__).resolve()), *argv[1:]]
-    trainer.train_ensemble(_CONFIG.value, workdir,
+    loop.train_ensemble(_CONFIG.value, workdir,
                            lambda i: ensemble.member_command(command, _CONFIG.value, workdir, i))
 
 

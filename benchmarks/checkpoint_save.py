@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fkd_jax.checkpoints import Checkpoints, abstract_like  # noqa: E402
+from fkd_jax.training.checkpoints import Checkpoints, abstract_like  # noqa: E402
 
 
 def make_state(mb: float, leaves: int) -> dict:

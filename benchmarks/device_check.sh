@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU check, for a machine with an NVIDIA GPU (not run in CI): install the CUDA extra, run the
-# test suite on the GPU, then train best_cpu's recipe for a few epochs in float32 and in
+# test suite on the GPU, then train unet_pair's recipe for a few epochs in float32 and in
 # bfloat16 and print images/s and the validation RMSE of each.
 #
 #   bash benchmarks/device_check.sh [TRAIN_ARGS...]
@@ -17,7 +17,7 @@ assert d[0].platform == 'gpu', 'no GPU visible to JAX'"
 uv run --locked --extra cuda --extra test pytest -q
 for dtype in float32 bfloat16; do
   rm -rf "$OUT/$dtype"
-  uv run --locked --extra cuda python train.py --config configs/best_cpu.py \
+  uv run --locked --extra cuda python train.py --config configs/unet_pair.py \
       --workdir "$OUT/$dtype" --config.train.epochs="$EPOCHS" \
       --config.model.compute_dtype="$dtype" "$@"
   uv run --locked python - "$OUT/$dtype" "$dtype" <<'PY'

@@ -27,7 +27,7 @@ import jax
 import numpy as np
 
 from throughput import ROOT, load_config, random_batch  # benchmarks/ is this script's dir
-from fkd_jax import training
+from fkd_jax.training import steps as training
 from fkd_jax.errors import UserError, exit_on_user_error
 
 

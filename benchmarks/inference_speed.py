@@ -1,12 +1,12 @@
 """Inference speed: faces/s in batches and the latency of one face, fkd-jax against PyTorch.
 
-  uv run python benchmarks/inference_speed.py [--workdir RUN_DIR | --config configs/best_cpu.py]
+  uv run python benchmarks/inference_speed.py [--workdir RUN_DIR | --config configs/unet_pair.py]
       [--model model.jaxexport] [--batch-size 64 --calls 5 --latency-calls 50 --repeats 5]
       [--envs default,arena,hugetlb] [--torch-layouts nchw,channels_last] [--torch-threads 0,1]
 
 Setups, each a warm subprocess started with one allocator environment of --envs (as in
 benchmarks/throughput.py) and answering "infer B N" lines:
-  fkd-jax    `inference.Predictor` on the run's parameters (`inference.load_run(--workdir)`),
+  fkd-jax    `predictor.Predictor` on the run's parameters (`restore.load_run(--workdir)`),
              or with no --workdir a freshly initialised --config model (the same cost), one
              executable compiled per batch shape, as predict.py and eval.py run it;
   exported   the `export.py` artefact through `exported.load_predictor`: --model, or else the
@@ -39,8 +39,9 @@ import numpy as np
 from throughput import (ENVS, ROOT, add_setup_args, check_setup_args, close_all, load_config,
                         start_servers, torch_specs, twin_cli, twin_settings)
 
+from fkd_jax import models
 from fkd_jax.errors import UserError, exit_on_user_error
-from fkd_jax.keypoints import IMAGE_SIZE
+from fkd_jax.geometry.keypoints import IMAGE_SIZE
 
 VARIANTS = ("fkd-jax", "exported")
 
@@ -49,34 +50,37 @@ def load_run(args: argparse.Namespace):
     """The run to time: restored from --workdir, or --config's model freshly initialised."""
     from flax import nnx
 
-    from fkd_jax import inference, keypoints, models
+    from fkd_jax.training import restore
+    from fkd_jax.inference import predictor
+    from fkd_jax.geometry import keypoints
 
     if args.workdir:
-        return inference.load_run(args.workdir, args.checkpoint)
+        return restore.load_run(args.workdir, args.checkpoint)
     config = load_config(args.config)
     k = keypoints.KEYPOINT_SETS[config.data.keypoints].num_keypoints
     graphdef, params = nnx.split(models.create_model(config.model, k, config.seed), nnx.Param)
-    return inference.Run(config, graphdef, nnx.to_pure_dict(params), {"epoch": None})
+    return predictor.Run(config, graphdef, nnx.to_pure_dict(params), {"epoch": None})
 
 
 def run_config(args: argparse.Namespace):
-    from fkd_jax import inference
+    from fkd_jax.training import restore
 
     if args.workdir:
-        return inference.read_run_config(Path(args.workdir))
+        return restore.read_run_config(Path(args.workdir))
     return load_config(args.config)
 
 
 def serve(args: argparse.Namespace) -> None:
     """--serve VARIANT: one fkd-jax setup answering "infer B N" (B = --batch-size or 1)."""
-    from fkd_jax import exported, inference
+    from fkd_jax.inference import exported
+    from fkd_jax.inference import predictor
 
     t = time.perf_counter()
     if args.serve == "exported":
         predictors = {b: exported.load_predictor(args.model, b) for b in (args.batch_size, 1)}
     else:
         run = load_run(args)
-        predictors = {b: inference.Predictor.from_run(run, b) for b in (args.batch_size, 1)}
+        predictors = {b: predictor.Predictor.from_run(run, b) for b in (args.batch_size, 1)}
     for b, p in predictors.items():  # compile both executables
         p(np.zeros((b, IMAGE_SIZE, IMAGE_SIZE, 1), np.float32))
     print(json.dumps({"ready": True, "framework": "jax", "variant": args.serve,
@@ -103,7 +107,8 @@ def export_to(args: argparse.Namespace, folder: Path) -> Path:
         if not Path(args.model).is_file():
             raise UserError(f"--model {args.model}: no such file; write one with export.py")
         return Path(args.model)
-    from fkd_jax import exported, files
+    from fkd_jax.inference import exported
+    from fkd_jax import files
 
     path = folder / f"model{exported.SUFFIX}"
     t = time.perf_counter()
@@ -180,7 +185,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", help="a train.py run directory (default: a fresh --config model)")
     p.add_argument("--checkpoint", choices=("best", "latest"), default="best")
-    p.add_argument("--config", default=str(ROOT / "configs" / "best_cpu.py"))
+    p.add_argument("--config", default=str(ROOT / "configs" / "unet_pair.py"))
     p.add_argument("--model", help="an export.py artefact (default: export the run here)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--calls", type=int, default=5, help="batches per round")

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fkd_jax.data import IMAGE_COLUMN, NUM_PIXELS, load_training
-from fkd_jax.keypoints import COLUMNS
+from fkd_jax.data.kaggle import IMAGE_COLUMN, NUM_PIXELS, load_training
+from fkd_jax.geometry.keypoints import COLUMNS
 
 DEFAULT_LABELS = "/work/shared/data/training_keypoints.csv"
 

@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import predict  # noqa: E402
-from fkd_jax import faces, keypoints  # noqa: E402
+from fkd_jax.geometry import framing
+from fkd_jax.geometry import keypoints  # noqa: E402
 
 
 def enlarged(photos: list[Path], labels: Path, folder: Path, scale: float, noise: float,
@@ -68,7 +69,7 @@ def turned(photos: list[Path], labels: Path, folder: Path, degrees: float) -> Pa
     folder.mkdir(parents=True, exist_ok=True)
     maps = {}  # file name -> (rot, shift) of its turned canvas
     for p in photos:
-        img, *maps[p.name] = faces.turn_picture(cv2.imread(str(p)), degrees)
+        img, *maps[p.name] = framing.turn_picture(cv2.imread(str(p)), degrees)
         cv2.imwrite(str(folder / p.name), img, [cv2.IMWRITE_JPEG_QUALITY, 95])
     return _labels_for(photos, labels, folder,
                        lambda name, pts: pts @ maps[name][0].T + maps[name][1])

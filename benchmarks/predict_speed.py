@@ -33,7 +33,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import predict  # noqa: E402
-from fkd_jax import faces, synthetic  # noqa: E402
+from fkd_jax.pictures import detection
+from fkd_jax.pictures import images as picture_files
+from fkd_jax.pictures import location
+from fkd_jax.data import synthetic  # noqa: E402
 
 SHARED_PHOTOS = ROOT.parent / "shared" / "data" / "photos"
 
@@ -56,7 +59,7 @@ def make_video(photo: Path, path: Path, frames: int = 90) -> None:
     """A 320x240 clip of `photo` drifting by sub-pixel steps (as a hand-held camera would)."""
     import cv2
 
-    rgb = faces.read_picture(photo)
+    rgb = picture_files.read_picture(photo)
     scale = min(320 / rgb.shape[1], 240 / rgb.shape[0])
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, (320, 240))
     for i in range(frames):
@@ -74,7 +77,7 @@ def main(argv=None) -> None:
     ap.add_argument("--checkpoint", default="best")
     ap.add_argument("--photos", type=Path, default=SHARED_PHOTOS)
     ap.add_argument("--n", type=int, default=256, help="photos for the end-to-end rate")
-    ap.add_argument("--passes", type=int, default=faces.DEFAULT_PASSES)
+    ap.add_argument("--passes", type=int, default=location.DEFAULT_PASSES)
     args = ap.parse_args(argv)
 
     tmp = Path(tempfile.mkdtemp(prefix="predict_speed_"))
@@ -89,7 +92,7 @@ def main(argv=None) -> None:
 
     t = time.perf_counter()
     predictor = predict.load_predictor(pargs)
-    detector = faces.FaceDetector()
+    detector = detection.FaceDetector()
     load_s = time.perf_counter() - t
     t = time.perf_counter()
     crops = np.random.default_rng(0).random((predict.BULK_BATCH + 1, 96, 96, 1), np.float32)
@@ -125,7 +128,7 @@ def main(argv=None) -> None:
         lat.append(time.perf_counter() - t)
 
     # Video.
-    from fkd_jax.video import OneEuroSettings
+    from fkd_jax.pictures.video import OneEuroSettings
 
     clip = tmp / "clip.avi"
     make_video(photos[0], clip)

@@ -2,10 +2,10 @@
 
   uv run python benchmarks/throughput.py --config configs/nouri.py --batch-size 128 \
       [--repeats 3 --steps 10] [--conv-impl auto,xla] [--mode epoch|step] [--torch | --compare]
-  uv run python benchmarks/throughput.py --config configs/best_cpu.py --batch-size 8 --check
+  uv run python benchmarks/throughput.py --config configs/unet_pair.py --batch-size 8 --check
 
 What is timed (random data, no augmentation; the config's loss and optimiser exactly as
-`fkd_jax.training` builds them: Adam or AdamW, gradient clipping, learning-rate schedule):
+`fkd_jax.training.steps` builds them: Adam or AdamW, gradient clipping, learning-rate schedule):
   --mode epoch (default): `training.make_train_epoch`, the jitted on-device `lax.scan` over
       batches that train.py runs; one repeat = one epoch of --steps batches.
   --mode step: `jax.jit(training.make_train_step(...))` called once per batch from Python.
@@ -56,9 +56,13 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from fkd_jax import files, keypoints, models, ops, training  # noqa: E402
+from fkd_jax import models
+from fkd_jax import files  # noqa: E402
+from fkd_jax.geometry import keypoints  # noqa: E402
+from fkd_jax.models import ops  # noqa: E402
+from fkd_jax.training import steps as training  # noqa: E402
 from fkd_jax.errors import UserError, exit_on_user_error  # noqa: E402
-from fkd_jax.keypoints import IMAGE_SIZE, NUM_COORDS  # noqa: E402
+from fkd_jax.geometry.keypoints import IMAGE_SIZE, NUM_COORDS  # noqa: E402
 
 TORCH_PYTHON = ROOT / "benchmarks" / ".torch-venv" / "bin" / "python"
 TORCH_SCRIPT = ROOT / "benchmarks" / "torch_reference.py"

@@ -34,8 +34,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fkd_jax import data as kdata  # noqa: E402
-from fkd_jax import experiment, inference  # noqa: E402
+from fkd_jax.data import preparation
+from fkd_jax.training import run_dir  # noqa: E402
+from fkd_jax.training import restore  # noqa: E402
 from fkd_jax.errors import UserError, exit_on_user_error  # noqa: E402
 
 METRICS = ("val_rmse_px", "val_rmse_px_ema", "val_rmse_px_swa")
@@ -60,7 +61,7 @@ def run_dirs(paths: list[str]) -> list[Path]:
 
 def read_run(workdir: Path) -> dict:
     """A run's metrics records (each checked for the fields used) and its facts."""
-    records = experiment.read_metrics(workdir)
+    records = run_dir.read_metrics(workdir)
     if not records:
         raise UserError(f"{workdir}/metrics.jsonl: no finished epoch recorded")
     for r in records:
@@ -68,9 +69,9 @@ def read_run(workdir: Path) -> dict:
         if missing:
             raise UserError(f"{workdir}/metrics.jsonl, epoch {r.get('epoch', '?')}: no "
                             f"{', '.join(missing)} (written by an older train.py?)")
-    config = inference.read_run_config(workdir)
+    config = restore.read_run_config(workdir)
     split = workdir / "split.json"
-    train_rows = len(kdata.load_split(split)[0]) if split.is_file() else None
+    train_rows = len(preparation.load_split(split)[0]) if split.is_file() else None
     return {"workdir": str(workdir), "records": records,
             "batch_size": config.train.batch_size, "train_rows": train_rows,
             "eval_time_recorded": all("eval_time_s" in r for r in records),

@@ -7,14 +7,14 @@ parameters and reference numbers come from the JAX side through an .npz file (--
 Models (--model):
   nouri (default): `fkd_jax.models.nouri`: conv 32@3x3, 64@2x2, 128@2x2 (VALID, bias, ReLU,
       2x2 max-pool each), dense 15488->500->500->30.
-  heatmap_unet: `fkd_jax.models.HeatmapUNet` (configs/best_cpu.py's net): residual encoder
+  heatmap_unet: `fkd_jax.models.HeatmapUNet` (configs/unet_pair.py's net): residual encoder
       (stem conv3x3/2 + bias; per stage a conv3x3-GN-ReLU-conv3x3-GN block with a 1x1
       projection skip where the shape changes), top-down decoder (1x1 lateral, nearest 2x
       upsample, add skip, conv3x3-GN-ReLU), 1x1 conv to K heatmaps, soft-argmax.
       Flax "SAME" padding is reproduced exactly: a stride-2 3x3 conv pads 0 before and 1
       after (torch's padding=1 would pad 1 and 1 and sample other pixels); GroupNorm has
       epsilon 1e-6 and min(8, C // 4) groups, as `models.Layers.group_norm`.
-Step (as `fkd_jax.training`): masked MSE on normalised targets (x / 48 - 1), gradients,
+Step (as `fkd_jax.training.steps`): masked MSE on normalised targets (x / 48 - 1), gradients,
 optional global-norm clipping (--grad-clip), Adam, or AdamW when --weight-decay > 0 (decoupled,
 applied to every parameter, as optax.adamw), learning rate per step from --schedule
 (optax's linear warm-up then constant, or warm-up + cosine decay to 1% of --lr).
@@ -183,7 +183,7 @@ def build_model(args: argparse.Namespace) -> nn.Module:
 # --------------------------------------------------------------------------- training step
 
 def learning_rate(step: int, args: argparse.Namespace) -> float:
-    """optax's schedule as `fkd_jax.training.make_schedule` builds it, at update `step` (0-based):
+    """optax's schedule as `fkd_jax.training.steps.make_schedule` builds it, at update `step` (0-based):
     linear from 0 over --warmup-steps, then constant or cosine decay to lr/100 at --total-steps."""
     lr, warmup = args.lr, args.warmup_steps
     if step < warmup:

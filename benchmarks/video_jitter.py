@@ -5,8 +5,8 @@ A video is made from one still picture moved along a slow smooth path by sub-pix
 (exact cubic-spline translation, see `render`): still for the first --still seconds (2.5), then
 d(t) = (A_x (1 - cos(2 pi t / 3 s)) / 2, A_y (1 - cos(2 pi t / 2 s)) / 2) with A = (16, 8) px
 times --speed, nothing else (no zoom, no noise), so the true keypoints of frame t are those of
-the picture plus d(t). Every frame is tracked by fkd_jax.video.track_video, with the photo
-pipeline of fkd_jax.faces (Haar detection + framing passes, then framing from the previous
+the picture plus d(t). Every frame is tracked by fkd_jax.pictures.video.track_video, with the photo
+pipeline of fkd_jax.pictures (Haar detection + framing passes, then framing from the previous
 keypoints), once raw and once per One Euro setting. Reported per setting, in pixels of the
 picture, over all keypoints and all frames after the first SETTLE_S = 0.5 s:
 
@@ -20,7 +20,7 @@ picture, over all keypoints and all frames after the first SETTLE_S = 0.5 s:
   moving_rms_at_lag  what is left of moving_rms once that lag is accounted for
 
   # real photos of the run's validation people, the trained model (development only):
-  uv run python benchmarks/video_jitter.py --workdir /work/dev/best_cpu [--n_photos 6] [--sweep]
+  uv run python benchmarks/video_jitter.py --workdir runs/unet_pair [--n_photos 6] [--sweep]
   # or an exported model: --model model.jaxexport; the photos: --photos a.jpg,b.jpg
   # a synthetic face and a stand-in model (the true keypoints + Gaussian noise): no data needed
   uv run python benchmarks/video_jitter.py --synthetic
@@ -42,9 +42,13 @@ from typing import Callable
 
 import numpy as np
 
-from fkd_jax import experiment, video
-from fkd_jax.faces import Face
-from fkd_jax.video import OneEuroFilter, OneEuroSettings
+from fkd_jax.geometry.framing import to_gray
+from fkd_jax.pictures import detection
+from fkd_jax.pictures import location
+from fkd_jax.training import run_dir
+from fkd_jax.pictures import video
+from fkd_jax.pictures.location import Face
+from fkd_jax.pictures.video import OneEuroFilter, OneEuroSettings
 
 PHOTOS = Path("/work/shared/data/photos")
 YOUTUBE = Path("/work/shared/data/youtube_faces")
@@ -173,17 +177,16 @@ def track(frames: list[np.ndarray], find_faces: FindFn, refine: RefineFn, fps: f
 
 
 def model_pipeline(predict, passes: int = 1) -> tuple[FindFn, RefineFn]:
-    """find_faces / refine of the photo pipeline (fkd_jax.faces) around a Predictor;
+    """find_faces / refine of the photo pipeline (fkd_jax.pictures) around a Predictor;
     `passes`: framing passes per tracked frame."""
-    from fkd_jax import faces
 
-    detector = faces.FaceDetector()
+    detector = detection.FaceDetector()
 
     def find(frame):
-        return faces.find_faces([faces.to_gray(frame)], predict, detector)[0]
+        return location.find_faces([to_gray(frame)], predict, detector)[0]
 
     def refine(frame, previous):
-        return faces.refine_faces(faces.to_gray(frame), previous, predict, passes=passes)
+        return location.refine_faces(to_gray(frame), previous, predict, passes=passes)
 
     return find, refine
 
@@ -212,7 +215,7 @@ def validation_photos(workdir: Path, n: int) -> list[Path]:
     """The first n photos (sorted by name) of people in the run's validation split."""
     import pandas as pd
 
-    split = json.loads(experiment.split_path(workdir).read_text())
+    split = json.loads(run_dir.split_path(workdir).read_text())
     ids = np.loadtxt(YOUTUBE / "person_ids.txt", dtype=np.int64)
     train_people = set(ids[np.asarray(split["train_row_ids"])].tolist())
     table = pd.read_csv(PHOTOS / "keypoints.csv")
@@ -225,7 +228,7 @@ def validation_photos(workdir: Path, n: int) -> list[Path]:
 def photo_labels(path: Path) -> np.ndarray | None:
     import pandas as pd
 
-    from fkd_jax import keypoints
+    from fkd_jax.geometry import keypoints
 
     table = pd.read_csv(PHOTOS / "keypoints.csv")
     row = table[table["file"] == path.name]
@@ -236,7 +239,7 @@ def synthetic_picture(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A generated face scaled 2x into a 256x224 RGB picture, and its keypoints there (px)."""
     import cv2
 
-    from fkd_jax import synthetic
+    from fkd_jax.data import synthetic
 
     image, kp = synthetic.generate_faces(1, seed)
     face = cv2.resize(image[0], (192, 192), interpolation=cv2.INTER_CUBIC)
@@ -313,10 +316,12 @@ def main(argv: list[str] | None = None) -> dict:
               for b in (0.0, 0.02, 0.05, 0.1, 0.3)] if args.sweep else [])
 
     if args.workdir or args.model:
-        from fkd_jax import exported, inference
+        from fkd_jax.inference import exported
+        from fkd_jax.training import restore
+        from fkd_jax.inference import predictor as inference
 
         predictor = (exported.load_predictor(args.model, batch_size=1) if args.model else
-                     inference.Predictor.from_run(inference.load_run(args.workdir,
+                     inference.Predictor.from_run(restore.load_run(args.workdir,
                                                                      args.checkpoint), 1))
         pipeline = lambda frames: model_pipeline(predictor, args.passes)  # noqa: E731
         if args.photos:
@@ -325,7 +330,7 @@ def main(argv: list[str] | None = None) -> dict:
             photos = validation_photos(args.workdir, args.n_photos)
         else:
             photos = sorted(PHOTOS.glob("*.jpg"))[: args.n_photos]
-        from fkd_jax.faces import read_picture
+        from fkd_jax.pictures.images import read_picture
 
         pictures = [(p.name, read_picture(p)) for p in photos]
         model = str(args.workdir or args.model)

@@ -41,7 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.synthetic_kaggle_missing = True  # impose Kaggle's missing-label pattern
 
     c.model = ml_collections.ConfigDict()
-    c.model.name = "simple_cnn"  # see fkd_jax/models.py: simple_cnn, nouri, resnet, heatmap, ...
+    c.model.name = "simple_cnn"  # see fkd_jax/models/networks.py: simple_cnn, nouri, resnet, heatmap, ...
     # Sizes; None = the model's own default. A size a model does not have is an error.
     c.model.widths = config_dict.placeholder(tuple)  # channels per stage, e.g. "(16,32,64,128)"
     c.model.hidden = config_dict.placeholder(tuple)  # dense widths, e.g. "(500,500)"
@@ -74,7 +74,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.heatmap_loss_weight = 0.0
     c.train.heatmap_sigma_px = 4.0
     # > 1: an ensemble of that many runs (seeds seed*N ... seed*N+N-1, one split), trained side
-    # by side on the CPU cores, predicting their mean (fkd_jax/ensemble.py).
+    # by side on the CPU cores, predicting their mean (fkd_jax/training/ensemble.py).
     c.train.members = 1
 
     c.augment = ml_collections.ConfigDict()
@@ -90,6 +90,6 @@ def get_config() -> ml_collections.ConfigDict:
     c.augment.erase_prob = 0.0  # one occluding rectangle (random erasing), this often
     c.augment.erase_size = 0.4  # its largest side, as a fraction of the image side
     # How far right of the image content the x labels sit, pixels (a labelling convention);
-    # the flip mirrors labels about that axis (fkd_jax/augment.py).
+    # the flip mirrors labels about that axis (fkd_jax/data/augment.py).
     c.augment.flip_label_offset_px = 0.0
     return c

@@ -2,7 +2,7 @@
 
 Config files are python files with `get_config()` (ml_collections); any key can be overridden
 as `--config.train.epochs=5`. Mistakes in flags become a `UserError` (one line, exit status 2);
-config values are checked by fkd_jax/config_schema.py.
+config values are checked by fkd_jax/training/config_check.py.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from absl import flags
 from absl import logging as absl_logging
 
 from fkd_jax.errors import UserError
+
 
 def parse_flags(argv: list[str], flag_values: flags.FlagValues) -> None:
     """Parse `argv` into `flag_values`, turning every flag/config mistake into a UserError.

@@ -1,4 +1,4 @@
-"""Fit the numbers of fkd_jax/framing_stats.py on photos of the TRAINING people only.
+"""Fit the numbers of fkd_jax/geometry/framing_stats.py on photos of the TRAINING people only.
 
   uv run python scripts/fit_framing.py --split RUN/split.json \
       [--photos ../shared/data/photos] [--youtube ../shared/data/youtube_faces] \
@@ -29,7 +29,13 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fkd_jax import faces, files, framing_stats, keypoints  # noqa: E402
+from fkd_jax.geometry.framing import to_gray
+from fkd_jax.geometry import framing
+from fkd_jax.pictures import detection
+from fkd_jax.pictures import images
+from fkd_jax import files  # noqa: E402
+from fkd_jax.geometry import framing_stats  # noqa: E402
+from fkd_jax.geometry import keypoints  # noqa: E402
 from fkd_jax.errors import UserError, exit_on_user_error  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -50,7 +56,7 @@ def person_ids(kp: pd.DataFrame, pts: np.ndarray, lms: np.ndarray, youtube: Path
         rows = pd.read_csv(z.open("training.csv"), usecols=list(keypoints.COLUMNS))
     table = rows[list(keypoints.COLUMNS)].to_numpy(np.float64)
     ids = np.loadtxt(youtube / "person_ids.txt", dtype=np.int64)
-    in_crop = np.stack([faces.training_framing(p, lm).to_crop(p) for p, lm in zip(pts, lms)])
+    in_crop = np.stack([framing.training_framing(p, lm).to_crop(p) for p, lm in zip(pts, lms)])
     dist = np.abs(in_crop[:, None, :] - table[None]).max(axis=-1)
     row = dist.argmin(axis=1)
     if dist.min(axis=1).max() > 0.02:
@@ -63,7 +69,7 @@ def person_ids(kp: pd.DataFrame, pts: np.ndarray, lms: np.ndarray, youtube: Path
     return by_content
 
 
-def best_box(detector: faces.FaceDetector, gray: np.ndarray, centre: np.ndarray):
+def best_box(detector: detection.FaceDetector, gray: np.ndarray, centre: np.ndarray):
     """The highest-scored detector box that contains the true keypoints' centre, or None."""
     for d in detector.detect(gray):
         x, y, w, h = d.box
@@ -97,14 +103,14 @@ def main(argv: list[str] | None = None) -> None:
     print(f"photos: {len(kp)}; training people {len(train_people)} ({train.sum()} photos), "
           f"validation people {len(val_people)} ({(~train).sum()} photos)")
 
-    truth = [faces.training_framing(p, lm) for p, lm in zip(pts, lms)]
+    truth = [framing.training_framing(p, lm) for p, lm in zip(pts, lms)]
 
     # 1. Side from the 15 keypoints' shape, in the square's axes as the pipeline sees them
     #    (turned with the eye line): least squares on log(side / size).
     feats = []
     for p in pts:
-        origin, rot, _ = faces.square_axes(p, rotate=True)
-        feats.append(faces.shape_features((keypoints.as_points(p) - origin) @ rot))
+        origin, rot, _ = framing.square_axes(p, rotate=True)
+        feats.append(framing.shape_features((keypoints.as_points(p) - origin) @ rot))
     x = np.stack([f for f, _ in feats])
     target = np.log(np.array([t.side for t in truth]) / np.array([size for _, size in feats]))
     weights, *_ = np.linalg.lstsq(x[train], target[train], rcond=None)
@@ -113,10 +119,10 @@ def main(argv: list[str] | None = None) -> None:
           f"{rel[train].std():.4f} (train) {rel[~train].std():.4f} (validation)")
 
     # 2. Detector box -> training square.
-    detector = faces.FaceDetector()
+    detector = detection.FaceDetector()
     rows = []
     for i in np.flatnonzero(train):
-        gray = faces.to_gray(faces.read_picture(args.photos / kp["file"][i]))
+        gray = to_gray(images.read_picture(args.photos / kp["file"][i]))
         d = best_box(detector, gray, keypoints.as_points(pts[i]).mean(axis=0))
         if d is not None:
             x, y, w, h = d.box
@@ -135,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # 3. Second look: the cascade's score on the crop framed by each face's TRUE keypoints.
     conf = np.array([detector.confirm_score(
-        faces.to_gray(faces.read_picture(args.photos / kp["file"][i])), pts[i])
+        to_gray(images.read_picture(args.photos / kp["file"][i])), pts[i])
         for i in np.flatnonzero(train)])
     low = np.percentile(conf, 1)
     print(f"confirm score of the true faces: lowest {np.sort(conf)[:5].round(2)}, "

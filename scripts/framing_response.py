@@ -5,7 +5,7 @@
 predict.py frames a face (passes 2, 3, ...) from the model's last prediction. This measures
 that step where the truth is known: each validation crop is re-cropped off its training square
 (shifted by dx, dy pixels, zoomed by s), the model predicts, and the square is re-framed from
-the prediction (`faces.framing_from_keypoints`: a square model's square points, else the
+the prediction (`framing.framing_from_keypoints`: a square model's square points, else the
 15-keypoint shape rule; `--rule shape` hides a square model's square points). Printed per
 offset: the re-framed square's error against the true one (centre in fractions of the side,
 size as log side; mean = bias, std = noise) and the 15 keypoints' RMSE in the crop's pixels.
@@ -24,7 +24,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fkd_jax import experiment, faces, inference, keypoints  # noqa: E402
+from fkd_jax.geometry import framing
+from fkd_jax.training import run_dir  # noqa: E402
+from fkd_jax.training import restore  # noqa: E402
+from fkd_jax.inference import predictor  # noqa: E402
+from fkd_jax.geometry import keypoints  # noqa: E402
 from fkd_jax.errors import UserError, exit_on_user_error  # noqa: E402
 
 # (dx, dy) in crop pixels and zoom (the crop's side over the training square's).
@@ -36,19 +40,19 @@ def response(predict, images: np.ndarray, truth15: np.ndarray, dx: float, dy: fl
     """Re-framing error (N, 3) stats and keypoint RMSE for crops (N, S, S, 1) in [0, 1], each
     re-cropped off its own square by (dx, dy, zoom)."""
     size = images.shape[1]
-    off = faces.Framing(size / 2 + dx, size / 2 + dy, size * zoom)
+    off = framing.Framing(size / 2 + dx, size / 2 + dy, size * zoom)
     gray = np.rint(images[..., 0] * 255).astype(np.uint8)
-    crops = np.concatenate([faces.crop_faces(g, [off], size) for g in gray])
+    crops = np.concatenate([framing.crop_faces(g, [off], size) for g in gray])
     pred = np.asarray(predict(crops), np.float64)
     if hide_square:
         pred = pred[:, :keypoints.NUM_COORDS]
     back = np.stack([off.to_picture(p, size) for p in pred])  # the original crop's pixels
     err = []
     for p in back:
-        f = faces.framing_from_keypoints(p)
+        f = framing.framing_from_keypoints(p)
         err.append([f.cx / size - 0.5, f.cy / size - 0.5, np.log(f.side / size)])
     err = np.asarray(err)
-    rmse = float(np.sqrt(np.mean((faces.kaggle15(back) - truth15) ** 2)))
+    rmse = float(np.sqrt(np.mean((framing.kaggle15(back) - truth15) ** 2)))
     return {"offset": [round(dx / size, 4), round(dy / size, 4), round(float(np.log(zoom)), 4)],
             "mean": err.mean(0).round(4).tolist(), "std": err.std(0).round(4).tolist(),
             "rmse_px": round(rmse, 3)}
@@ -63,13 +67,13 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if not args.workdir.is_dir():
         raise UserError(f"--workdir {args.workdir}: no such folder")
-    run = inference.load_run(args.workdir, args.checkpoint)
+    run = restore.load_run(args.workdir, args.checkpoint)
     if run.config.data.keypoints == "ibug68":
         raise UserError(f"--workdir {args.workdir}: a 68-landmark run (this script scores the 15)")
-    data = experiment.read_run_data(run.config, args.workdir)
-    experiment.discard_run_data(data)
+    data = run_dir.read_run_data(run.config, args.workdir)
+    run_dir.discard_run_data(data)
     val = data.val.subset(data.val.mask[:, :keypoints.NUM_COORDS].all(axis=1))
-    predict = inference.Predictor.from_run(run)
+    predict = predictor.Predictor.from_run(run)
     truth15 = val.keypoints[:, :keypoints.NUM_COORDS].astype(np.float64)
     square = run.config.data.keypoints == "kaggle15_square" and args.rule == "auto"
     print(f"{args.workdir}: {len(val)} validation crops, {args.checkpoint} checkpoint "

@@ -2,7 +2,7 @@
 
   uv run python scripts/pipeline_figure.py --workdir RUN_DIR [--out docs/pipeline_scene.png]
 
-Three procedural faces (fkd_jax.synthetic) are pasted into a larger picture at known position,
+Three procedural faces (fkd_jax.data.synthetic) are pasted into a larger picture at known position,
 scale and in-plane rotation. Panels: the detector's boxes; each face's crop framed from its box
 (pass 1) with the keypoints predicted there; the crop re-framed from those keypoints by the
 training rule, turned upright (last pass); the keypoints mapped back onto the picture, with the
@@ -21,7 +21,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fkd_jax import faces, files, inference, keypoints, picture_metrics, synthetic  # noqa: E402
+from fkd_jax.geometry.framing import to_gray
+from fkd_jax.geometry import framing as geo
+from fkd_jax.pictures import detection
+from fkd_jax.pictures import drawing
+from fkd_jax.pictures import location
+from fkd_jax import files  # noqa: E402
+from fkd_jax.training import restore  # noqa: E402
+from fkd_jax.inference import predictor as inference  # noqa: E402
+from fkd_jax.geometry import keypoints  # noqa: E402
+from fkd_jax.evaluation import metrics  # noqa: E402
+from fkd_jax.data import synthetic  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PLACEMENTS = ((1.9, -8.0, 40.0, 40.0), (1.4, 12.0, 290.0, 90.0), (2.3, 4.0, 470.0, 20.0))
@@ -53,18 +63,18 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "pipeline_scene.png")
-    ap.add_argument("--passes", type=int, default=faces.DEFAULT_PASSES)
+    ap.add_argument("--passes", type=int, default=location.DEFAULT_PASSES)
     args = ap.parse_args(argv)
 
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
     picture, truth = scene()
-    gray = faces.to_gray(picture)
-    predictor = inference.Predictor.from_run(inference.load_run(args.workdir), batch_size=8)
-    detector = faces.FaceDetector()
-    boxes, loose = faces.detect_faces([gray], detector)
-    found = faces.find_faces([gray], predictor, detector, boxes=boxes, loose=loose,
+    gray = to_gray(picture)
+    predictor = inference.Predictor.from_run(restore.load_run(args.workdir), batch_size=8)
+    detector = detection.FaceDetector()
+    boxes, loose = detection.detect_faces([gray], detector)
+    found = location.find_faces([gray], predictor, detector, boxes=boxes, loose=loose,
                              passes=args.passes)[0]
     found = sorted(found, key=lambda f: f.box[0])
     n = len(found)
@@ -79,26 +89,26 @@ def main(argv=None) -> None:
     ax.set_title(f"1. detect: {n} boxes (Haar cascade)", fontsize=9)
     ax.axis("off")
     ax = fig.add_subplot(grid[0, max(n, 1):])
-    ax.imshow(faces.draw_faces(picture, found))
+    ax.imshow(drawing.draw_faces(picture, found))
     nmes = []
     for f in found:
-        pairs = picture_metrics.match_faces(f.keypoints_px[None], truth)
+        pairs = metrics.match_faces(f.keypoints_px[None], truth)
         if pairs:
-            nmes.append(float(picture_metrics.nme(f.keypoints_px, truth[pairs[0][1]])))
+            nmes.append(float(metrics.nme(f.keypoints_px, truth[pairs[0][1]])))
     t = keypoints.as_points(truth)
     ax.plot(t[..., 0].ravel() - 0.5, t[..., 1].ravel() - 0.5, "w+", ms=4, mew=0.8)
     ax.set_title(f"4. keypoints in picture pixels (+ true); NME "
                  f"{', '.join(f'{100 * v:.1f}%' for v in nmes)}", fontsize=9)
     ax.axis("off")
     for i, f in enumerate(found):
-        first = faces.framing_from_box(f.box)
-        last = faces.framing_from_keypoints(f.history[-2] if len(f.history) > 1
+        first = geo.framing_from_box(f.box)
+        last = geo.framing_from_keypoints(f.history[-2] if len(f.history) > 1
                                             else f.keypoints_px, rotate=True)
         for k, (framing, kp, title) in enumerate((
                 (first, f.history[0], f"2. face {i}:\ncrop from the box (pass 1)"),
                 (last, f.keypoints_px, f"3. face {i}: re-framed\nfrom its keypoints (last pass)"))):
             ax = fig.add_subplot(grid[1, 2 * i + k])
-            ax.imshow(faces.crop_faces(gray, [framing])[0, :, :, 0], cmap="gray", vmin=0, vmax=1)
+            ax.imshow(geo.crop_faces(gray, [framing])[0, :, :, 0], cmap="gray", vmin=0, vmax=1)
             q = keypoints.as_points(framing.to_crop(kp))
             ax.plot(q[:, 0] - 0.5, q[:, 1] - 0.5, "r.", ms=3)
             ax.set_title(title, fontsize=8)

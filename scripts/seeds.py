@@ -1,17 +1,17 @@
 """Train one config for several seeds and report each figure as mean ± std over the seeds.
 
-  uv run python scripts/seeds.py --config configs/best_cpu.py --seeds 0,1,2 \
-      --workdir runs/best_cpu_seeds [--config.x=y ...]
+  uv run python scripts/seeds.py --config configs/unet_pair.py --seeds 0,1,2 \
+      --workdir runs/unet_pair_seeds [--config.x=y ...]
 
 Each seed k trains in its own run directory `WORKDIR/seed<k>` (the library's
-`trainer.train_and_evaluate`, exactly what train.py runs, with `--config.seed=k`), then its
+`loop.train_and_evaluate`, exactly what train.py runs, with `--config.seed=k`), then its
 best checkpoint is scored with flip TTA on the validation split. Resumable: a seed whose
 `seed_result.json` exists is skipped, a seed cut short resumes from its checkpoint; a seed
 directory trained with a different config is refused (use a new --workdir).
 
 `--jobs N` trains N seeds at once, each group of seeds in its own process pinned to its own
 share of the CPU cores (its output in WORKDIR/log_seeds_<k>.txt). On CPU one process training
-best_cpu's batches of 8 does not keep two cores busy: on 2 cores `--jobs 2` trained two seeds
+unet_pair's batches of 8 does not keep two cores busy: on 2 cores `--jobs 2` trained two seeds
 with 1.4x the images/s of one after the other (README, "Seeds with error bars"). Each seed's result is the same run as with --jobs 1 up to
 float rounding (one thread per process changes the order of some sums).
 
@@ -20,7 +20,7 @@ validation split, and imposed missing labels) stay fixed at `config.data.split_s
 when the config leaves it None, so the spread is that of training alone on one split.
 `--vary_split` lets each seed draw its own split instead (`data.split_seed` = None).
 
-A config with `train.members` = N > 1 (an ensemble, fkd_jax/ensemble.py) trains each seed k
+A config with `train.members` = N > 1 (an ensemble, fkd_jax/training/ensemble.py) trains each seed k
 as train.py would with `--config.seed=k`: members of seeds N*k ... N*k+N-1 side by side on all
 cores (so --jobs must be 1), and reports the mean prediction (`ensemble_rmse_px`), the members
 alone (`members_rmse_px_mean`) and the mean with flip TTA, all at the members' best checkpoints.
@@ -188,14 +188,17 @@ def _check_same_config(seed_dir: Path, config) -> None:
 
 def _tta_rmse(seed_dir: Path) -> tuple[float, float, int]:
     """(RMSE, RMSE with flip TTA, epoch) of the run's best checkpoint on its validation split."""
-    from fkd_jax import experiment, inference, training
+    from fkd_jax.training import run_dir
+    from fkd_jax.training import restore
+    from fkd_jax.inference import predictor
+    from fkd_jax.training import steps
 
-    run = inference.load_run(seed_dir, "best")
-    run_data = experiment.read_run_data(run.config, seed_dir)
-    experiment.discard_run_data(run_data)
+    run = restore.load_run(seed_dir, "best")
+    run_data = run_dir.read_run_data(run.config, seed_dir)
+    run_dir.discard_run_data(run_data)
     val = run_data.val
-    predict = inference.Predictor.from_run(run)
-    plain, tta = (training.rmse_report(predict(val.images, tta=t), val.keypoints, val.mask,
+    predict = predictor.Predictor.from_run(run)
+    plain, tta = (steps.rmse_report(predict(val.images, tta=t), val.keypoints, val.mask,
                                        val.keypoint_set)["rmse_px"] for t in (False, True))
     return plain, tta, int(run.meta["epoch"])
 
@@ -204,26 +207,31 @@ def run_seed(config, seed: int, seed_dir: Path, member_command=None) -> dict:
     """Train (or resume) one seed, score its best checkpoint, write its seed_result.json.
     An ensemble's seed (`config.train.members` > 1) trains its members with
     `member_command(i)` (train.py's command line for member i) and is scored as a whole."""
-    from fkd_jax import cli, config_schema, ensemble, experiment, files, trainer
+    from fkd_jax import cli
+    from fkd_jax.training import config_check
+    from fkd_jax.training import ensemble
+    from fkd_jax.training import run_dir
+    from fkd_jax import files
+    from fkd_jax.training import loop
 
-    config_schema.check_config(config)
+    config_check.check_config(config)
     _check_same_config(seed_dir, config)
     cli.check_workdir(seed_dir)
     n = ensemble.members(config)
     first = ensemble.member_dir(seed_dir, 0) if n > 1 else seed_dir
-    resumed = bool(experiment.read_metrics(first))
+    resumed = bool(run_dir.read_metrics(first))
     t0 = time.perf_counter()
     if n > 1:
-        scores = trainer.train_ensemble(config, seed_dir, member_command)
+        scores = loop.train_ensemble(config, seed_dir, member_command)
         row = {"seed": seed, "workdir": str(seed_dir), "ensemble_rmse_px": scores["val_rmse_px"],
                "members_rmse_px_mean": float(np.mean(scores["members_val_rmse_px"])),
                "members_rmse_px": scores["members_val_rmse_px"],
                "tta_rmse_px": scores["tta_rmse_px"]}
     else:
-        trainer.train_and_evaluate(config, seed_dir)
+        loop.train_and_evaluate(config, seed_dir)
         plain, tta, best_epoch = _tta_rmse(seed_dir)
         row = {"seed": seed, "workdir": str(seed_dir), "best_epoch": best_epoch,
-               **seed_figures(experiment.read_metrics(seed_dir)), "tta_rmse_px": tta,
+               **seed_figures(run_dir.read_metrics(seed_dir)), "tta_rmse_px": tta,
                "best_checkpoint_rmse_px": plain}
     row.update(wall_s=time.perf_counter() - t0, resumed=resumed)
     files.write_json(seed_dir / RESULT, row)
@@ -233,7 +241,7 @@ def run_seed(config, seed: int, seed_dir: Path, member_command=None) -> dict:
 def _member_command(argv: list[str], config_path: str, config, seed_dir: Path):
     """train.py's command line for member i of a seed's ensemble: the config file, this
     command's --config.* overrides, then the member's seed and split."""
-    from fkd_jax import ensemble
+    from fkd_jax.training import ensemble
 
     train_py = Path(__file__).resolve().parents[1] / "train.py"
     overrides = [a for a in argv[1:] if a.startswith("--config.")]
@@ -244,8 +252,8 @@ def _member_command(argv: list[str], config_path: str, config, seed_dir: Path):
 def _train_side_by_side(argv: list[str], seeds: list[int], workdir: Path,
                         groups: list[list[int]]) -> None:
     """Train `seeds` in one worker process (this script, --jobs=1 --nosummary) per group of
-    cores, pinned to it (fkd_jax.processes)."""
-    from fkd_jax import processes
+    cores, pinned to it (fkd_jax.training.processes)."""
+    from fkd_jax.training import processes
 
     jobs = []
     for i in range(len(groups)):
@@ -277,23 +285,27 @@ def _parse_seeds(values: list[str]) -> list[int]:
 
 
 def _same_split(seed_dirs: list[Path]) -> bool:
-    from fkd_jax import experiment
+    from fkd_jax.training import run_dir
 
-    splits = [json.loads(experiment.split_path(d).read_text()) for d in seed_dirs]
+    splits = [json.loads(run_dir.split_path(d).read_text()) for d in seed_dirs]
     return all(s == splits[0] for s in splits)
 
 
 def main(argv: list[str]) -> None:
-    from fkd_jax import cli, config_schema, ensemble, files, processes
+    from fkd_jax import cli
+    from fkd_jax.training import config_check
+    from fkd_jax.training import ensemble
+    from fkd_jax import files
+    from fkd_jax.training import processes
 
     cli.parse_flags(argv, flags.FLAGS)
     if _CONFIG.value is None:
-        raise UserError("--config is required, e.g. --config configs/best_cpu.py")
+        raise UserError("--config is required, e.g. --config configs/unet_pair.py")
     seeds = _parse_seeds(_SEEDS.value)
     config_path = config_flags.get_config_filename(flags.FLAGS["config"])
     configs = {k: _seed_config(_CONFIG.value, k, _VARY_SPLIT.value) for k in seeds}
     for c in configs.values():  # every seed's config, before anything is written
-        config_schema.check_config(c)
+        config_check.check_config(c)
     groups = processes.core_groups(processes.available_cores(), _JOBS.value)  # first
     if _JOBS.value > 1 and ensemble.members(_CONFIG.value) > 1:
         raise UserError(f"--jobs={_JOBS.value}: each seed of an ensemble config already trains "

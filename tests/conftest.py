@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fkd_jax.keypoints import COLUMNS, IMAGE_SIZE, KEYPOINT_NAMES, SPARSE_SET, column_indices
+from fkd_jax.geometry.keypoints import COLUMNS, IMAGE_SIZE, KEYPOINT_NAMES, SPARSE_SET, column_indices
 
 # A plausible face in pixels (x, y per keypoint, Kaggle order), inside [0, 96].
 _MEAN_FACE = np.array(

@@ -16,7 +16,11 @@ import optax
 import pytest
 
 from configs import base
-from fkd_jax import config_schema, experiment, keypoints, training
+from fkd_jax.data import preparation
+from fkd_jax.training import config_check
+from fkd_jax.training import run_dir
+from fkd_jax.geometry import keypoints
+from fkd_jax.training import steps
 from fkd_jax.errors import UserError
 from conftest import normal
 
@@ -49,16 +53,16 @@ def _blob_data(n, seed=0):
     return {"images": images, "keypoints": kp.astype(np.float32), "mask": mask}
 
 
-def _train(epochs, averaging=None, loss_fn=training.masked_loss, n=48):
+def _train(epochs, averaging=None, loss_fn=steps.masked_loss, n=48):
     c = _config()
-    tx = training.make_optimizer(c.train, n // 16)
-    graphdef, state = training.init_state(c.model, tx, 0, averaging=averaging)
-    epoch_fn = training.make_train_epoch(graphdef, tx, 16, None, seed=0, loss_fn=loss_fn,
+    tx = steps.make_optimizer(c.train, n // 16)
+    graphdef, state = steps.init_state(c.model, tx, 0, averaging=averaging)
+    epoch_fn = steps.make_train_epoch(graphdef, tx, 16, None, seed=0, loss_fn=loss_fn,
                                          averaging=averaging)
     data = jax.device_put(_blob_data(n))
     losses = []
     for e in range(1, epochs + 1):
-        state, m = epoch_fn(state, data, training.epoch_shuffle_key(0, e))
+        state, m = epoch_fn(state, data, steps.epoch_shuffle_key(0, e))
         losses.append(float(m["train_loss"]))
     return state, losses
 
@@ -82,10 +86,10 @@ def plain_run():
 def test_ema_with_decay_zero_is_exactly_the_raw_params_and_averaging_leaves_training_alone(
         plain_run):
     plain, losses = plain_run
-    zero, losses0 = _train(2, training.Averaging("ema", decay=0.0))
+    zero, losses0 = _train(2, steps.Averaging("ema", decay=0.0))
     _assert_trees_equal(zero["avg_params"], zero["params"])
     _assert_trees_equal(zero["params"], plain["params"])
-    ema, losses9 = _train(2, training.Averaging("ema", decay=0.9))
+    ema, losses9 = _train(2, steps.Averaging("ema", decay=0.9))
     _assert_trees_equal(ema["params"], plain["params"])  # the average never feeds back
     assert losses == losses0 == losses9
     diff = max(float(jnp.abs(a - b).max()) for a, b in
@@ -98,7 +102,7 @@ def test_ema_update_is_optax_debiased_ema_of_the_parameter_sequence():
     seq = [{"w": rng.normal(size=(3, 2)).astype(np.float32), "b": rng.normal(size=4)
             .astype(np.float32)} for _ in range(12)]
     decay = 0.8
-    avg = training.Averaging("ema", decay=decay)
+    avg = steps.Averaging("ema", decay=decay)
     ours = jax.tree.map(np.zeros_like, seq[0])  # any start: the first update replaces it
     ema = optax.ema(decay, debias=True)
     ema_state = ema.init(seq[0])
@@ -115,7 +119,7 @@ def test_ema_update_is_optax_debiased_ema_of_the_parameter_sequence():
 def test_swa_is_the_raw_params_then_their_plain_mean_from_its_start():
     rng = np.random.default_rng(1)
     seq = [rng.normal(size=5).astype(np.float32) for _ in range(9)]
-    avg = training.Averaging("swa", start_step=4)
+    avg = steps.Averaging("swa", start_step=4)
     cur = np.zeros(5, np.float32)
     for t, p in enumerate(seq, start=1):
         cur = np.asarray(avg.update(cur, p, jnp.int32(t)))
@@ -124,22 +128,22 @@ def test_swa_is_the_raw_params_then_their_plain_mean_from_its_start():
         else:
             np.testing.assert_allclose(cur, np.mean(seq[4:t], axis=0), rtol=1e-5, atol=1e-6)
     c = _config(swa_start_epoch=3)
-    assert training.make_averaging(c.train, 10) == training.Averaging("swa", start_step=20)
-    assert training.make_averaging(_config().train, 10) is None
+    assert steps.make_averaging(c.train, 10) == steps.Averaging("swa", start_step=20)
+    assert steps.make_averaging(_config().train, 10) is None
 
 
 def _train_run(workdir, epochs, **train):
-    from fkd_jax import trainer
+    from fkd_jax.training import loop
 
     c = _config(epochs=epochs, **train)
-    config_schema.check_config(c)
-    return trainer.train_and_evaluate(c, workdir)
+    config_check.check_config(c)
+    return loop.train_and_evaluate(c, workdir)
 
 
 def _latest_state(workdir, config):
-    from fkd_jax import checkpoints
+    from fkd_jax.training import checkpoints
 
-    _, abstract = training.abstract_state(config)
+    _, abstract = steps.abstract_state(config)
     with checkpoints.Checkpoints(workdir, read_only=True) as ckpt:
         return ckpt.restore_latest(abstract)
 
@@ -155,9 +159,9 @@ def ema_runs(tmp_path_factory):
     resumed = tmp_path_factory.mktemp("resumed") / "run"
     shutil.copytree(straight, resumed)
     shutil.rmtree(resumed / "checkpoints" / "2")
-    experiment.truncate_metrics(resumed, 1)
+    run_dir.truncate_metrics(resumed, 1)
     _train_run(resumed, 2, ema_decay=0.5)
-    assert len(experiment.read_metrics(resumed)) == 2
+    assert len(run_dir.read_metrics(resumed)) == 2
     return straight, resumed
 
 
@@ -169,22 +173,23 @@ def test_ema_state_survives_checkpoint_and_resume_bit_identically(ema_runs):
     assert set(a) == {"params", "opt_state", "step", "avg_params"}
     assert meta_a["epoch"] == meta_b["epoch"] == 2
     _assert_trees_equal(a, b)
-    ma, mb = experiment.read_metrics(straight), experiment.read_metrics(resumed)
+    ma, mb = run_dir.read_metrics(straight), run_dir.read_metrics(resumed)
     assert [r["val_rmse_px_ema"] for r in ma] == [r["val_rmse_px_ema"] for r in mb]
     assert [r["val_rmse_px"] for r in ma] == [r["val_rmse_px"] for r in mb]
     assert ma[0]["val_rmse_px_ema"] != ma[0]["val_rmse_px"]
 
 
 def test_run_with_ema_ranks_and_restores_the_averaged_parameters(ema_runs):
-    from fkd_jax import checkpoints, inference
+    from fkd_jax.training import checkpoints
+    from fkd_jax.training import restore
 
     straight, _ = ema_runs
-    records = experiment.read_metrics(straight)
-    run = inference.load_run(straight, "best")
+    records = run_dir.read_metrics(straight)
+    run = restore.load_run(straight, "best")
     best = int(np.argmin([r["val_rmse_px_ema"] for r in records])) + 1
     assert run.meta["epoch"] == best
     assert run.meta["best"]["val_rmse_px"] == records[best - 1]["val_rmse_px_ema"]
-    _, abstract = training.abstract_state(run.config)
+    _, abstract = steps.abstract_state(run.config)
     with checkpoints.Checkpoints(straight, read_only=True) as ckpt:
         state, _ = ckpt.restore_best(abstract)
     _assert_trees_equal(run.params, state["avg_params"])
@@ -203,11 +208,11 @@ def _pred_and_targets():
     return pred, kp, garbage, mask
 
 
-@pytest.mark.parametrize("kind", training.LOSSES)
+@pytest.mark.parametrize("kind", steps.LOSSES)
 def test_every_loss_is_masked_with_zero_gradient_where_unlabelled(kind):
     pred, kp, garbage, mask = _pred_and_targets()
     c = _config(loss=kind)
-    loss_fn = training.make_loss(c.train)
+    loss_fn = steps.make_loss(c.train)
     loss = lambda p, k: loss_fn(p, k, mask, 96)[0]  # noqa: E731
     assert float(loss(pred, kp)) == float(loss(pred, garbage)) and np.isfinite(float(loss(pred, kp)))
     g = np.asarray(jax.grad(loss)(pred, garbage))
@@ -215,21 +220,21 @@ def test_every_loss_is_masked_with_zero_gradient_where_unlabelled(kind):
     assert np.all(g[:, :10] != 0.0)
     # the reported squared-error sum (for the train RMSE in pixels) is the same for every loss
     _, se_sum, count = loss_fn(pred, garbage, mask, 96)
-    _, se_mse, count_mse = training.masked_loss(pred, garbage, mask, 96)
+    _, se_mse, count_mse = steps.masked_loss(pred, garbage, mask, 96)
     assert float(se_sum) == float(se_mse) and int(count) == int(count_mse) == 40
 
 
 def test_mse_is_unchanged_and_the_default(plain_run):
     pred, _, garbage, mask = _pred_and_targets()
-    assert training.make_loss(_config().train) is training.masked_loss
-    assert training.make_loss(ml_collections.ConfigDict({"epochs": 1}).lock()) \
-        is training.masked_loss  # a config from before train.loss existed
+    assert steps.make_loss(_config().train) is steps.masked_loss
+    assert steps.make_loss(ml_collections.ConfigDict({"epochs": 1}).lock()) \
+        is steps.masked_loss  # a config from before train.loss existed
     target = keypoints.to_normalised(garbage, 96)
     se_sum = (jnp.where(mask, pred - target, 0.0) ** 2).sum()  # the formula before losses
-    loss, se, count = training.masked_loss(pred, garbage, mask, 96)
+    loss, se, count = steps.masked_loss(pred, garbage, mask, 96)
     assert float(loss) == float(se_sum / jnp.maximum(mask.sum(), 1)) and float(se) == float(se_sum)
     # training with the configured "mse" is training with no loss argument, bit for bit
-    explicit = training.make_loss(_config(loss="mse").train)
+    explicit = steps.make_loss(_config(loss="mse").train)
     state, losses = _train(2, loss_fn=explicit)
     _assert_trees_equal(state, plain_run[0])
     assert losses == plain_run[1]
@@ -239,24 +244,24 @@ def test_l1_and_wing_follow_their_formulas_in_pixels():
     pred, kp, _, mask = _pred_and_targets()
     err_px = np.abs(np.asarray(keypoints.to_pixels(np.asarray(pred))) - kp)[mask]
     half = 48.0
-    l1 = training.make_loss(_config(loss="l1").train)(pred, kp, mask, 96)[0]
+    l1 = steps.make_loss(_config(loss="l1").train)(pred, kp, mask, 96)[0]
     np.testing.assert_allclose(float(l1), err_px.mean() / half, rtol=1e-5)
     w, eps = 3.0, 0.5  # small w so that both regions occur among these errors
     assert (err_px < w).any() and (err_px >= w).any()
     c = w - w * np.log(1 + w / eps)
     wing_px = np.where(err_px < w, w * np.log(1 + err_px / eps), err_px - c)
-    fn = training.make_loss(_config(loss="wing", wing_w=w, wing_epsilon=eps).train)
+    fn = steps.make_loss(_config(loss="wing", wing_w=w, wing_epsilon=eps).train)
     np.testing.assert_allclose(float(fn(pred, kp, mask, 96)[0]), wing_px.mean() / half, rtol=1e-5)
     # continuous where the log part meets the linear part; slopes w / (eps + |x|), then 1
     x = jnp.array([w - 1e-3, w + 1e-3]) / half
-    per = lambda d: training.coordinate_loss(d, "wing", 96, w, eps)  # noqa: E731
+    per = lambda d: steps.coordinate_loss(d, "wing", 96, w, eps)  # noqa: E731
     v, s = per(x), jax.vmap(jax.grad(per))(x)
     assert abs(float(v[1] - v[0])) < 2e-3 / half * 1.01  # slope <= 1 on both sides
     np.testing.assert_allclose(np.asarray(s), [w / (eps + w - 1e-3), 1.0], rtol=1e-4)
 
 
 def test_a_non_mse_loss_trains():
-    wing = training.make_loss(_config(loss="wing").train)
+    wing = steps.make_loss(_config(loss="wing").train)
     _, losses = _train(4, loss_fn=wing)
     assert losses[-1] < losses[0]
 
@@ -273,27 +278,26 @@ def test_a_non_mse_loss_trains():
 ])
 def test_bad_accuracy_options_name_the_option(train, message):
     with pytest.raises(UserError, match=message):
-        config_schema.check_config(_config(**train))
+        config_check.check_config(_config(**train))
 
 
 def test_split_seed_is_checked():
     c = _config()
     c.data.split_seed = -1
     with pytest.raises(UserError, match="--config.data.split_seed=-1 must be >= 0"):
-        config_schema.check_config(c)
+        config_check.check_config(c)
 
 
 def _val_rows(tmp_path, seed, split_seed):
-    from fkd_jax import data as kdata
 
     c = _config()
     c.seed, c.data.split_seed = seed, split_seed
     workdir = tmp_path / f"s{seed}-{split_seed}"
     workdir.mkdir()
-    rd = experiment.read_run_data(c, workdir)
-    experiment.discard_run_data(rd)
+    rd = run_dir.read_run_data(c, workdir)
+    run_dir.discard_run_data(rd)
     n = len(rd.train) + len(rd.val)
-    _, val_idx = kdata.split_indices(n, c.data.val_fraction, seed)
+    _, val_idx = preparation.split_indices(n, c.data.val_fraction, seed)
     return rd.val.row_ids, val_idx
 
 
@@ -348,7 +352,7 @@ def test_seeds_trains_each_seed_aggregates_and_skips_finished_seeds(tmp_path):
     splits = [json.loads((workdir / f"seed{k}" / "split.json").read_text()) for k in (3, 5)]
     assert splits[0] == splits[1]
     for r, k in zip(rows, (3, 5)):
-        records = experiment.read_metrics(workdir / f"seed{k}")
+        records = run_dir.read_metrics(workdir / f"seed{k}")
         assert len(records) == 2 and json.loads(
             (workdir / f"seed{k}" / "config.json").read_text())["seed"] == k
         assert r["val_rmse_px_best"] == min(x["val_rmse_px"] for x in records)
@@ -403,7 +407,7 @@ def test_heatmap_kl_is_zero_on_the_target_gaussian_and_matches_its_formula():
     d2 = ((centres[None, None, :, None] - pts[:, None, None, :, 0]) ** 2
           + (centres[None, :, None, None] - pts[:, None, None, :, 1]) ** 2)
     target_logits = -d2 / (2 * sigma ** 2) + 3.0  # any constant shift: same softmax
-    assert float(training.heatmap_kl(jnp.asarray(target_logits), kp, mask, sigma)) < 1e-5
+    assert float(steps.heatmap_kl(jnp.asarray(target_logits), kp, mask, sigma)) < 1e-5
     logits = rng.normal(size=(b, h, h, k)).astype(np.float32)
     q = np.exp(-d2 / (2 * sigma ** 2)).reshape(b, h * h, k)
     q /= q.sum(1, keepdims=True)
@@ -412,33 +416,33 @@ def test_heatmap_kl_is_zero_on_the_target_gaussian_and_matches_its_formula():
     mask[1, 4:] = False  # row 1 keeps keypoints 0 and 1 only
     kl = (q * (np.log(q + 1e-30) - np.log(p))).sum(1)
     want = (kl[0].sum() + kl[1, :2].sum()) / (k + 2)
-    got = float(training.heatmap_kl(jnp.asarray(logits), kp, mask, sigma))
+    got = float(steps.heatmap_kl(jnp.asarray(logits), kp, mask, sigma))
     np.testing.assert_allclose(got, want, rtol=1e-4)
     # an unlabelled keypoint's heatmap gets no gradient
-    g = np.asarray(jax.grad(lambda z: training.heatmap_kl(z, kp, mask, sigma))(jnp.asarray(logits)))
+    g = np.asarray(jax.grad(lambda z: steps.heatmap_kl(z, kp, mask, sigma))(jnp.asarray(logits)))
     assert np.all(g[1, ..., 2:] == 0) and np.all(np.abs(g[0]).sum((0, 1)) > 0)
 
 
 def test_heatmap_loss_trains_sharper_heatmaps_and_is_refused_without_heatmaps():
     c = _config(heatmap_loss_weight=0.01, heatmap_sigma_px=4.0)
     c.model.name, c.model.widths, c.model.hidden = "heatmap", (4, 8), None
-    config_schema.check_config(c)
-    assert training.make_heatmap_loss(_config().train) is None  # off by default
-    assert training.make_heatmap_loss(ml_collections.ConfigDict({"epochs": 1}).lock()) is None
-    hl = training.make_heatmap_loss(c.train)
-    assert hl == training.HeatmapLoss(0.01, 4.0)
+    config_check.check_config(c)
+    assert steps.make_heatmap_loss(_config().train) is None  # off by default
+    assert steps.make_heatmap_loss(ml_collections.ConfigDict({"epochs": 1}).lock()) is None
+    hl = steps.make_heatmap_loss(c.train)
+    assert hl == steps.HeatmapLoss(0.01, 4.0)
     data = jax.device_put(_blob_data(32))
     kls = {}
     for name, aux in (("plain", None), ("heatmap", hl)):
-        tx = training.make_optimizer(c.train, 2)
-        graphdef, state = training.init_state(c.model, tx, 0)
-        epoch = training.make_train_epoch(graphdef, tx, 16, None, seed=0, heatmap_loss=aux)
+        tx = steps.make_optimizer(c.train, 2)
+        graphdef, state = steps.init_state(c.model, tx, 0)
+        epoch = steps.make_train_epoch(graphdef, tx, 16, None, seed=0, heatmap_loss=aux)
         for e in range(1, 16):
-            state, _ = epoch(state, data, training.epoch_shuffle_key(0, e))
+            state, _ = epoch(state, data, steps.epoch_shuffle_key(0, e))
         from flax import nnx
         logits = nnx.merge(graphdef, state["params"]).heatmap_logits(data["images"])
-        kls[name] = float(training.heatmap_kl(logits, data["keypoints"], data["mask"], 4.0))
+        kls[name] = float(steps.heatmap_kl(logits, data["keypoints"], data["mask"], 4.0))
     assert kls["heatmap"] < 0.8 * kls["plain"], kls
     bad = _config(heatmap_loss_weight=0.01)  # simple_cnn regresses coordinates directly
     with pytest.raises(UserError, match="heatmap_loss_weight=0.01 needs a heatmap model"):
-        config_schema.check_config(bad)
+        config_check.check_config(bad)

@@ -7,8 +7,8 @@ import pytest
 from scipy import ndimage
 
 from configs.base import get_config
-from fkd_jax import augment as A
-from fkd_jax.keypoints import IMAGE_SIZE, KEYPOINT_NAMES, as_points, column_indices
+from fkd_jax.data import augment as A
+from fkd_jax.geometry.keypoints import IMAGE_SIZE, KEYPOINT_NAMES, as_points, column_indices
 
 N = IMAGE_SIZE
 LEFT_EYE, RIGHT_EYE = KEYPOINT_NAMES.index("left_eye_center"), KEYPOINT_NAMES.index(

@@ -22,8 +22,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from fkd_jax import checkpoints, workdir_lock
-from fkd_jax.checkpoints import Checkpoints, abstract_like
+from fkd_jax.training import checkpoints
+from fkd_jax.training import lock
+from fkd_jax.training.checkpoints import Checkpoints, abstract_like
 from fkd_jax.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -247,7 +248,7 @@ import logging, resource, signal, sys, threading
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write over the limit fails with EFBIG instead
 sys.path.insert(0, {tests!r})
 from test_checkpoints import process_wide_state, state, unchanged_since
-from fkd_jax.checkpoints import Checkpoints
+from fkd_jax.training.checkpoints import Checkpoints
 from fkd_jax.errors import UserError
 
 ckpt = Checkpoints(sys.argv[1])
@@ -326,8 +327,8 @@ def test_run_directories_of_the_previous_layout_are_still_read(tmp_path):
 # --- one run per work directory -----------------------------------------------------------------
 
 
-_HOLDER = ("import sys, time\nfrom fkd_jax import workdir_lock\n"
-           "with workdir_lock.hold(sys.argv[1]):\n"
+_HOLDER = ("import sys, time\nfrom fkd_jax.training import lock\n"
+           "with lock.hold(sys.argv[1]):\n"
            "    print('held', flush=True)\n    time.sleep(300)\n")
 
 
@@ -339,7 +340,7 @@ def test_a_second_run_on_a_held_work_directory_stops_at_once_and_a_killed_holder
         assert holder.stdout.readline() == "held\n"
         before = tree(tmp_path)
         with pytest.raises(UserError) as e:
-            with workdir_lock.hold(tmp_path):
+            with lock.hold(tmp_path):
                 pytest.fail("the lock was taken twice")
         assert str(e.value) == (f"--workdir {tmp_path} is in use by another train.py (pid "
                                 f"{holder.pid} on {socket.gethostname()}); wait for it or use "
@@ -350,23 +351,23 @@ def test_a_second_run_on_a_held_work_directory_stops_at_once_and_a_killed_holder
         holder.wait()
         holder.stdout.close()
     assert (tmp_path / ".lock").exists()  # left by the killed holder, but no longer locked
-    with workdir_lock.hold(tmp_path):
+    with lock.hold(tmp_path):
         assert (tmp_path / ".lock").read_text() == f"{os.getpid()} {socket.gethostname()}\n"
     assert not (tmp_path / ".lock").exists()
 
 
 def test_the_lock_is_released_on_an_exception_and_is_exclusive_within_a_process(tmp_path):
-    with pytest.raises(RuntimeError), workdir_lock.hold(tmp_path):
+    with pytest.raises(RuntimeError), lock.hold(tmp_path):
         with pytest.raises(UserError, match="is in use by another train.py"):
-            with workdir_lock.hold(tmp_path):
+            with lock.hold(tmp_path):
                 pass
         raise RuntimeError("the run failed")
-    with workdir_lock.hold(tmp_path):
+    with lock.hold(tmp_path):
         pass
 
 
 def test_a_lock_in_a_missing_directory_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="is not writable"):
-        with workdir_lock.hold(tmp_path / "missing"):
+        with lock.hold(tmp_path / "missing"):
             pass
     assert not (tmp_path / "missing").exists()

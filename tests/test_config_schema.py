@@ -8,7 +8,7 @@ import ml_collections
 import pytest
 
 from configs import base
-from fkd_jax import config_schema
+from fkd_jax.training import config_check
 from fkd_jax.errors import UserError
 
 
@@ -29,7 +29,7 @@ def test_every_shipped_config_passes():
         if path.stem == "__init__":
             continue
         module = __import__(f"configs.{path.stem}", fromlist=["get_config"])
-        config_schema.check_config(module.get_config())
+        config_check.check_config(module.get_config())
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -58,7 +58,7 @@ def test_every_shipped_config_passes():
 def test_bad_values_name_the_option_as_typed(overrides, message):
     with pytest.raises(UserError, match=message.replace("[", r"\[").replace(")", r"\)")
                        .replace("(", r"\(")):
-        config_schema.check_config(_with(**overrides))
+        config_check.check_config(_with(**overrides))
 
 
 def test_unknown_and_missing_keys_are_refused():
@@ -66,15 +66,15 @@ def test_unknown_and_missing_keys_are_refused():
     c.unlock()
     c.train.eval_evry = 2
     with pytest.raises(UserError, match="unknown config key config.train.eval_evry"):
-        config_schema.check_config(c)
+        config_check.check_config(c)
     c = base.get_config()
     c.unlock()
     del c.train["epochs"]
     with pytest.raises(UserError, match="--config.train.epochs is missing"):
-        config_schema.check_config(c)
+        config_check.check_config(c)
 
 
 def test_optional_keys_take_none_and_required_ones_do_not():
-    config_schema.check_config(_with(model__widths=None, data__train_path=None))
+    config_check.check_config(_with(model__widths=None, data__train_path=None))
     with pytest.raises(UserError, match="--config.train.epochs must be set"):
-        config_schema.check_config(_with(train__epochs=None))
+        config_check.check_config(_with(train__epochs=None))

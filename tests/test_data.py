@@ -11,9 +11,10 @@ import zipfile
 import numpy as np
 import pytest
 
-from fkd_jax import data
+from fkd_jax.data import kaggle
+from fkd_jax.data import preparation
 from fkd_jax.errors import DataError, UserError
-from fkd_jax.keypoints import SPARSE_SET, column_indices
+from fkd_jax.geometry.keypoints import SPARSE_SET, column_indices
 
 
 # --- helpers: edit one cell of a fixture CSV -------------------------------------------------
@@ -55,7 +56,7 @@ def _error(loader, *args) -> str:
 
 
 def test_valid_training_csv_loads_pixels_keypoints_and_mask(training_csv, kaggle_rows):
-    d = data.load_training(training_csv)
+    d = kaggle.load_training(training_csv)
     n = len(kaggle_rows.pixels)
     assert len(d) == n
     assert d.images.shape == (n, 96, 96, 1) and d.images.dtype == np.float32
@@ -70,7 +71,7 @@ def test_valid_training_csv_loads_pixels_keypoints_and_mask(training_csv, kaggle
 
 
 def test_zip_and_csv_give_identical_arrays(training_csv, tmp_path):
-    csv_data = data.load_training(training_csv)
+    csv_data = kaggle.load_training(training_csv)
     payload = training_csv.read_bytes()
     zips = [
         _zip(tmp_path / "training.zip", {"training.csv": payload}),
@@ -88,36 +89,36 @@ def test_zip_and_csv_give_identical_arrays(training_csv, tmp_path):
         ),
     ]
     for z in zips:
-        zip_data = data.load_training(z)
+        zip_data = kaggle.load_training(z)
         for field in ("images", "keypoints", "mask", "row_ids"):
             np.testing.assert_array_equal(getattr(zip_data, field), getattr(csv_data, field))
 
 
 def test_crlf_and_bom_and_trailing_blank_lines_are_accepted(training_csv):
-    expected = data.load_training(training_csv)
+    expected = kaggle.load_training(training_csv)
     text = training_csv.read_text()
     variant = training_csv.with_name("variant.csv")
     variant.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode() + b"\r\n\r\n")
-    got = data.load_training(variant)
+    got = kaggle.load_training(variant)
     np.testing.assert_array_equal(got.images, expected.images)
     np.testing.assert_array_equal(got.mask, expected.mask)
 
 
 def test_valid_test_csv_and_lookup(test_csv, lookup_csv, kaggle_rows, tmp_path):
-    ids, images = data.load_test(test_csv)
+    ids, images = kaggle.load_test(test_csv)
     assert ids.dtype == np.int64 and ids.tolist() == [1, 2, 3]
     assert images.shape == (3, 96, 96, 1) and images.dtype == np.float32
     np.testing.assert_array_equal(images[..., 0], kaggle_rows.pixels[:3] / np.float32(255))
-    zipped = data.load_test(_zip(tmp_path / "test.zip", {"test.csv": test_csv.read_bytes()}))
+    zipped = kaggle.load_test(_zip(tmp_path / "test.zip", {"test.csv": test_csv.read_bytes()}))
     np.testing.assert_array_equal(zipped[1], images)
 
-    lookup = data.load_lookup(lookup_csv)
+    lookup = kaggle.load_lookup(lookup_csv)
     assert list(lookup.columns) == ["RowId", "ImageId", "FeatureName"]
     assert lookup["RowId"].tolist() == [1, 2, 3, 4]
     assert lookup["ImageId"].tolist() == [1, 1, 2, 3]
     assert lookup["FeatureName"].tolist()[:2] == ["left_eye_center_x", "nose_tip_y"]
-    data.check_lookup_against_test(lookup, ids, lookup_csv)  # all ImageIds known: no error
-    msg = _error(data.check_lookup_against_test, lookup, np.array([1, 2]), lookup_csv)
+    kaggle.check_lookup_against_test(lookup, ids, lookup_csv)  # all ImageIds known: no error
+    msg = _error(kaggle.check_lookup_against_test, lookup, np.array([1, 2]), lookup_csv)
     assert "IdLookupTable.csv, row 5, column ImageId: ImageId 3 is not in the test images" in msg
 
 
@@ -188,7 +189,7 @@ def _malformed_training(tmp_path, training_csv):
 def test_each_malformed_training_file_raises_a_located_data_error(tmp_path, training_csv):
     cases = _malformed_training(tmp_path, training_csv)
     for case, path, expected in cases:
-        msg = _error(data.load_training, path)
+        msg = _error(kaggle.load_training, path)
         for part in expected:
             assert part in msg, f"{case}: {part!r} not in {msg!r}"
         assert "\n" not in msg, case
@@ -198,7 +199,7 @@ def test_first_offending_row_is_named_when_several_rows_are_bad(training_csv):
     path = _edit_pixel(training_csv, 6, 3, "300", "two_bad.csv")
     path = _edit_pixel(path, 4, 9, "x", "two_bad.csv")
     assert "row 4, column Image: Image value 9 ('x') is not an integer" in _error(
-        data.load_training, path
+        kaggle.load_training, path
     )
 
 
@@ -216,31 +217,31 @@ def test_bad_zips(tmp_path, training_csv):
     bad_csv = _edit_pixel(training_csv, 3, 2, "999", "b.csv")
     inner_error = _zip(tmp_path / "inner.zip", {"training.csv": bad_csv.read_bytes()})
     assert "truncated.zip: not a readable zip archive (truncated or corrupt?)" in _error(
-        data.load_training, truncated
+        kaggle.load_training, truncated
     )
-    assert "corrupt.zip: not a readable zip archive" in _error(data.load_training, corrupt)
+    assert "corrupt.zip: not a readable zip archive" in _error(kaggle.load_training, corrupt)
     assert "no_csv.zip: zip holds no CSV file (expected training.csv)" in _error(
-        data.load_training, no_csv
+        kaggle.load_training, no_csv
     )
     assert "several.zip: zip holds no training.csv but several other CSVs: 'a.csv', 'b.csv'" in (
-        _error(data.load_training, several)
+        _error(kaggle.load_training, several)
     )
     assert "inner.zip:training.csv, row 3, column Image: Image value 2 is 999" in _error(
-        data.load_training, inner_error
+        kaggle.load_training, inner_error
     )
 
 
 def test_malformed_test_csv(test_csv):
     dup = _edit(test_csv, 4, "ImageId", "2", "dup_test.csv")
     assert "dup_test.csv, row 4, column ImageId: ImageId 2 appears again (first at row 3)" in (
-        _error(data.load_test, dup)
+        _error(kaggle.load_test, dup)
     )
     frac = _edit(test_csv, 3, "ImageId", "2.5", "frac_test.csv")
     assert "frac_test.csv, row 3, column ImageId: ImageId '2.5' is not an integer" in _error(
-        data.load_test, frac
+        kaggle.load_test, frac
     )
     short = _edit(test_csv, 2, "Image", "0 1 2", "short_test.csv")
-    assert "row 2, column Image: Image has 3 values, expected 9216" in _error(data.load_test, short)
+    assert "row 2, column Image: Image has 3 values, expected 9216" in _error(kaggle.load_test, short)
 
 
 def test_malformed_lookup(lookup_csv, tmp_path):
@@ -248,16 +249,16 @@ def test_malformed_lookup(lookup_csv, tmp_path):
     unknown = tmp_path / "unknown.csv"
     unknown.write_text(text.replace("nose_tip_y", "nose_tip_z"))
     assert "unknown.csv, row 3, column FeatureName: unknown FeatureName 'nose_tip_z'" in _error(
-        data.load_lookup, unknown
+        kaggle.load_lookup, unknown
     )
     no_feature = tmp_path / "no_feature.csv"
     no_feature.write_text(text.replace("FeatureName", "Feature"))
-    msg = _error(data.load_lookup, no_feature)
+    msg = _error(kaggle.load_lookup, no_feature)
     assert "no_feature.csv, row 1: missing column(s) 'FeatureName'" in msg
     bad_id = tmp_path / "bad_id.csv"
     bad_id.write_text(text.replace("\n4,3,", "\n4,three,"))
     assert "bad_id.csv, row 5, column ImageId: ImageId 'three' is not an integer" in _error(
-        data.load_lookup, bad_id
+        kaggle.load_lookup, bad_id
     )
 
 
@@ -265,7 +266,7 @@ def test_cli_wrapper_exits_2_with_one_line_and_no_traceback(tmp_path, training_c
     bad = _edit(training_csv, 3, "nose_tip_x", "abc", "bad.csv")
     script = textwrap.dedent(
         f"""
-        from fkd_jax.data import load_training
+        from fkd_jax.data.kaggle import load_training
         from fkd_jax.errors import exit_on_user_error
 
         @exit_on_user_error
@@ -286,9 +287,9 @@ def test_cli_wrapper_exits_2_with_one_line_and_no_traceback(tmp_path, training_c
 
 
 def test_label_policies_keep_all_rows_or_complete_rows(training_csv, kaggle_rows):
-    d = data.load_training(training_csv)
-    assert data.apply_label_policy(d, "mask") is d
-    dropped = data.apply_label_policy(d, "drop")
+    d = kaggle.load_training(training_csv)
+    assert preparation.apply_label_policy(d, "mask") is d
+    dropped = preparation.apply_label_policy(d, "drop")
     complete = np.flatnonzero(kaggle_rows.mask.all(axis=1))
     assert len(complete) == 3 and dropped.row_ids.tolist() == complete.tolist()
     assert dropped.mask.all()
@@ -296,18 +297,18 @@ def test_label_policies_keep_all_rows_or_complete_rows(training_csv, kaggle_rows
     sparse = column_indices(SPARSE_SET)
     assert d.mask[:, sparse].sum() == len(d) * len(sparse) - 2  # row 5 lacks the bottom lip
     with pytest.raises(UserError, match="unknown label_policy 'keep'"):
-        data.apply_label_policy(d, "keep")
+        preparation.apply_label_policy(d, "keep")
     with pytest.raises(UserError, match="keeps no rows"):
-        data.apply_label_policy(d.subset(np.array([2, 3])), "drop")
+        preparation.apply_label_policy(d.subset(np.array([2, 3])), "drop")
 
 
 # --- splits ------------------------------------------------------------------------------------
 
 
 def test_split_is_seeded_disjoint_sorted_and_sized():
-    train, val = data.split_indices(1000, 0.2, seed=3)
-    again = data.split_indices(1000, 0.2, seed=3)
-    other = data.split_indices(1000, 0.2, seed=4)
+    train, val = preparation.split_indices(1000, 0.2, seed=3)
+    again = preparation.split_indices(1000, 0.2, seed=3)
+    other = preparation.split_indices(1000, 0.2, seed=4)
     np.testing.assert_array_equal(train, again[0])
     np.testing.assert_array_equal(val, again[1])
     assert not np.array_equal(val, other[1])
@@ -315,59 +316,59 @@ def test_split_is_seeded_disjoint_sorted_and_sized():
     assert np.intersect1d(train, val).size == 0
     np.testing.assert_array_equal(np.union1d(train, val), np.arange(1000))
     assert (np.diff(train) > 0).all() and (np.diff(val) > 0).all()
-    tiny = data.split_indices(2, 0.01, seed=0)
+    tiny = preparation.split_indices(2, 0.01, seed=0)
     assert len(tiny[0]) == 1 and len(tiny[1]) == 1
     with pytest.raises(UserError, match="cannot split 1 row"):
-        data.split_indices(1, 0.2, seed=0)
+        preparation.split_indices(1, 0.2, seed=0)
     with pytest.raises(UserError, match="val_fraction"):
-        data.split_indices(10, 1.0, seed=0)
+        preparation.split_indices(10, 1.0, seed=0)
 
 
 def test_grouped_split_keeps_each_group_on_one_side():
     rng = np.random.default_rng(0)
     groups = rng.integers(0, 60, size=900)
-    train, val = data.split_indices(900, 0.25, seed=1, groups=groups)
+    train, val = preparation.split_indices(900, 0.25, seed=1, groups=groups)
     assert np.intersect1d(groups[train], groups[val]).size == 0
     assert abs(len(val) / 900 - 0.25) < 0.03
     np.testing.assert_array_equal(np.union1d(train, val), np.arange(900))
-    same = data.split_indices(900, 0.25, seed=1, groups=groups)
+    same = preparation.split_indices(900, 0.25, seed=1, groups=groups)
     np.testing.assert_array_equal(val, same[1])
     with pytest.raises(UserError, match="at least 2 distinct groups"):
-        data.split_indices(5, 0.2, seed=0, groups=np.zeros(5, int))
+        preparation.split_indices(5, 0.2, seed=0, groups=np.zeros(5, int))
 
 
 def test_load_groups(tmp_path):
     ok = tmp_path / "person_ids.txt"
     ok.write_text("3\n3\n7\n12\n\n")
-    assert data.load_groups(ok, 4).tolist() == [3, 3, 7, 12]
+    assert preparation.load_groups(ok, 4).tolist() == [3, 3, 7, 12]
     assert "person_ids.txt: has 4 group ids but the training data has 5 rows" in _error(
-        data.load_groups, ok, 5
+        preparation.load_groups, ok, 5
     )
     bad = tmp_path / "bad_ids.txt"
     bad.write_text("3\nthree\n7\n")
-    assert "bad_ids.txt, row 2: value 'three' is not an integer" in _error(data.load_groups, bad, 3)
+    assert "bad_ids.txt, row 2: value 'three' is not an integer" in _error(preparation.load_groups, bad, 3)
 
 
 def test_split_round_trip_and_corruption(tmp_path):
     path = tmp_path / "work" / "split.json"
-    data.save_split(path, np.array([4, 0, 2]), np.array([1, 3]))
-    train, val = data.load_split(path)
+    preparation.save_split(path, np.array([4, 0, 2]), np.array([1, 3]))
+    train, val = preparation.load_split(path)
     assert train.dtype == np.int64 and train.tolist() == [4, 0, 2] and val.tolist() == [1, 3]
     assert [p.name for p in path.parent.iterdir()] == ["split.json"]  # no temp file left
 
     path.write_text(path.read_text()[:-5])  # cut short, as by a crash
-    msg = _error(data.load_split, path)
+    msg = _error(preparation.load_split, path)
     assert f"{path}, row 1: not valid JSON (corrupted split file?)" in msg
     path.write_text(json.dumps({"train_row_ids": [1, 2], "val_row_ids": [2]}))
-    assert "row id 2 is in both" in _error(data.load_split, path)
+    assert "row id 2 is in both" in _error(preparation.load_split, path)
     path.write_text(json.dumps({"train_row_ids": [1, "x"], "val_row_ids": [2]}))
-    assert "train_row_ids must be a list of non-negative integers" in _error(data.load_split, path)
-    assert "file not found" in _error(data.load_split, tmp_path / "absent.json")
+    assert "train_row_ids must be a list of non-negative integers" in _error(preparation.load_split, path)
+    assert "file not found" in _error(preparation.load_split, tmp_path / "absent.json")
 
 
 def test_indices_for_rows_maps_saved_row_ids_back(training_csv):
-    d = data.apply_label_policy(data.load_training(training_csv), "drop")  # rows 0, 1, 4
-    np.testing.assert_array_equal(data.indices_for_rows(d, [4, 0], "split.json"), [2, 0])
+    d = preparation.apply_label_policy(kaggle.load_training(training_csv), "drop")  # rows 0, 1, 4
+    np.testing.assert_array_equal(preparation.indices_for_rows(d, [4, 0], "split.json"), [2, 0])
     assert "split.json: row id 3 (CSV row 5) is not in the loaded data" in _error(
-        data.indices_for_rows, d, [0, 3], "split.json"
+        preparation.indices_for_rows, d, [0, 3], "split.json"
     )

@@ -12,7 +12,12 @@ import numpy as np
 import pytest
 
 from configs import base
-from fkd_jax import ensemble, experiment, exported, inference, training
+from fkd_jax.training import ensemble
+from fkd_jax.training import run_dir
+from fkd_jax.inference import exported
+from fkd_jax.training import restore
+from fkd_jax.inference import predictor
+from fkd_jax.training import steps
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--config", "configs/base.py", "--config.data.synthetic_n=96",
@@ -37,9 +42,9 @@ def ensemble_run(tmp_path_factory):
 
 
 def _validation(workdir):
-    run_ = inference.load_run(workdir)
-    data = experiment.read_run_data(run_.config, workdir)
-    experiment.discard_run_data(data)
+    run_ = restore.load_run(workdir)
+    data = run_dir.read_run_data(run_.config, workdir)
+    run_dir.discard_run_data(data)
     return run_, data.val
 
 
@@ -68,7 +73,7 @@ def test_train_py_trains_the_members_on_one_split_and_scores_their_mean(ensemble
     assert [c["train"]["members"] for c in configs] == [1, 1]
     splits = [(workdir / f"member{i}" / "split.json").read_text() for i in (0, 1)]
     assert splits[0] == splits[1]
-    assert experiment.split_path(workdir) == workdir / "member0" / "split.json"
+    assert run_dir.split_path(workdir) == workdir / "member0" / "split.json"
     for i in (0, 1):
         assert len((workdir / f"member{i}" / "metrics.jsonl").read_text().splitlines()) == 2
         assert "epoch   2/2" in (workdir / f"member{i}.log").read_text()
@@ -76,13 +81,13 @@ def test_train_py_trains_the_members_on_one_split_and_scores_their_mean(ensemble
     # The restored ensemble predicts the mean of its members' predictions.
     run_, val = _validation(workdir)
     assert run_.members == 2 and len(run_.params) == 2
-    mean = inference.Predictor.from_run(run_)(val.images)
-    alone = [inference.Predictor.from_run(inference.load_run(workdir / f"member{i}"))(val.images)
+    mean = predictor.Predictor.from_run(run_)(val.images)
+    alone = [predictor.Predictor.from_run(restore.load_run(workdir / f"member{i}"))(val.images)
              for i in (0, 1)]
     assert np.abs(alone[0] - alone[1]).max() > 0.1  # two different models
     np.testing.assert_allclose(mean, (alone[0] + alone[1]) / 2, atol=1e-3)
     scores = json.loads((workdir / "ensemble_metrics.json").read_text())
-    rmse = training.rmse_report(mean, val.keypoints, val.mask, val.keypoint_set)["rmse_px"]
+    rmse = steps.rmse_report(mean, val.keypoints, val.mask, val.keypoint_set)["rmse_px"]
     assert scores["val_rmse_px"] == pytest.approx(rmse, abs=1e-4)
     assert len(scores["members_val_rmse_px"]) == 2 and scores["members_best_epoch"] == [2, 2]
     assert "ensemble of 2: val_rmse" in proc.stdout
@@ -100,7 +105,7 @@ def test_eval_and_export_use_the_ensembles_mean(ensemble_run, tmp_path):
     run("export.py", "--workdir", str(workdir), "--out", str(model))
     run_, val = _validation(workdir)
     np.testing.assert_allclose(exported.load_predictor(model)(val.images),
-                               inference.Predictor.from_run(run_)(val.images), atol=1e-3)
+                               predictor.Predictor.from_run(run_)(val.images), atol=1e-3)
 
 
 def test_a_failing_member_stops_the_ensemble_naming_it_and_its_log(tmp_path):

@@ -5,7 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 from configs import base
-from fkd_jax import data, experiment, faces, synthetic
+from fkd_jax.data import kaggle
+from fkd_jax.data import preparation
+from fkd_jax.training import run_dir
+from fkd_jax.data import synthetic
 
 
 def _config(train_path, **data_overrides):
@@ -22,16 +25,16 @@ def _full_file(tmp_path, n=40):
 
 
 def test_impose_missing_takes_pattern_rows_and_keeps_missing_missing(training_csv, kaggle_rows):
-    pattern = data.load_label_pattern(training_csv)
+    pattern = preparation.load_label_pattern(training_csv)
     np.testing.assert_array_equal(pattern, kaggle_rows.mask)
-    d = data.load_training(training_csv)
+    d = kaggle.load_training(training_csv)
     full_mask = d.mask.copy()
-    out = data.impose_missing(d, np.ones_like(pattern[:1]), seed=0)  # an all-present pattern
+    out = preparation.impose_missing(d, np.ones_like(pattern[:1]), seed=0)  # an all-present pattern
     np.testing.assert_array_equal(out.mask, full_mask)  # never adds labels
-    sparse = data.impose_missing(d, pattern[2:3], seed=0)  # one sparse row for everyone
+    sparse = preparation.impose_missing(d, pattern[2:3], seed=0)  # one sparse row for everyone
     np.testing.assert_array_equal(sparse.mask, full_mask & pattern[2])
     assert (sparse.keypoints[~sparse.mask] == 0).all()
-    a, b = (data.impose_missing(d, pattern, seed=s).mask for s in (1, 1))
+    a, b = (preparation.impose_missing(d, pattern, seed=s).mask for s in (1, 1))
     np.testing.assert_array_equal(a, b)
 
 
@@ -42,7 +45,7 @@ def test_policies_share_the_validation_rows_and_differ_only_in_training(tmp_path
         workdir = tmp_path / policy
         workdir.mkdir()
         cfg = _config(path, label_policy=policy, missing_pattern_path=str(training_csv))
-        rd = experiment.read_run_data(cfg, workdir)
+        rd = run_dir.read_run_data(cfg, workdir)
         runs[policy] = rd.train, rd.val
     (mask_train, mask_val), (drop_train, drop_val) = runs["mask"], runs["drop"]
     np.testing.assert_array_equal(mask_val.row_ids, drop_val.row_ids)
@@ -58,13 +61,13 @@ def test_split_is_saved_only_when_asked_and_then_reused(tmp_path):
     cfg = _config(path)
     workdir = tmp_path / "run"
     workdir.mkdir()
-    rd = experiment.read_run_data(cfg, workdir)
+    rd = run_dir.read_run_data(cfg, workdir)
     assert list(workdir.iterdir()) == []  # reading writes nothing
-    experiment.save_run_data(rd, cfg, workdir)
+    run_dir.save_run_data(rd, cfg, workdir)
     assert (workdir / "split.json").exists()
     train, val = rd.train, rd.val
     cfg.seed = 99  # a resumed run keeps the saved split whatever the seed says
-    rd2 = experiment.read_run_data(cfg, workdir)
+    rd2 = run_dir.read_run_data(cfg, workdir)
     train2, val2 = rd2.train, rd2.val
     np.testing.assert_array_equal(train.row_ids, train2.row_ids)
     np.testing.assert_array_equal(val.row_ids, val2.row_ids)
@@ -76,14 +79,14 @@ def test_synthetic_set_is_generated_outside_the_workdir_until_saved(tmp_path):
     cfg.data.synthetic_n = 20
     workdir = tmp_path / "run"
     workdir.mkdir()
-    rd = experiment.read_run_data(cfg, workdir)
+    rd = run_dir.read_run_data(cfg, workdir)
     assert list(workdir.iterdir()) == [] and rd.new_synthetic.exists()
     temp = rd.new_synthetic
-    experiment.save_run_data(rd, cfg, workdir)
+    run_dir.save_run_data(rd, cfg, workdir)
     assert not temp.exists()
-    saved = experiment.synthetic_dir(cfg, workdir) / "training.csv"
+    saved = run_dir.synthetic_dir(cfg, workdir) / "training.csv"
     assert rd.source == saved and saved.exists()
-    again = experiment.read_run_data(cfg, workdir)  # reuses the saved set and split
+    again = run_dir.read_run_data(cfg, workdir)  # reuses the saved set and split
     assert again.new_synthetic is None and again.new_split is None
     np.testing.assert_array_equal(again.val.images, rd.val.images)
 
@@ -102,17 +105,17 @@ def test_a_file_with_no_labelled_keypoint_is_refused(tmp_path):
     workdir = tmp_path / "run"
     workdir.mkdir()
     with pytest.raises(UserError, match="no training row has a labelled keypoint"):
-        experiment.read_run_data(_config(path), workdir)
+        run_dir.read_run_data(_config(path), workdir)
     assert list(workdir.iterdir()) == []
 
 
 def test_keypoint_framing_reframes_training_and_validation_rows_alike(tmp_path):
     path = _full_file(tmp_path)
-    given = experiment.read_run_data(_config(path), tmp_path)
-    framed = experiment.read_run_data(_config(path, framing="keypoints"), tmp_path)
+    given = run_dir.read_run_data(_config(path), tmp_path)
+    framed = run_dir.read_run_data(_config(path, framing="keypoints"), tmp_path)
     for a, b in ((given.train, framed.train), (given.val, framed.val)):
         np.testing.assert_array_equal(a.row_ids, b.row_ids)  # the same split
-        want = faces.reframe_by_keypoints(a)
+        want = preparation.reframe_by_keypoints(a)
         np.testing.assert_array_equal(b.images, want.images)
         np.testing.assert_array_equal(b.keypoints, want.keypoints)
         assert not np.array_equal(a.keypoints, b.keypoints)

@@ -1,4 +1,4 @@
-"""The exported model (fkd_jax.exported, export.py): same keypoints as the checkpoint, any batch
+"""The exported model (fkd_jax.inference.exported, export.py): same keypoints as the checkpoint, any batch
 size, runs with jax alone; bad inputs are one-line errors."""
 
 from __future__ import annotations
@@ -14,8 +14,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import best_cpu
-from fkd_jax import exported, inference, keypoints, models, synthetic
+from configs import unet_pair
+from fkd_jax import models
+from fkd_jax.inference import exported
+from fkd_jax.training import restore
+from fkd_jax.inference import predictor as inference
+from fkd_jax.geometry import keypoints
+from fkd_jax.data import synthetic
 from fkd_jax.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,9 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def run() -> inference.Run:
-    """best_cpu's net (heatmap_unet) with random parameters (no checkpoint needed: export
+    """unet_pair's net (heatmap_unet) with random parameters (no checkpoint needed: export
     takes a Run). Built from shapes (nnx.eval_shape): an eager init takes seconds."""
-    config = best_cpu.get_config()
+    config = unet_pair.get_config()
     model = nnx.eval_shape(lambda: models.create_model(config.model, keypoints.NUM_KEYPOINTS, 0))
     graphdef, abstract = nnx.split(model, nnx.Param)
     rng = np.random.default_rng(3)
@@ -65,7 +70,7 @@ def test_same_keypoints_as_the_checkpoint(run, model_file, faces, reference):
     np.testing.assert_allclose(predictor(faces), reference["plain"], atol=2e-3)  # pixels
     # The mirror-image average works too (the keypoint set was read from the output width),
     # mirrored about the image's centre: the file carries no config, so the run's
-    # augment.flip_label_offset_px (best_cpu: 0.4 px) is not applied, and the run's own TTA
+    # augment.flip_label_offset_px (unet_pair: 0.4 px) is not applied, and the run's own TTA
     # sits that far right in x (README, "An exported model").
     offset = run.config.augment.flip_label_offset_px
     assert offset > 0
@@ -161,7 +166,7 @@ def test_export_cli_writes_a_model_that_matches_its_checkpoint(tmp_path, faces):
     assert result.returncode == 0, result.stderr
     assert f"wrote {out}" in result.stdout and out.is_file()
     assert [p.name for p in out.parent.iterdir()] == ["model.jaxexport"]  # no temporary left
-    want = inference.Predictor.from_run(inference.load_run(workdir, "latest"), 8)(faces)
+    want = inference.Predictor.from_run(restore.load_run(workdir, "latest"), 8)(faces)
     np.testing.assert_allclose(exported.load_predictor(out, 8)(faces), want, atol=2e-3)
 
 

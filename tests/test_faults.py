@@ -40,8 +40,8 @@ _SERVER = r"""
 import atexit, json, os, runpy, sys, traceback
 sys.path.insert(0, os.getcwd())
 import jax, flax.nnx, optax, orbax.checkpoint, pandas, PIL.Image, matplotlib  # warm, no backend
-import fkd_jax.augment, fkd_jax.checkpoints, fkd_jax.cli, fkd_jax.data, fkd_jax.experiment
-import fkd_jax.images, fkd_jax.parallel, fkd_jax.plotting, fkd_jax.training
+import fkd_jax.data.augment, fkd_jax.training.checkpoints, fkd_jax.cli, fkd_jax.data, fkd_jax.training.run_dir
+import fkd_jax.pictures.images, fkd_jax.training.parallel, fkd_jax.evaluation.plots, fkd_jax.training.steps
 import absl.flags, ml_collections.config_flags
 
 def child(req):
@@ -345,7 +345,7 @@ def bad(tmp_path_factory, reference) -> dict:
     d = tmp_path_factory.mktemp("bad")
     from conftest import _image_text, _kaggle_like_rows  # the fixtures' own file writers
 
-    from fkd_jax.keypoints import COLUMNS, KEYPOINT_NAMES
+    from fkd_jax.geometry.keypoints import COLUMNS, KEYPOINT_NAMES
 
     rows = _kaggle_like_rows()
     lines = [",".join((*COLUMNS, "Image"))] + [
@@ -428,7 +428,7 @@ def test_cli_runner_matches_a_real_subprocess(cli, bad, tmp_path):
 
 
 _SLOW_METRICS = """
-import time, fkd_jax.experiment as e
+import time, fkd_jax.training.run_dir as e
 def slow(workdir, record):
     time.sleep(1.0)
     return original(workdir, record)
@@ -605,7 +605,7 @@ def test_unwritable_workdir_is_a_clear_error_and_changes_nothing(cli, reference,
 
 
 _FAIL_METRICS = f"""
-import errno, fkd_jax.experiment as e
+import errno, fkd_jax.training.run_dir as e
 def full(workdir, record):
     if record["epoch"] > {EPOCHS}:
         raise OSError(errno.ENOSPC, "No space left on device", str(workdir / "metrics.jsonl"))

@@ -14,7 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fkd_jax import data, keypoints, synthetic, training
+from fkd_jax.data import kaggle
+from fkd_jax.data import preparation
+from fkd_jax.geometry import keypoints
+from fkd_jax.data import synthetic
+from fkd_jax.training import steps
 from fkd_jax.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +52,7 @@ def test_ibug68_mirror_agrees_with_kaggle_flip_pairs():
 
 def _write_68_files(tmp_path, n=64, seed=1):
     paths = synthetic.write_kaggle_files(tmp_path / "faces", n, seed)
-    kp15 = data.load_training(paths["training"]).keypoints
+    kp15 = kaggle.load_training(paths["training"]).keypoints
     p68 = _face68(kp15, np.random.default_rng(seed))
     p68[0, :2] = [-3.0, 40.0]  # a jaw point outside the crop: counted as not labelled
     lines = [",".join(keypoints.IBUG68.columns)] + [",".join(f"{v:.3f}" for v in row)
@@ -60,14 +64,14 @@ def _write_68_files(tmp_path, n=64, seed=1):
 
 def test_loader_reads_a_keypoint_file_row_for_row(tmp_path):
     train_csv, lm, p68 = _write_68_files(tmp_path, n=8)
-    d = data.load_training(train_csv, keypoints.IBUG68, lm)
+    d = kaggle.load_training(train_csv, keypoints.IBUG68, lm)
     assert d.keypoint_set is keypoints.IBUG68 and d.keypoints.shape == (8, 136)
     assert not d.mask[0, :2].any() and d.mask[0, 2:].all() and d.mask[1:].all()
     np.testing.assert_allclose(d.keypoints[1:], p68[1:], atol=1e-3)
     short = tmp_path / "short.csv"
     short.write_text("\n".join(lm.read_text().splitlines()[:5]) + "\n")
     with pytest.raises(DataError, match="has 4 rows but .* has 8"):
-        data.load_training(train_csv, keypoints.IBUG68, short)
+        kaggle.load_training(train_csv, keypoints.IBUG68, short)
 
 
 def test_a_68_landmark_run_trains_and_evaluates(tmp_path):
@@ -93,8 +97,8 @@ def test_a_68_landmark_run_trains_and_evaluates(tmp_path):
 
 def test_the_square_set_adds_the_crops_square_points_to_kaggles_rows(tmp_path):
     paths = synthetic.write_kaggle_files(tmp_path / "faces", 6, seed=2)
-    plain = data.load_training(paths["training"])
-    d = data.load_training(paths["training"], keypoints.KAGGLE15_SQUARE)
+    plain = kaggle.load_training(paths["training"])
+    d = kaggle.load_training(paths["training"], keypoints.KAGGLE15_SQUARE)
     assert d.keypoint_set is keypoints.KAGGLE15_SQUARE and d.keypoints.shape == (6, 38)
     np.testing.assert_array_equal(d.keypoints[:, :30], plain.keypoints)
     np.testing.assert_array_equal(d.mask[:, :30], plain.mask)
@@ -107,7 +111,7 @@ def test_the_square_set_adds_the_crops_square_points_to_kaggles_rows(tmp_path):
     np.testing.assert_allclose(flipped[:, 30:], d.keypoints[:, 30:])
     np.testing.assert_allclose(flipped[:, :30], keypoints.flip_keypoints_px(plain.keypoints))
     # Kaggle's missing-label pattern applies to the 15; the square points stay labelled.
-    holey = data.impose_missing(d, np.zeros((3, 30), bool), seed=0)
+    holey = preparation.impose_missing(d, np.zeros((3, 30), bool), seed=0)
     assert not holey.mask[:, :30].any() and holey.mask[:, 30:].all()
 
 
@@ -115,16 +119,16 @@ def test_the_square_sets_headline_rmse_is_over_the_face_points_only():
     truth = np.tile(np.concatenate([np.full(30, 40.0), keypoints.square_points_px()]), (4, 1))
     pred = truth.copy()
     pred[:, 30:] += 3.0  # the square points 3 px off in x and y, the face exact
-    report = training.rmse_report(pred, truth, np.ones_like(truth, bool),
+    report = steps.rmse_report(pred, truth, np.ones_like(truth, bool),
                                   keypoints.KAGGLE15_SQUARE)
     assert report["rmse_px"] == 0.0 and report["group/square"] == pytest.approx(3.0)
     pred[:, :30] += 1.0
-    assert training.rmse_report(pred, truth, np.ones_like(truth, bool),
+    assert steps.rmse_report(pred, truth, np.ones_like(truth, bool),
                                 keypoints.KAGGLE15_SQUARE)["rmse_px"] == pytest.approx(1.0)
 
 
 def test_a_square_run_trains_evaluates_and_predicts_on_a_photo(tmp_path):
-    """train.py, eval.py and predict.py with `data.keypoints=kaggle15_square`: the headline
+    """train.py, eval.py and predict.py with `kaggle.keypoints=kaggle15_square`: the headline
     RMSE and NME are the 15 face points', and predict.py writes Kaggle's 30 columns."""
     workdir = tmp_path / "square"
     args = ["--config", "configs/base.py", "--config.data.synthetic_n=32",

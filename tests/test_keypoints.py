@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from fkd_jax import keypoints as K
+from fkd_jax.geometry import keypoints as K
 
 
 def test_columns_are_kaggles_order():

@@ -17,7 +17,8 @@ import pytest
 from flax import nnx
 
 from configs import base
-from fkd_jax import models, training
+from fkd_jax import models
+from fkd_jax.training import steps
 from conftest import uniform
 
 PLATFORMS = ("cpu", "cuda", "tpu")
@@ -38,7 +39,7 @@ def _model(name: str):
 
 
 def _forward(name: str):
-    """A jitted images -> (B, 30) forward, parameters folded in (as fkd_jax.exported does)."""
+    """A jitted images -> (B, 30) forward, parameters folded in (as fkd_jax.inference.exported does)."""
     model = _model(name)
     return jax.jit(lambda x: model(x))
 
@@ -66,15 +67,15 @@ def test_forward_lowers_for_each_platform_with_its_own_convolution(name):
 
 
 def test_training_epoch_lowers_for_each_platform_with_its_own_convolution():
-    """`training.make_train_epoch` (the scan train.py runs) for a tiny model with dropout:
+    """`steps.make_train_epoch` (the scan train.py runs) for a tiny model with dropout:
     forward and gradients use im2col and the custom pool on CPU, XLA's ops elsewhere."""
     cfg = base.get_config()
     cfg.train.batch_size = 4
-    tx = training.make_optimizer(cfg.train, 2)
+    tx = steps.make_optimizer(cfg.train, 2)
     graphdef, state = nnx.split(_model("simple_cnn"), nnx.Param)
     params = nnx.to_pure_dict(state)
     state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
-    epoch = training.make_train_epoch(graphdef, tx, batch_size=4, seed=0)
+    epoch = steps.make_train_epoch(graphdef, tx, batch_size=4, seed=0)
     data = {"images": _images(8),
             "keypoints": jnp.full((8, 30), 48.0, jnp.float32),
             "mask": jnp.ones((8, 30), bool)}

@@ -11,7 +11,10 @@ import pytest
 from flax import nnx
 
 from configs import base
-from fkd_jax import augment, config_schema, models
+from fkd_jax import models
+from fkd_jax.models import networks
+from fkd_jax.data import augment
+from fkd_jax.training import config_check
 from fkd_jax.errors import UserError
 from conftest import normal, uniform
 
@@ -180,24 +183,24 @@ def test_dropout_zeroes_and_rescales_dense_activations():
 
 def test_soft_argmax_finds_a_peaked_heatmap_at_its_cell_centre():
     logits = jnp.full((1, 24, 24, 15), -1e4).at[0, 5, 17, 3].set(0.0)
-    xy = models.soft_argmax(logits)
+    xy = networks.soft_argmax(logits)
     assert xy.shape == (1, 15, 2)
     # cell (row 5, col 17) of 24 covers image pixels [68, 72) x [20, 24): centre (70, 22) px
     np.testing.assert_allclose(np.asarray(xy[0, 3]), [70 / 48 - 1, 22 / 48 - 1], atol=1e-6)
     # a flat map averages to the image centre
-    np.testing.assert_allclose(np.asarray(models.soft_argmax(jnp.zeros((1, 8, 8, 1))))[0, 0],
+    np.testing.assert_allclose(np.asarray(networks.soft_argmax(jnp.zeros((1, 8, 8, 1))))[0, 0],
                                [0.0, 0.0], atol=1e-6)
 
 
 def test_upsample_2x_repeats_each_pixel_into_a_2x2_block():
     x = normal(0, (2, 3, 5, 4))
     expected = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-    np.testing.assert_array_equal(models._upsample_2x(x), expected)
+    np.testing.assert_array_equal(networks._upsample_2x(x), expected)
 
 
 def test_heatmap_unet_rejects_a_heatmap_size_that_is_no_encoder_level():
     with pytest.raises(ValueError, match="heatmap_size"):
-        models.HeatmapUNet(models.Layers.create(), widths=(8, 8), blocks=1, heatmap_size=32,
+        networks.HeatmapUNet(networks.Layers.create(), widths=(8, 8), blocks=1, heatmap_size=32,
                            num_keypoints=15, image_size=96)
 
 
@@ -212,7 +215,7 @@ def test_every_shipped_config_is_valid_and_builds_its_model(path):
     spec.loader.exec_module(module)
     config = module.get_config()
     augment.read_settings(config.augment)
-    config_schema.check_config(config)
+    config_check.check_config(config)
 
     def build_and_apply():
         model = models.create_model(config.model, 15, 0)

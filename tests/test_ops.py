@@ -1,4 +1,4 @@
-"""fkd_jax.ops: the fast convolution and pooling compute the same function as lax's."""
+"""fkd_jax.models.ops: the fast convolution and pooling compute the same function as lax's."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 from jax import lax
 
-from fkd_jax import ops
+from fkd_jax.models import ops
 from conftest import normal, uniform
 
 DN = ("NHWC", "HWIO", "NHWC")

@@ -20,7 +20,10 @@ import numpy as np
 import pytest
 
 from configs import base
-from fkd_jax import inference, models, synthetic, training
+from fkd_jax import models
+from fkd_jax.training import restore
+from fkd_jax.data import synthetic
+from fkd_jax.training import steps
 from test_train_eval_cli import ROOT, TINY, latest_params, metrics
 
 EPOCHS = 2
@@ -50,17 +53,17 @@ def data_args(tmp_path_factory):
 
 SHARDING_CHECK = textwrap.dedent("""
     from configs import base
-    from fkd_jax import parallel, training
+    from fkd_jax.training import parallel, steps
     import numpy as np
     c = base.get_config()
-    tx = training.make_optimizer(c.train, 2)
-    graphdef, state = training.init_state(c.model, tx, 0)
+    tx = steps.make_optimizer(c.train, 2)
+    graphdef, state = steps.init_state(c.model, tx, 0)
     data = {"images": np.zeros((32, 96, 96, 1), np.float32),
             "keypoints": np.zeros((32, 30), np.float32), "mask": np.ones((32, 30), bool)}
     layout = parallel.make_layout(16)
-    epoch = training.make_train_epoch(graphdef, tx, 16, None, 0, layout.batch)
+    epoch = steps.make_train_epoch(graphdef, tx, 16, None, 0, layout.batch)
     hlo = epoch.lower(layout.put_replicated(state), layout.put_replicated(data),
-                      training.epoch_shuffle_key(0, 1)).compile().as_text()
+                      steps.epoch_shuffle_key(0, 1)).compile().as_text()
     print(layout.batch.mesh.devices.size, "all-reduce" in hlo,
           "f32[4,96,96,1]" in hlo, "f32[16,96,96,1]" in hlo)
 """)
@@ -117,7 +120,7 @@ def test_four_devices_match_one(runs):
     assert "4 cpu device(s) in 1 process(es)" in runs["four"]
     assert_same_run(runs["four_dir"], runs["single_dir"])
     # what eval.py/predict.py restore in this 1-device process from the 4-device run's files
-    four, single = (inference.load_run(runs[k], "latest") for k in ("four_dir", "single_dir"))
+    four, single = (restore.load_run(runs[k], "latest") for k in ("four_dir", "single_dir"))
     for x, y in zip(jax.tree.leaves(four.params), jax.tree.leaves(single.params), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
 
@@ -148,11 +151,11 @@ def _abstract_step(name: str, compute_dtype: str):
     """(jaxpr, output state shapes) of one train step of `name`, traced without any compute."""
     c = base.get_config()
     c.model.name, c.model.compute_dtype = name, compute_dtype
-    tx = training.make_optimizer(c.train, 1)
+    tx = steps.make_optimizer(c.train, 1)
     graphdefs = []
 
     def init():
-        graphdef, state = training.init_state(c.model, tx, 0)
+        graphdef, state = steps.init_state(c.model, tx, 0)
         graphdefs.append(graphdef)
         return state
 
@@ -160,7 +163,7 @@ def _abstract_step(name: str, compute_dtype: str):
     batch = {"images": jax.ShapeDtypeStruct((2, 96, 96, 1), jnp.float32),
              "keypoints": jax.ShapeDtypeStruct((2, 30), jnp.float32),
              "mask": jax.ShapeDtypeStruct((2, 30), jnp.bool_)}
-    step = training.make_train_step(graphdefs[0], tx)
+    step = steps.make_train_step(graphdefs[0], tx)
     key = jax.random.key(0)
     return jax.make_jaxpr(step)(state, batch, key), jax.eval_shape(step, state, batch, key)
 
@@ -196,9 +199,9 @@ def test_bfloat16_training_is_finite_and_close_to_float32():
     losses = {}
     for dtype in ("float32", "bfloat16"):
         c.model.compute_dtype = dtype
-        tx = training.make_optimizer(c.train, 1)
-        graphdef, state = training.init_state(c.model, tx, 0)
-        step = jax.jit(training.make_train_step(graphdef, tx))
+        tx = steps.make_optimizer(c.train, 1)
+        graphdef, state = steps.init_state(c.model, tx, 0)
+        step = jax.jit(steps.make_train_step(graphdef, tx))
         losses[dtype] = []
         for i in range(3):
             state, m = step(state, batch, jax.random.key(i))

@@ -11,8 +11,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from fkd_jax import plotting, synthetic  # noqa: E402
-from fkd_jax.keypoints import COLUMNS, KEYPOINT_NAMES  # noqa: E402
+from fkd_jax.evaluation import plots  # noqa: E402
+from fkd_jax.data import synthetic  # noqa: E402
+from fkd_jax.geometry.keypoints import COLUMNS, KEYPOINT_NAMES  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -38,7 +39,7 @@ def test_face_grid_size_and_no_leftovers(tmp_path):
     pred = kp + 1.5
     mask = synthetic.kaggle_missing_mask(10, seed=0)
     out = tmp_path / "new" / "folder" / "grid.png"
-    path = plotting.plot_face_grid(out, images, kp, pred, mask, titles=[str(i) for i in range(10)],
+    path = plots.plot_face_grid(out, images, kp, pred, mask, titles=[str(i) for i in range(10)],
                                    ncols=4)
     assert path == out
     pixels = png(out)
@@ -50,7 +51,7 @@ def test_face_grid_size_and_no_leftovers(tmp_path):
 def test_face_grid_accepts_float_nhwc_and_a_single_column(tmp_path):
     images, kp = synthetic.generate_faces(2, seed=1)
     floats = (images / 255.0).astype(np.float32)[..., None]
-    pixels = png(plotting.plot_face_grid(tmp_path / "g.png", floats, kp, ncols=1))
+    pixels = png(plots.plot_face_grid(tmp_path / "g.png", floats, kp, ncols=1))
     assert pixels.shape[1] == 160
 
 
@@ -62,8 +63,8 @@ def test_keypoints_land_on_their_pixels(tmp_path):
     image[0, i, j] = 255
     kp = np.full((1, 30), np.nan)
     kp[0, 0:2] = (j + 0.5, i + 0.5)  # left_eye_center: drawn red
-    plain = png(plotting.plot_face_grid(tmp_path / "a.png", image, ncols=1)).astype(int)
-    marked = png(plotting.plot_face_grid(tmp_path / "b.png", image, kp, ncols=1)).astype(int)
+    plain = png(plots.plot_face_grid(tmp_path / "a.png", image, ncols=1)).astype(int)
+    marked = png(plots.plot_face_grid(tmp_path / "b.png", image, kp, ncols=1)).astype(int)
 
     def face_area(fig):  # the black image within the figure (the legend adds height on top)
         black = (fig < 30).all(axis=-1)
@@ -83,9 +84,9 @@ def test_keypoints_land_on_their_pixels(tmp_path):
 def test_missing_keypoints_are_not_drawn(tmp_path):
     images, kp = synthetic.generate_faces(2, seed=2)
     none = np.zeros(kp.shape, bool)
-    hidden = png(plotting.plot_face_grid(tmp_path / "a.png", images, kp, mask=none))
-    nan = png(plotting.plot_face_grid(tmp_path / "b.png", images, np.full(kp.shape, np.nan)))
-    shown = png(plotting.plot_face_grid(tmp_path / "c.png", images, kp))
+    hidden = png(plots.plot_face_grid(tmp_path / "a.png", images, kp, mask=none))
+    nan = png(plots.plot_face_grid(tmp_path / "b.png", images, np.full(kp.shape, np.nan)))
+    shown = png(plots.plot_face_grid(tmp_path / "c.png", images, kp))
     np.testing.assert_array_equal(hidden, nan)
     assert not np.array_equal(hidden, shown)
 
@@ -93,9 +94,9 @@ def test_missing_keypoints_are_not_drawn(tmp_path):
 def test_face_grid_rejects_mismatched_shapes(tmp_path):
     images, kp = synthetic.generate_faces(2, seed=3)
     with pytest.raises(ValueError, match="keypoints_px"):
-        plotting.plot_face_grid(tmp_path / "x.png", images, kp[:1])
+        plots.plot_face_grid(tmp_path / "x.png", images, kp[:1])
     with pytest.raises(ValueError, match="titles"):
-        plotting.plot_face_grid(tmp_path / "x.png", images, titles=["one"])
+        plots.plot_face_grid(tmp_path / "x.png", images, titles=["one"])
     assert not (tmp_path / "x.png").exists()
 
 
@@ -103,7 +104,7 @@ def test_learning_curves(tmp_path):
     records = [{"epoch": e, "train_loss": 0.1 / e, "train_rmse_px": 4.0 / e,
                 "val_rmse_px": 5.0 / e + 1.0} for e in range(1, 8)]
     records[3]["val_rmse_px"] = None  # epochs without evaluation are skipped
-    pixels = png(plotting.plot_learning_curves(tmp_path / "lc.png", records))
+    pixels = png(plots.plot_learning_curves(tmp_path / "lc.png", records))
     assert pixels.shape[:2] == (380, 1000)
     assert pixels.std() > 10  # something is drawn
 
@@ -111,19 +112,19 @@ def test_learning_curves(tmp_path):
 def test_per_keypoint_errors(tmp_path):
     rmse = {name: 1.0 + 0.1 * k for k, name in enumerate(KEYPOINT_NAMES)}
     rmse["nose_tip"] = float("nan")  # never labelled: listed as n/a
-    pixels = png(plotting.plot_per_keypoint_errors(tmp_path / "pk.png", rmse))
+    pixels = png(plots.plot_per_keypoint_errors(tmp_path / "pk.png", rmse))
     assert pixels.shape[1] == 700 and pixels.shape[0] == int(100 * (0.8 + 0.3 * 15))
 
 
 def test_overlay_on_a_large_image(tmp_path):
     kp = np.linspace(10, 190, len(COLUMNS))
-    pixels = png(plotting.plot_overlay(tmp_path / "o.png", np.full((200, 300), 90, np.uint8), kp))
+    pixels = png(plots.plot_overlay(tmp_path / "o.png", np.full((200, 300), 90, np.uint8), kp))
     assert pixels.shape[1] == 600
 
 
 def test_cli_grid_from_a_kaggle_file(tmp_path, capsys):
     path = synthetic.write_kaggle_files(tmp_path, 6, seed=0, kaggle_missing=True)["training"]
-    plotting.main(["grid", "--data", str(path), "--out", str(tmp_path / "f" / "g.png"),
+    plots.main(["grid", "--data", str(path), "--out", str(tmp_path / "f" / "g.png"),
                    "--n", "4", "--seed", "1"])
     assert "4 of 6" in capsys.readouterr().out
     assert png(tmp_path / "f" / "g.png").shape[1] == 4 * 160
@@ -144,7 +145,7 @@ def test_cli_bad_arguments(tmp_path, capsys, args, words):
             if flag not in full:
                 full += [flag, value]
     with pytest.raises(SystemExit) as e:
-        plotting.main(full)
+        plots.main(full)
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and words in err[0]

@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fkd_jax import keypoints, synthetic
+from fkd_jax.geometry import keypoints
+from fkd_jax.data import synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--config", "configs/base.py", "--config.data.synthetic_n=32",

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fkd_jax import face_shape_stats as stats
-from fkd_jax import synthetic
+from fkd_jax.geometry import face_shape_stats as stats
+from fkd_jax.data import synthetic
 from fkd_jax.errors import UserError
-from fkd_jax.keypoints import COLUMNS, IMAGE_SIZE, KEYPOINT_NAMES, SPARSE_SET, column_indices
+from fkd_jax.geometry.keypoints import COLUMNS, IMAGE_SIZE, KEYPOINT_NAMES, SPARSE_SET, column_indices
 
 ROOT = Path(__file__).resolve().parents[1]
 SPARSE_COLUMNS = [COLUMNS[j] for j in sorted(column_indices(SPARSE_SET))]
@@ -159,7 +159,7 @@ def test_write_kaggle_files_round_trip(tmp_path):
 
 
 def test_training_file_loads_with_the_project_loader(tmp_path):
-    from fkd_jax.data import load_training
+    from fkd_jax.data.kaggle import load_training
 
     path = synthetic.write_kaggle_files(tmp_path, 9, seed=8, kaggle_missing=True)["training"]
     data = load_training(path)
@@ -176,7 +176,7 @@ def test_all_labels_present_without_kaggle_missing(tmp_path):
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "fkd_jax.synthetic", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "fkd_jax.data.synthetic", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
 
 

@@ -36,9 +36,11 @@ def metrics(workdir):
 
 def latest_params(workdir):
     """The newest checkpoint's training state and metadata, restored per the run's config."""
-    from fkd_jax import checkpoints, inference, training
+    from fkd_jax.training import checkpoints
+    from fkd_jax.training import restore
+    from fkd_jax.training import steps
 
-    _, abstract = training.abstract_state(inference.read_run_config(Path(workdir)))
+    _, abstract = steps.abstract_state(restore.read_run_config(Path(workdir)))
     with checkpoints.Checkpoints(workdir, read_only=True) as ckpt:
         return ckpt.restore_latest(abstract)
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from configs import base
-from fkd_jax import keypoints, training
+from fkd_jax.geometry import keypoints
+from fkd_jax.training import steps
 from conftest import normal
 
 
@@ -40,11 +41,11 @@ def test_masked_loss_ignores_missing_coordinates():
     mask[:, 10:] = False
     other = kp.copy()
     other[:, 10:] = np.nan  # garbage where unlabelled must not matter
-    loss = lambda p, k, m: training.masked_loss(p, k, m)[0]  # noqa: E731 - the step's loss
+    loss = lambda p, k, m: steps.masked_loss(p, k, m)[0]  # noqa: E731 - the step's loss
     l1 = loss(pred, kp, mask)
     l2 = loss(pred, other, mask)
     assert float(l1) == float(l2) and np.isfinite(float(l2))
-    _, se_sum, count = training.masked_loss(pred, other, mask)
+    _, se_sum, count = steps.masked_loss(pred, other, mask)
     assert int(count) == 40 and float(se_sum) == pytest.approx(float(l1) * 40, rel=1e-6)
     g = jax.grad(loss)(pred, other, mask)
     assert np.all(np.asarray(g)[:, 10:] == 0.0)
@@ -56,8 +57,8 @@ def test_masked_loss_ignores_missing_coordinates():
 
 def test_missing_labels_give_exactly_zero_parameter_gradient():
     c = _config()
-    tx = training.make_optimizer(c.train, 10)
-    graphdef, state = training.init_state(c.model, tx, 0)
+    tx = steps.make_optimizer(c.train, 10)
+    graphdef, state = steps.init_state(c.model, tx, 0)
     data = _blob_data(4)
     only_missing = data["mask"].copy()
     only_missing[:] = False
@@ -67,8 +68,8 @@ def test_missing_labels_give_exactly_zero_parameter_gradient():
 
     def grads(kp):
         def loss(p):
-            pred = training.apply_model(graphdef, p, data["images"])
-            return training.masked_loss(pred, kp, only_missing)[0]
+            pred = steps.apply_model(graphdef, p, data["images"])
+            return steps.masked_loss(pred, kp, only_missing)[0]
         return jax.jit(jax.grad(loss))(state["params"])
 
     g1, g2 = grads(data["keypoints"]), grads(changed)
@@ -79,14 +80,14 @@ def test_missing_labels_give_exactly_zero_parameter_gradient():
 def test_train_epoch_lowers_loss_and_is_deterministic():
     c = _config(batch_size=16, learning_rate=1e-3)
     data = jax.device_put(_blob_data(64))
-    tx = training.make_optimizer(c.train, 4)
+    tx = steps.make_optimizer(c.train, 4)
 
     def run(epochs):
-        graphdef, state = training.init_state(c.model, tx, 0)
-        epoch_fn = training.make_train_epoch(graphdef, tx, 16, None, seed=0)
+        graphdef, state = steps.init_state(c.model, tx, 0)
+        epoch_fn = steps.make_train_epoch(graphdef, tx, 16, None, seed=0)
         losses = []
         for e in range(1, epochs + 1):
-            state, m = epoch_fn(state, data, training.epoch_shuffle_key(0, e))
+            state, m = epoch_fn(state, data, steps.epoch_shuffle_key(0, e))
             losses.append(float(m["train_loss"]))
         return state, losses
 
@@ -103,58 +104,58 @@ def test_epoch_reports_parameters_broken_by_its_last_update():
     """The loss is measured before each update, so a one-step epoch whose update overflows
     still reports a finite loss: `params_finite` is what catches it."""
     c = _config(batch_size=16, learning_rate=1e39)  # Adam steps ~lr: beyond float32's max
-    tx = training.make_optimizer(c.train, 1)
-    graphdef, state = training.init_state(c.model, tx, 0)
-    epoch_fn = training.make_train_epoch(graphdef, tx, 16, None, seed=0)
-    _, m = epoch_fn(state, jax.device_put(_blob_data(16)), training.epoch_shuffle_key(0, 1))
+    tx = steps.make_optimizer(c.train, 1)
+    graphdef, state = steps.init_state(c.model, tx, 0)
+    epoch_fn = steps.make_train_epoch(graphdef, tx, 16, None, seed=0)
+    _, m = epoch_fn(state, jax.device_put(_blob_data(16)), steps.epoch_shuffle_key(0, 1))
     assert np.isfinite(float(m["train_loss"])) and not bool(m["params_finite"])
     c = _config(batch_size=16, learning_rate=1e-3)
-    tx = training.make_optimizer(c.train, 1)
-    graphdef, state = training.init_state(c.model, tx, 0)
-    epoch_fn = training.make_train_epoch(graphdef, tx, 16, None, seed=0)
-    _, m = epoch_fn(state, jax.device_put(_blob_data(16)), training.epoch_shuffle_key(0, 1))
+    tx = steps.make_optimizer(c.train, 1)
+    graphdef, state = steps.init_state(c.model, tx, 0)
+    epoch_fn = steps.make_train_epoch(graphdef, tx, 16, None, seed=0)
+    _, m = epoch_fn(state, jax.device_put(_blob_data(16)), steps.epoch_shuffle_key(0, 1))
     assert bool(m["params_finite"])
 
 
 def test_scanned_epoch_equals_python_loop_of_train_steps():
     c = _config(batch_size=8)
     data = _blob_data(24)
-    tx = training.make_optimizer(c.train, 3)
-    graphdef, state = training.init_state(c.model, tx, 0)
-    epoch_fn = training.make_train_epoch(graphdef, tx, 8, None, seed=0)
-    key = training.epoch_shuffle_key(0, 1)
+    tx = steps.make_optimizer(c.train, 3)
+    graphdef, state = steps.init_state(c.model, tx, 0)
+    epoch_fn = steps.make_train_epoch(graphdef, tx, 8, None, seed=0)
+    key = steps.epoch_shuffle_key(0, 1)
     scanned, _ = epoch_fn(jax.tree.map(jnp.array, state), jax.device_put(data), key)
 
-    step = jax.jit(training.make_train_step(graphdef, tx, None))
+    step = jax.jit(steps.make_train_step(graphdef, tx, None))
     perm = np.asarray(jax.random.permutation(key, 24)).reshape(3, 8)
     looped = state
     for idx in perm:
         batch = {k: v[idx] for k, v in data.items()}
-        looped, _ = step(looped, batch, jax.random.fold_in(training.step_key(0), looped["step"]))
+        looped, _ = step(looped, batch, jax.random.fold_in(steps.step_key(0), looped["step"]))
     for a, b in zip(jax.tree.leaves(scanned), jax.tree.leaves(looped)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_predictor_pads_to_its_batch_compiles_once_and_matches_direct_application():
-    from fkd_jax import inference
+    from fkd_jax.inference import predictor
 
     c = _config()
-    tx = training.make_optimizer(c.train, 1)
-    graphdef, state = training.init_state(c.model, tx, 0)
+    tx = steps.make_optimizer(c.train, 1)
+    graphdef, state = steps.init_state(c.model, tx, 0)
     images = _blob_data(5)["images"]
-    apply = inference.model_apply(graphdef)
-    predict = inference.Predictor.from_params(apply, state["params"], batch_size=2)
+    apply = predictor.model_apply(graphdef)
+    predict = predictor.Predictor.from_params(apply, state["params"], batch_size=2)
     out = predict(images)  # 5 rows in batches of 2: the last one padded
     predict(images[:3])
     predict(images[:1], tta=True)
-    direct = keypoints.to_pixels(np.asarray(training.apply_model(graphdef, state["params"], images)))
+    direct = keypoints.to_pixels(np.asarray(steps.apply_model(graphdef, state["params"], images)))
     assert out.shape == (5, 30)
     np.testing.assert_allclose(out, direct, rtol=1e-5, atol=1e-4)
     assert apply._cache_size() == 1  # every request above reused one executable
 
 
 def test_flip_tta_averages_with_the_unmirrored_prediction_of_the_mirrored_image():
-    from fkd_jax import inference
+    from fkd_jax.inference import predictor
 
     # A stand-in model: keypoint 0's x follows the image's brightness centroid, the rest is a
     # fixed (asymmetric) face. TTA must average the plain prediction with the mirrored
@@ -168,7 +169,7 @@ def test_flip_tta_averages_with_the_unmirrored_prediction_of_the_mirrored_image(
         out[:, 0] = (x.sum(1) * xs).sum(1) / np.maximum(x.sum((1, 2)), 1e-9)
         return out
 
-    predict = inference.Predictor(fn, batch_size=4)
+    predict = predictor.Predictor(fn, batch_size=4)
     images = _blob_data(3)["images"]
     plain = predict(images)
     mirrored = keypoints.to_pixels(fn(images[:, :, ::-1]))
@@ -185,7 +186,7 @@ def test_rmse_report_pools_labelled_values_in_pixels():
     pred[1, 2] = 100.0  # right_eye_center_x: unlabelled, ignored
     mask = np.ones((2, 30), bool)
     mask[1, 2] = False
-    r = training.rmse_report(pred, kp, mask)
+    r = steps.rmse_report(pred, kp, mask)
     assert r["rmse_px"] == pytest.approx(np.sqrt((9 + 16) / 59))
     assert r["left_eye_center"] == pytest.approx(np.sqrt(25 / 4))
     assert r["right_eye_center"] == 0.0
@@ -196,7 +197,7 @@ def test_rmse_report_pools_labelled_values_in_pixels():
 @pytest.mark.parametrize("schedule", ["constant", "cosine", "onecycle"])
 def test_schedules_start_and_end_sensibly(schedule):
     c = _config(schedule=schedule, warmup_epochs=1, epochs=10, learning_rate=1e-3)
-    s = training.make_schedule(c.train, 10)
+    s = steps.make_schedule(c.train, 10)
     lrs = [float(s(i)) for i in range(100)]
     peak = max(lrs)
     assert peak == pytest.approx(1e-3, rel=1e-3)
@@ -210,7 +211,7 @@ def test_flip_tta_un_mirrors_about_the_runs_label_axis():
     """A model trained with augment.flip_label_offset_px predicts labels that sit that far
     right of their content, in mirrored images too; TTA must map the mirrored prediction
     back about W / 2 + offset, or it would pull every x by the offset."""
-    from fkd_jax import inference
+    from fkd_jax.inference import predictor
 
     xs = (np.arange(96) + 0.5) / 48 - 1
     offset = 0.4
@@ -223,10 +224,10 @@ def test_flip_tta_un_mirrors_about_the_runs_label_axis():
         return out
 
     images = _blob_data(3)["images"]
-    plain = inference.Predictor(fn, batch_size=4)(images)
-    with_axis = inference.Predictor(fn, batch_size=4, flip_label_offset_px=offset)
+    plain = predictor.Predictor(fn, batch_size=4)(images)
+    with_axis = predictor.Predictor(fn, batch_size=4, flip_label_offset_px=offset)
     np.testing.assert_allclose(with_axis(images, tta=True), plain, atol=1e-3)
-    centre_axis = inference.Predictor(fn, batch_size=4)
+    centre_axis = predictor.Predictor(fn, batch_size=4)
     np.testing.assert_allclose(centre_axis(images, tta=True)[:, 0::2], plain[:, 0::2] - offset,
                                atol=1e-3)
 
@@ -239,6 +240,6 @@ def test_rmse_report_gives_the_mean_signed_error_per_axis():
     mask = np.ones((3, 30), bool)
     mask[1, 2:4] = False  # an unlabelled keypoint does not count
     pred[1, 2] = 99.0
-    report = training.rmse_report(pred, truth, mask)
+    report = steps.rmse_report(pred, truth, mask)
     assert report["bias_x_px"] == pytest.approx(-0.4)
     assert report["bias_y_px"] == pytest.approx(3.0 / 44)

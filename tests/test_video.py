@@ -1,4 +1,4 @@
-"""fkd_jax.video: reading/writing videos, the One Euro filter, tracking with fake detectors."""
+"""fkd_jax.pictures.video: reading/writing videos, the One Euro filter, tracking with fake detectors."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from conftest import load_benchmark
 
-from fkd_jax import video
+from fkd_jax.pictures import video
 from fkd_jax.errors import UserError
-from fkd_jax.faces import Face
-from fkd_jax.video import OneEuroFilter, OneEuroSettings, TrackedFace, track_video
+from fkd_jax.pictures.location import Face
+from fkd_jax.pictures.video import OneEuroFilter, OneEuroSettings, TrackedFace, track_video
 
 FPS = 30.0
 
@@ -350,7 +350,7 @@ def jitter():
 
 def test_benchmark_video_moves_the_picture_by_exact_sub_pixel_amounts(jitter):
     h, w = 80, 100
-    y, x = np.mgrid[0:h, 0:w] + 0.5  # pixel centres (fkd_jax.keypoints' convention)
+    y, x = np.mgrid[0:h, 0:w] + 0.5  # pixel centres (fkd_jax.geometry.keypoints' convention)
     cx, cy = 40.3, 37.8
     blob = 200 * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * 4.0 ** 2))
     offsets = np.array([[0.0, 0.0], [3.3, -1.7], [0.25, 0.6], [-7.9, 5.05]])

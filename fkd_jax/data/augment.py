@@ -6,7 +6,7 @@ per-example building blocks below it are public so they can be tested (and reuse
 trace time, so an augmentation that is off is never traced, and all of them off returns the
 inputs themselves.
 
-Geometry follows fkd_jax.keypoints: pixel (i, j) has its centre at (x, y) = (j + 0.5, i + 0.5)
+Geometry follows fkd_jax.geometry.keypoints: pixel (i, j) has its centre at (x, y) = (j + 0.5, i + 0.5)
 and the image spans [0, 96] on both axes. An affine `matrix` (3, 3) maps *input* pixel
 coordinates to *output* ones, `p_out = matrix @ (x, y, 1)`: keypoints are moved by `matrix`,
 and the image is resampled by pulling each output pixel centre back through its inverse, so
@@ -33,7 +33,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.ndimage import map_coordinates
 
-from fkd_jax.keypoints import FLIP_PERMUTATION, IMAGE_SIZE, as_points, flip_keypoints_px
+from fkd_jax.geometry.keypoints import (
+    FLIP_PERMUTATION,
+    IMAGE_SIZE,
+    as_points,
+    flip_keypoints_px,
+)
 
 CENTRE = IMAGE_SIZE / 2.0  # rotations and scaling are about the image centre (48, 48)
 BLUR_TAPS = 7  # fixed 1-D kernel size (radius 3 >= 2 sigma at the largest sigma): static shapes
@@ -89,7 +94,7 @@ def stream_key(key: jax.Array, name: str) -> jax.Array:
 def read_settings(cfg) -> AugmentSettings:
     """`config.augment` (ConfigDict or mapping; None = all off) as AugmentSettings.
 
-    Values were checked against fkd_jax/config_schema.py before training starts; here they are
+    Values were checked against fkd_jax/training/config_check.py before training starts; here they are
     only converted (missing fields are off).
     """
     if cfg is None:

@@ -3,7 +3,7 @@
 `train_and_evaluate(config, workdir)` is what train.py calls once its flags are parsed and the
 config checked. It owns the run's side effects (the work directory's lock, data files,
 metrics.jsonl, checkpoints, progress lines); the numerics are the pure functions of
-fkd_jax.training.
+fkd_jax.training.steps.
 
 Stops: a non-finite loss or parameters -> `RunStopped` (exit 3, last good checkpoint kept);
 Ctrl-C -> the current epoch finishes, is saved, then `RunStopped` (exit 130); early stopping
@@ -13,7 +13,7 @@ Parameter averaging (`train.ema_decay` or `train.swa_start_epoch`): both the raw
 averaged parameters are scored every epoch (`val_rmse_px` and `val_rmse_px_ema` /
 `val_rmse_px_swa` in metrics.jsonl), and the averaged figure is the one that ranks the best
 checkpoint and drives early stopping, because the averaged parameters are what a restored
-run predicts with (`inference.load_run`).
+run predicts with (`restore.load_run`).
 """
 
 from __future__ import annotations
@@ -28,9 +28,21 @@ from typing import Any, Callable
 
 import jax
 
-from fkd_jax import (augment, checkpoints, ensemble, experiment, files, inference, keypoints,
-                     parallel, processes, training, workdir_lock)
+from fkd_jax import files
+from fkd_jax.data import augment
 from fkd_jax.errors import RunStopped, UserError
+from fkd_jax.geometry import keypoints
+from fkd_jax.inference import predictor as inference
+from fkd_jax.training import (
+    checkpoints,
+    ensemble,
+    lock,
+    parallel,
+    processes,
+    restore,
+    run_dir,
+    steps,
+)
 
 EXIT_NON_FINITE = 3
 EXIT_INTERRUPTED = 130
@@ -43,12 +55,12 @@ class Run:
 
     config: Any
     workdir: Path
-    data: experiment.RunData
+    data: run_dir.RunData
     state: dict
     train_arrays: dict
     epoch_fn: Callable  # compiled (state, data, shuffle_key) -> (state, metrics)
     predict: Callable  # params -> Predictor of the validation crops
-    averaging: training.Averaging | None
+    averaging: steps.Averaging | None
     schedule: Callable
     steps_per_epoch: int
     start_epoch: int
@@ -65,7 +77,7 @@ def train_and_evaluate(config, workdir: Path) -> dict:
                         "it with train.py (trainer.train_ensemble), not as one run")
     main = parallel.is_main_process()
     # One run per work directory: process 0 holds the lock for all processes of a run.
-    with workdir_lock.hold(workdir) if main else contextlib.nullcontext():
+    with lock.hold(workdir) if main else contextlib.nullcontext():
         run = _set_up(config, workdir)  # nothing written in workdir before this succeeds
         with checkpoints.Checkpoints(workdir) as ckpt:
             _resume(run, ckpt)
@@ -86,22 +98,22 @@ def _set_up(config, workdir: Path) -> Run:
     bs = config.train.batch_size
     layout = parallel.make_layout(bs)  # data parallel over every device of every process
     steps_per_epoch = len(t) // bs
-    tx = training.make_optimizer(config.train, steps_per_epoch)
-    averaging = training.make_averaging(config.train, steps_per_epoch)
+    tx = steps.make_optimizer(config.train, steps_per_epoch)
+    averaging = steps.make_averaging(config.train, steps_per_epoch)
     # Keypoints and image size come from the data (the model's options were checked with the
     # config, before any data was read).
-    graphdef, state = training.init_state(config.model, tx, config.seed,
+    graphdef, state = steps.init_state(config.model, tx, config.seed,
                                           keypoint_set.num_keypoints, t.image_size, averaging)
     train_arrays = layout.put_replicated({"images": t.images, "keypoints": t.keypoints,
                                           "mask": t.mask})
-    epoch_fn = training.make_train_epoch(graphdef, tx, bs, augment.read_settings(config.augment),
+    epoch_fn = steps.make_train_epoch(graphdef, tx, bs, augment.read_settings(config.augment),
                                          config.seed, layout.batch, keypoint_set.flip_permutation,
-                                         loss_fn=training.make_loss(config.train),
+                                         loss_fn=steps.make_loss(config.train),
                                          averaging=averaging,
-                                         heatmap_loss=training.make_heatmap_loss(config.train))
+                                         heatmap_loss=steps.make_heatmap_loss(config.train))
     state = layout.put_replicated(state)
     t0 = time.perf_counter()
-    compiled = epoch_fn.lower(state, train_arrays, training.epoch_shuffle_key(config.seed, 0)).compile()
+    compiled = epoch_fn.lower(state, train_arrays, steps.epoch_shuffle_key(config.seed, 0)).compile()
     compile_time = time.perf_counter() - t0
     apply = inference.model_apply(graphdef)
     predict = lambda params: inference.Predictor(  # noqa: E731
@@ -112,7 +124,7 @@ def _set_up(config, workdir: Path) -> Run:
         f"of {bs} per epoch, {len(devices)} {devices[0].platform} device(s) in "
         f"{jax.process_count()} process(es); compiled in {compile_time:.1f}s")
     return Run(config, workdir, data, state, train_arrays, compiled, predict, averaging,
-               training.make_schedule(config.train, steps_per_epoch), steps_per_epoch,
+               steps.make_schedule(config.train, steps_per_epoch), steps_per_epoch,
                0, {"val_rmse_px": math.inf, "epoch": 0}, compile_time, log, layout)
 
 
@@ -120,17 +132,17 @@ def train_ensemble(config, workdir: Path, member_command: Callable[[int], list[s
                    log: Callable = print) -> dict:
     """Train (or resume) an ensemble's members side by side, then score the members' mean.
 
-    Member i runs `member_command(i)` (train.py for its single-run config, fkd_jax.ensemble),
+    Member i runs `member_command(i)` (train.py for its single-run config, fkd_jax.training.ensemble),
     in a process pinned to its own share of the CPU cores, its output in workdir/member<i>.log.
     Ctrl-C reaches the members, which save and stop; rerunning the command resumes each, and a
     finished member is only re-scored. Returns the scores written to ensemble_metrics.json.
     """
     n = ensemble.members(config)
     # The members' data are checked here first: one clear error, not one per member.
-    experiment.discard_run_data(experiment.read_run_data(config, workdir))
+    run_dir.discard_run_data(run_dir.read_run_data(config, workdir))
     cores = processes.available_cores()
     groups = processes.core_groups(cores, min(n, len(cores)))
-    with workdir_lock.hold(workdir):
+    with lock.hold(workdir):
         files.write_text(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
         jobs = [processes.Job(f"member{i}", member_command(i),
                               workdir / f"{ensemble.MEMBER_PREFIX}{i}.log") for i in range(n)]
@@ -163,9 +175,9 @@ def train_ensemble(config, workdir: Path, member_command: Callable[[int], list[s
 def score_ensemble(workdir: Path) -> dict:
     """Validation RMSE (px) of an ensemble's best checkpoints: the mean prediction (and with
     flip TTA) and each member alone."""
-    run = inference.load_run(workdir, "best")
-    data = experiment.read_run_data(run.config, workdir)
-    experiment.discard_run_data(data)
+    run = restore.load_run(workdir, "best")
+    data = run_dir.read_run_data(run.config, workdir)
+    run_dir.discard_run_data(data)
     members = [inference.Run(run.config, run.graphdef, p, {}) for p in run.params]
     mean = inference.Predictor.from_run(run)  # compiled once for both figures
     return {
@@ -187,23 +199,23 @@ def _resume(run: Run, ckpt: checkpoints.Checkpoints) -> None:
         run.log(f"resuming {run.workdir} from epoch {run.start_epoch} "
                 f"(step {int(state['step'])})")
     if parallel.is_main_process():
-        experiment.truncate_metrics(run.workdir, run.start_epoch)
+        run_dir.truncate_metrics(run.workdir, run.start_epoch)
         files.write_text(run.workdir / "config.json",
                          run.config.to_json_best_effort(indent=2) + "\n")
 
 
-def _read_and_save_data(config, workdir: Path) -> experiment.RunData:
+def _read_and_save_data(config, workdir: Path) -> run_dir.RunData:
     """Read and check the run's data; only then (process 0) write its new files."""
-    data = experiment.read_run_data(config, workdir)
+    data = run_dir.read_run_data(config, workdir)
     bs = config.train.batch_size
     if bs > len(data.train):
-        experiment.discard_run_data(data)
+        run_dir.discard_run_data(data)
         raise UserError(f"--config.train.batch_size={bs} is larger than the {len(data.train)} "
                         "training rows")
     if parallel.is_main_process():
-        experiment.save_run_data(data, config, workdir)
+        run_dir.save_run_data(data, config, workdir)
     else:
-        experiment.discard_run_data(data)
+        run_dir.discard_run_data(data)
     return data
 
 
@@ -218,7 +230,7 @@ def _epochs(run: Run, ckpt: checkpoints.Checkpoints) -> dict:
         for epoch in range(run.start_epoch + 1, config.train.epochs + 1):
             t_epoch = time.perf_counter()
             run.state, m = run.epoch_fn(run.state, run.train_arrays,
-                                        training.epoch_shuffle_key(config.seed, epoch))
+                                        steps.epoch_shuffle_key(config.seed, epoch))
             train_loss = float(m["train_loss"])  # waits for the epoch
             epoch_time = time.perf_counter() - t_epoch
             _stop_if_not_finite(train_loss, bool(m["params_finite"]), epoch, workdir)
@@ -245,7 +257,7 @@ def _epochs(run: Run, ckpt: checkpoints.Checkpoints) -> dict:
                 "compile_time_s": run.compile_time,
             }
             if parallel.is_main_process():  # before the checkpoint: a resume truncates to it
-                experiment.append_metrics(workdir, record)
+                run_dir.append_metrics(workdir, record)
             # Returns once the state is copied off the device: the next epoch may donate it.
             ckpt.save(epoch, run.state, {"epoch": epoch, "step": step, "best": run.best,
                                          "model": config.model.name}, val_rmse_px=ranked)
@@ -270,7 +282,7 @@ def _epochs(run: Run, ckpt: checkpoints.Checkpoints) -> dict:
 def evaluate(predictor: inference.Predictor, val, tta: bool = False) -> float:
     """Validation RMSE in pixels over the labelled coordinates."""
     pred_px = predictor(val.images, tta=tta)
-    return training.rmse_report(pred_px, val.keypoints, val.mask, val.keypoint_set)["rmse_px"]
+    return steps.rmse_report(pred_px, val.keypoints, val.mask, val.keypoint_set)["rmse_px"]
 
 
 def _stop_if_not_finite(train_loss: float, params_finite: bool, epoch: int, workdir: Path):

@@ -6,11 +6,11 @@ parent folder, writes to a temporary file beside the target and renames it (a ki
 leaves half a PNG) and returns the path.
 
 Images are drawn with imshow(extent=(0, W, H, 0)), so a keypoint at continuous pixel
-coordinates (x, y) lands exactly where fkd_jax.keypoints says (pixel (i, j) centred at
+coordinates (x, y) lands exactly where fkd_jax.geometry.keypoints says (pixel (i, j) centred at
 (j + 0.5, i + 0.5)). Colours tell the subject's left (on the image's right) from the right and
 from the midline; true keypoints are dots, predictions crosses.
 
-    python -m fkd_jax.plotting grid --data training.csv --out faces.png [--n 32] [--seed 0]
+    python -m fkd_jax.evaluation.plots grid --data training.csv --out faces.png [--n 32] [--seed 0]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from matplotlib.lines import Line2D
 
 from fkd_jax import files
 from fkd_jax.errors import UserError, exit_on_user_error
-from fkd_jax.keypoints import KEYPOINT_NAMES, KEYPOINT_SETS, as_points
+from fkd_jax.geometry.keypoints import KEYPOINT_NAMES, KEYPOINT_SETS, as_points
 
 _DPI = 100
 _CELL_IN = 1.6  # inches per face in a grid
@@ -289,7 +289,7 @@ class _ArgumentParser(argparse.ArgumentParser):
 
 
 def _grid_command(args) -> None:
-    from fkd_jax.data import load_training
+    from fkd_jax.data.kaggle import load_training
 
     if args.n < 1:
         raise UserError(f"--n must be >= 1, got {args.n}")
@@ -311,7 +311,7 @@ def _grid_command(args) -> None:
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
-    parser = _ArgumentParser(prog="python -m fkd_jax.plotting", description=__doc__.splitlines()[0])
+    parser = _ArgumentParser(prog="python -m fkd_jax.evaluation.plots", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_ArgumentParser)
     grid = commands.add_parser("grid", help="draw faces with their keypoints from a Kaggle file")
     grid.add_argument("--data", required=True, type=Path, help="training.csv or a .zip holding it")

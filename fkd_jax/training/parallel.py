@@ -21,7 +21,8 @@ from typing import Callable, TypeVar
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from fkd_jax.errors import UserError
 

@@ -1,7 +1,7 @@
 """Videos: reading and writing frames, tracking faces across frames, One Euro smoothing.
 
 Frames are RGB uint8 arrays (H, W, 3); keypoints are in the frame's own pixels (the continuous
-convention of fkd_jax.keypoints), (2K,) in Kaggle's column order. Decoding and encoding go
+convention of fkd_jax.geometry.keypoints), (2K,) in Kaggle's column order. Decoding and encoding go
 through OpenCV (its pip wheels ship FFmpeg).
 
 Tracking (`track_video`): a face found in one frame is framed in the next from its keypoints
@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from fkd_jax.errors import UserError
-from fkd_jax.faces import Face
+from fkd_jax.pictures.location import Face
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")
 # FourCC per container: MPEG-4 Part 2 plays almost everywhere and is in OpenCV's wheels
@@ -153,7 +153,7 @@ class OneEuroSettings:
 
     Defaults chosen with benchmarks/video_jitter.py (real photos moved along a slow smooth
     path, up to 17 px/s, 30 fps, faces about 100-150 px wide, camera noise 4 gray levels, the
-    best_cpu model): frame-to-frame shaking (RMS second difference) 0.25 -> 0.08 px, jitter at
+    unet_pair model): frame-to-frame shaking (RMS second difference) 0.25 -> 0.08 px, jitter at
     rest 0.10 -> 0.03 px, for about 40 ms more lag (16 -> 54 ms). beta is per pixel: for faces
     many times larger in pixels, a proportionally smaller beta behaves the same.
     """

@@ -1,6 +1,6 @@
 """Ensembles: N runs of one recipe, trained side by side, whose predictions are averaged.
 
-Why: on a 2-core CPU one best_cpu training keeps about one core busy, so two members, one
+Why: on a 2-core CPU one unet_pair training keeps about one core busy, so two members, one
 pinned to each core, train in ~1.4x the wall time of one, and their mean prediction is
 ~0.02 px better than either (README, "Two members side by side"). `config.train.members`
 = N > 1 makes train.py train one.

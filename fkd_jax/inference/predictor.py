@@ -1,29 +1,26 @@
-"""Trained models for prediction: restore a run, and one compiled predictor for every input.
+"""A trained model for prediction: its parameters (`Run`), and one compiled predictor.
 
-`load_run(workdir)` is the one restore path (eval.py, predict.py, export.py and the tests use
-it); it restores an ensemble's directory (fkd_jax.ensemble) as one Run that predicts the
-members' mean. `Predictor` compiles the model once for a fixed batch shape (B, S, S, 1) and
+A `Run` comes from a run directory (`fkd_jax.training.restore.load_run`); an ensemble's is one
+Run whose parameters are a tuple, predicting the members' mean. `Predictor` compiles the model once for a fixed batch shape (B, S, S, 1) and
 pads every request up to whole batches, so the validation set, a test set and any number of
 photo crops of any count reuse the same executable: nothing recompiles per file or per size.
 
 Units: `Predictor` takes images float32 (N, S, S, 1) NHWC in [0, 1] and returns keypoints
-(N, 2K) in *pixels* of that S x S crop (Kaggle column order, see fkd_jax.keypoints).
+(N, 2K) in *pixels* of that S x S crop (Kaggle column order, see fkd_jax.geometry.keypoints).
 """
 
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import jax
 import ml_collections
 import numpy as np
 
-from fkd_jax import augment, keypoints
-from fkd_jax.errors import UserError
+from fkd_jax.data import augment
+from fkd_jax.geometry import keypoints
 
 # Prediction batch: larger ones run slower on CPU (640 faces through heatmap_unet on 2 cores:
 # 3.8 s in batches of 64, 4.9 s in batches of 256).
@@ -45,54 +42,6 @@ class Run:
     params: Any
     meta: dict
     members: int = 1
-
-
-def read_run_config(workdir: Path) -> ml_collections.ConfigDict:
-    """The resolved config a run was trained with (its config.json)."""
-    path = Path(workdir) / "config.json"
-    if not path.is_file():
-        raise UserError(f"--workdir {workdir} is not a run directory (no config.json); "
-                        "train one with train.py first")
-    try:
-        config = ml_collections.ConfigDict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not valid JSON ({e})") from None
-    return _from_before_the_redesign(config)
-
-
-def _from_before_the_redesign(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Runs written before keypoint sets and model sizes existed trained Kaggle's 15 keypoints,
-    and named their sizes as models (e.g. heatmap_unet_wide): read them as today's config."""
-    from fkd_jax import models
-
-    if "keypoints" not in config.data:
-        config.data.keypoints, config.data.keypoints_path = "kaggle15", None
-    legacy = models.LEGACY_NAMES.get(config.model.name)
-    if legacy is not None:
-        for key, value in legacy.items():
-            config.model[key] = value
-    return config
-
-
-def load_run(workdir: str | Path, which: str = "best") -> Run:
-    """Restore the `which` ("best" or "latest") checkpoint of a run directory (of each member's,
-    for an ensemble)."""
-    from fkd_jax import checkpoints, ensemble, training
-
-    workdir = Path(workdir)
-    config = read_run_config(workdir)
-    n = ensemble.members(config)
-    if n > 1:
-        runs = [load_run(ensemble.member_dir(workdir, i), which) for i in range(n)]
-        return Run(config, runs[0].graphdef, tuple(r.params for r in runs),
-                   {"epoch": [r.meta["epoch"] for r in runs]}, members=n)
-    graphdef, abstract = training.abstract_state(config)
-    with checkpoints.Checkpoints(workdir, read_only=True) as ckpt:
-        restored = (ckpt.restore_best if which == "best" else ckpt.restore_latest)(abstract)
-    if restored is None:
-        raise UserError(f"{workdir}/checkpoints holds no {which} checkpoint yet")
-    state, meta = restored
-    return Run(config, graphdef, state.get("avg_params", state["params"]), meta)
 
 
 class Predictor:
@@ -168,8 +117,8 @@ def model_apply(graphdef, members: int = 1) -> Callable:
 def apply_members(graphdef, members: int, params, images: jax.Array) -> jax.Array:
     """The model's normalised prediction; for an ensemble (`members` > 1, `params` a tuple) the
     members' mean, every member in the one compiled function."""
-    from fkd_jax import training
+    from fkd_jax.training import steps
 
     if members == 1:
-        return training.apply_model(graphdef, params, images)
-    return sum(training.apply_model(graphdef, p, images) for p in params) / members
+        return steps.apply_model(graphdef, params, images)
+    return sum(steps.apply_model(graphdef, p, images) for p in params) / members

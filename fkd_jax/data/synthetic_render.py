@@ -1,64 +1,30 @@
-"""Procedural synthetic faces with exact keypoints: fkd-jax's embedded default data set.
+"""Drawing procedural faces around their keypoints (vectorised numpy over blocks of faces).
 
-Why: the project must train, evaluate and test end to end without Kaggle's images, on data
-whose labels are exact and where a CNN has something real to learn (a constant mean-face
-prediction scores clearly worse than a trained net).
-
-How a face is made (vectorised numpy over blocks of faces):
-  1. Shape: the 15 keypoints are sampled from a PCA model of Kaggle's complete label rows
-     (`fkd_jax.face_shape_stats`, fitted by scripts/fit_face_shape.py), so position, size,
-     in-plane rotation, yaw-like asymmetry and mouth opening follow the real label distribution.
-  2. Render: everything else derives from the keypoints, in the face's own frame (eye line as
-     x axis, interocular distance d as unit): background clutter, torso, neck, ears, hair and a
-     shaded head oval, then the features, drawn so that each sits exactly on its keypoints:
-     iris and pupil centred on the eye centre with the eyelids meeting at the eye corners, brows
-     spanning their inner/outer ends, the nose-tip highlight centred on the tip between the
-     nostrils, the lip outlines through the lip centres and the lips meeting at the corners.
-  3. Photometry: skin, hair and background levels, sphere shading from a random light, a global
-     lighting gradient, contrast and gamma, blur and noise.
-
-Conventions (fkd_jax.keypoints): pixel (i, j) has its centre at (j + 0.5, i + 0.5), so a feature
-drawn at keypoint (x, y) has its intensity centre at that continuous coordinate; the subject's
-left appears on the image's right, as in Kaggle's labels the shape model was fitted to.
-
-Determinism: faces are drawn in blocks of `_BLOCK`; block b uses the random stream
-SeedSequence(seed, spawn_key=(b,)) and always draws for the whole block, so face i depends only on
-(seed, i) and generate_faces(n, seed)[:k] equals generate_faces(k, seed). Apart from numpy's
-seeded samplers, floats only meet + - * / sqrt, floor and clip (no exp, sin or pow, whose last
-bits differ between CPUs' math libraries), and sums run in a fixed order (no BLAS), so the same
-seed gives the same bytes on every machine.
+Everything derives from the keypoints, in the face's own frame (eye line as x axis,
+interocular distance d as unit): background clutter, torso, neck, ears, hair and a shaded head
+oval, then the features, drawn so that each sits exactly on its keypoints: iris and pupil
+centred on the eye centre with the eyelids meeting at the eye corners, brows spanning their
+inner/outer ends, the nose-tip highlight centred on the tip between the nostrils, the lip
+outlines through the lip centres and the lips meeting at the corners. Then photometry: skin,
+hair and background levels, sphere shading from a random light, a lighting gradient, contrast
+and gamma, blur and noise. Floats only meet + - * / sqrt, floor and clip, so a seed gives the
+same bytes on every machine (fkd_jax.data.synthetic).
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
-
 import numpy as np
 
-from fkd_jax import face_shape_stats as stats
-from fkd_jax import files
-from fkd_jax.errors import UserError, exit_on_user_error
-from fkd_jax.keypoints import COLUMNS, IMAGE_SIZE, KEYPOINT_NAMES, SPARSE_SET, column_indices
+from fkd_jax.geometry.keypoints import IMAGE_SIZE, KEYPOINT_NAMES
 
 S = IMAGE_SIZE
-_BLOCK = 64  # faces per random stream and per render batch (fits the CPU cache)
-_KP_DECIMALS = 4  # keypoints are rounded so a CSV written with 4 decimals round-trips exactly
-_MARGIN = 1.0  # px: sampled keypoints stay inside [_MARGIN, 96 - _MARGIN]
-_MIN_LIP_GAP = 0.5  # px from the top to the bottom lip centre (real: 99% of rows have > 0.45)
 _F = np.float32
 _IDX = {name: i for i, name in enumerate(KEYPOINT_NAMES)}
-
-_MEAN = np.array(stats.MEAN_SHAPE, dtype=np.float64)
-_COMP = np.array(stats.COMPONENTS, dtype=np.float64) * np.array(stats.COMPONENT_STD)[:, None]
-_RESID = np.array(stats.RESIDUAL_STD, dtype=np.float64)
-_NUM_COMP = len(_COMP)
 
 # Per-face appearance parameters: (name, low, high), drawn uniformly in this order. Lengths in
 # units of d (interocular distance) or of an eye's/brow's half-length where stated; levels in
 # [0, 1] of the 0..255 range; k_* are darkening (or lightening) strengths.
-_UNIFORM: tuple[tuple[str, float, float], ...] = (
+APPEARANCE: tuple[tuple[str, float, float], ...] = (
     ("bg_level", 0.05, 0.95), ("bg_grad_x", -0.4, 0.4), ("bg_grad_y", -0.4, 0.4),
     *((f"cl{c}_{k}", lo, hi) for c in range(3) for k, lo, hi in (
         ("x", -10.0, 106.0), ("y", -10.0, 106.0), ("a", 3.0, 40.0), ("b", 3.0, 40.0),
@@ -93,118 +59,6 @@ _GLASSES_P = 0.12  # share of faces with glasses
 _LONG_HAIR_P = 0.35
 _TEETH_P = 0.5
 
-
-def generate_faces(n: int, seed: int, *, plain: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """`n` synthetic faces: images uint8 (n, 96, 96) and keypoints float32 (n, 30) in pixels,
-    Kaggle column order, all present. A pure function of (n, seed).
-
-    `plain=True` draws the same faces without glasses, blur and noise (same keypoints); tests
-    use it to check that features sit where their keypoints say.
-    """
-    n, seed = _check_count(n, "n"), _check_seed(seed)
-    images = np.empty((n, S, S), dtype=np.uint8)
-    keypoints = np.empty((n, len(COLUMNS)), dtype=np.float32)
-    for start in range(0, n, _BLOCK):
-        m = min(_BLOCK, n - start)
-        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(start // _BLOCK,)))
-        kp = _sample_shapes(rng.standard_normal((2 * _BLOCK, _NUM_COMP + len(COLUMNS))), _BLOCK)
-        u = rng.random((_BLOCK, len(_UNIFORM)))
-        p = {name: (lo + (hi - lo) * u[:m, i]).astype(_F)
-             for i, (name, lo, hi) in enumerate(_UNIFORM)}
-        noise = None if plain else rng.standard_normal((_BLOCK, S, S), dtype=_F)[:m]
-        keypoints[start:start + m] = kp[:m]
-        images[start:start + m] = _render(kp[:m].astype(_F), p, noise, plain)
-    return images, keypoints
-
-
-def kaggle_missing_mask(n: int, seed: int) -> np.ndarray:
-    """bool (n, 30), True where a label is present, following Kaggle's training.csv pattern.
-
-    About 30% of rows are complete, about 67% carry only the 4 keypoints of
-    `keypoints.SPARSE_SET`, the rest miss a few keypoints each (fractions from
-    `face_shape_stats`). x and y of a keypoint are present or missing together.
-    """
-    n, seed = _check_count(n, "n"), _check_seed(seed)
-    u = np.random.default_rng(seed).random((n, 1 + len(KEYPOINT_NAMES)))
-    complete = u[:, 0] < stats.FRACTION_COMPLETE
-    sparse_only = ~complete & (u[:, 0] < stats.FRACTION_COMPLETE + stats.FRACTION_SPARSE_ONLY)
-    sparse = np.isin(KEYPOINT_NAMES, SPARSE_SET)
-    other = u[:, 1:] < np.array(stats.OTHER_PRESENCE)
-    present = np.where(complete[:, None], True, np.where(sparse_only[:, None], sparse, other))
-    return np.repeat(present, 2, axis=1)
-
-
-def write_kaggle_files(out_dir, n: int, seed: int, kaggle_missing: bool = False,
-                       n_test: int = 0) -> dict[str, Path]:
-    """Write `n` synthetic faces as Kaggle's training.csv (and, with n_test > 0, test.csv and
-    IdLookupTable.csv) into out_dir; returns {"training": path, ...}.
-
-    Test images are faces n .. n + n_test - 1 of the same seed, so never training faces. Like
-    Kaggle's lookup table, the leading block of test images asks for all 30 coordinates and the
-    rest for the 8 of SPARSE_SET only. Files are byte-identical for the same arguments and are
-    written atomically.
-    """
-    n, n_test, seed = _check_count(n, "n"), _check_count(n_test, "n_test", 0), _check_seed(seed)
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"{out_dir}: exists and is not a directory")
-    images, keypoints = generate_faces(n + n_test, seed)
-    mask = kaggle_missing_mask(n, seed) if kaggle_missing else np.ones((n, len(COLUMNS)), bool)
-    image_text = _image_text(images)
-
-    rows = [",".join((*COLUMNS, "Image"))]
-    for kp, present, text in zip(keypoints[:n].tolist(), mask.tolist(), image_text[:n]):
-        cells = [f"{v:.{_KP_DECIMALS}f}" if ok else "" for v, ok in zip(kp, present)]
-        rows.append(",".join(cells) + "," + text)
-    paths = {"training": out_dir / "training.csv"}
-    files.write_text(paths["training"], "\n".join(rows) + "\n")
-    if n_test == 0:
-        return paths
-
-    test_rows = ["ImageId,Image"] + [f"{i + 1},{t}" for i, t in enumerate(image_text[n:])]
-    n_full = int(round(stats.LOOKUP_FULL_FRACTION * n_test))
-    sparse_columns = [COLUMNS[j] for j in sorted(column_indices(SPARSE_SET))]
-    lookup = ["RowId,ImageId,FeatureName,Location"]
-    for image_id in range(1, n_test + 1):
-        for name in COLUMNS if image_id <= n_full else sparse_columns:
-            lookup.append(f"{len(lookup)},{image_id},{name},")
-    paths["test"] = out_dir / "test.csv"
-    paths["lookup"] = out_dir / "IdLookupTable.csv"
-    files.write_text(paths["test"], "\n".join(test_rows) + "\n")
-    files.write_text(paths["lookup"], "\n".join(lookup) + "\n")
-    return paths
-
-
-# ---------------------------------------------------------------------------------------------
-# Shapes
-
-
-def _sample_shapes(z: np.ndarray, count: int) -> np.ndarray:
-    """`count` keypoint rows float64 (count, 30) px from standard normals z (M, K + 30), M >= count.
-
-    Each row of z gives a candidate: PCA coefficients and residuals clipped at 3 sigma. A shape
-    straying outside the image is pulled toward the mean shape along its own deviation (so it
-    stays a plausible face rather than being clipped coordinate by coordinate). The linear
-    model puts the top lip below the bottom lip in ~4% of candidates (real mouths are skewed:
-    never less than closed); those are rejected, keeping the first `count` valid candidates in
-    order (invalid ones only fill up should too few be valid).
-    """
-    z = np.clip(z, -3.0, 3.0)
-    dev = z[:, _NUM_COMP:] * _RESID
-    for k in range(_NUM_COMP):  # explicit sums, not BLAS: identical bits on every machine
-        dev += z[:, k:k + 1] * _COMP[k]
-    limit = np.where(dev > 0, S - _MARGIN, _MARGIN) - _MEAN
-    with np.errstate(divide="ignore", invalid="ignore"):
-        room = np.where(dev != 0, limit / dev, np.inf)
-    shrink = np.minimum(1.0, room.min(axis=1, keepdims=True))
-    kp = np.round(_MEAN + dev * shrink, _KP_DECIMALS)
-    pts = kp.reshape(len(kp), -1, 2)
-    eye_line = pts[:, _IDX["left_eye_center"]] - pts[:, _IDX["right_eye_center"]]
-    lips = pts[:, _IDX["mouth_center_bottom_lip"]] - pts[:, _IDX["mouth_center_top_lip"]]
-    gap = (lips[:, 1] * eye_line[:, 0] - lips[:, 0] * eye_line[:, 1]) / np.sqrt(
-        (eye_line ** 2).sum(axis=1))  # along the face's downward axis
-    order = np.argsort(gap < _MIN_LIP_GAP, kind="stable")
-    return kp[order[:count]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,7 +154,7 @@ class _Face:
         return (left + right) / 2, axis, length / 2, np.where(a_right, 1.0, -1.0).astype(_F)
 
 
-def _render(kp: np.ndarray, p: dict, noise, plain: bool) -> np.ndarray:
+def render(kp: np.ndarray, p: dict, noise, plain: bool) -> np.ndarray:
     """uint8 images (B, 96, 96) of the faces with keypoints kp (B, 30) px."""
     face = _Face(kp)
     img = _background(p)
@@ -581,71 +435,3 @@ def _blur(img, sigma) -> np.ndarray:
     return img
 
 
-# ---------------------------------------------------------------------------------------------
-# CSV text and argument checks
-
-
-_CELL = np.zeros((256, 4), dtype=np.uint8)  # "v " as bytes, zero padded
-_CELL_LEN = np.zeros(256, dtype=np.int64)
-for _v in range(256):
-    _b = f"{_v} ".encode()
-    _CELL[_v, : len(_b)] = np.frombuffer(_b, np.uint8)
-    _CELL_LEN[_v] = len(_b)
-
-
-def _image_text(images: np.ndarray) -> list[str]:
-    """Kaggle's `Image` cells: the 9216 pixels of each image as space-separated ints, built by
-    table lookup (a Python join per pixel is 10x slower)."""
-    flat = images.reshape(len(images), -1)
-    out = []
-    for start in range(0, len(flat), 256):
-        block = flat[start:start + 256]
-        chars = _CELL[block].reshape(-1)
-        chars = chars[chars != 0].tobytes()
-        ends = np.cumsum(_CELL_LEN[block].sum(axis=1))
-        begins = np.concatenate([[0], ends[:-1]])
-        out.extend(chars[b:e - 1].decode("ascii") for b, e in zip(begins, ends))
-    return out
-
-
-def _check_count(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise UserError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise UserError(f"seed must be an integer >= 0, got {seed!r}")
-    return int(seed)
-
-
-class _ArgumentParser(argparse.ArgumentParser):
-    """argparse whose errors are one-line UserErrors (exit 2 via exit_on_user_error)."""
-
-    def error(self, message):
-        raise UserError(f"{self.prog}: {message}")
-
-
-@exit_on_user_error
-def main(argv: list[str] | None = None) -> None:
-    parser = _ArgumentParser(prog="python -m fkd_jax.synthetic",
-                             description="Write synthetic faces as Kaggle-format CSV files.")
-    parser.add_argument("--out", required=True, type=Path, help="output directory")
-    parser.add_argument("--n", required=True, type=int, help="training faces")
-    parser.add_argument("--seed", required=True, type=int)
-    parser.add_argument("--n-test", type=int, default=0,
-                        help="also write test.csv and IdLookupTable.csv with this many faces")
-    parser.add_argument("--kaggle-missing", action="store_true",
-                        help="leave labels out as in Kaggle's training.csv (~70%% of rows keep 4)")
-    args = parser.parse_args(argv)
-    for name in ("n", "seed", "n_test"):
-        if getattr(args, name) < (1 if name == "n" else 0):
-            raise UserError(f"--{name.replace('_', '-')} must be >= {1 if name == 'n' else 0}, "
-                            f"got {getattr(args, name)}")
-    paths = write_kaggle_files(args.out, args.n, args.seed, args.kaggle_missing, args.n_test)
-    print(" ".join(str(path) for path in paths.values()))
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from fkd_jax import models
 from fkd_jax.errors import UserError
 
 
@@ -48,7 +49,9 @@ _POSITIVE_INTS = Key("ints", optional=True, ok=lambda v: len(v) > 0 and min(v) >
 
 def _schema() -> dict[str, Key]:
     # Imported here so that the schema lists exactly what the code accepts.
-    from fkd_jax import keypoints, models, ops, training
+    from fkd_jax.geometry import keypoints
+    from fkd_jax.models import ops
+    from fkd_jax.training import steps
 
     return {
         "seed": _at_least(0),
@@ -86,7 +89,7 @@ def _schema() -> dict[str, Key]:
         "train.weight_decay": _at_least(0, "float"),
         "train.grad_clip": _at_least(0, "float"),
         "train.early_stop_patience": _at_least(0),
-        "train.loss": _choice(*training.LOSSES),
+        "train.loss": _choice(*steps.LOSSES),
         "train.wing_w": Key("float", ok=lambda v: v > 0, why="must be > 0 (pixels)"),
         "train.wing_epsilon": Key("float", ok=lambda v: v > 0, why="must be > 0 (pixels)"),
         "train.ema_decay": _in_range(0.0, 1.0, closed_high=False),
@@ -148,7 +151,7 @@ def check_config(config) -> None:
     values = _flatten(config)
     for name in values:
         if name not in schema:
-            raise UserError(f"unknown config key config.{name} (not in fkd_jax/config_schema.py; "
+            raise UserError(f"unknown config key config.{name} (not in fkd_jax/training/config_check.py; "
                             "a typo in the config file?)")
     for name, key in schema.items():
         option = f"--config.{name}"
@@ -167,7 +170,6 @@ def check_config(config) -> None:
 
 
 def _check_combinations(config) -> None:
-    from fkd_jax import models
 
     models.model_sizes(config.model)  # the model exists and takes the sizes given
     t, d = config.train, config.data

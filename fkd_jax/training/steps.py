@@ -29,7 +29,10 @@ import numpy as np
 import optax
 from flax import nnx
 
-from fkd_jax import augment, keypoints, models
+from fkd_jax import models
+from fkd_jax.data import augment
+from fkd_jax.geometry import keypoints
+from fkd_jax.models import networks
 
 State = dict[str, Any]
 Batch = dict[str, jax.Array]  # images (B,S,S,1) f32 [0,1]; keypoints (B,2K) px; mask (B,2K) bool
@@ -286,7 +289,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, au
             aux = 0.0
         else:
             logits = nnx.merge(graphdef, params).heatmap_logits(images)
-            pred = models.soft_argmax(logits).reshape(images.shape[0], -1)
+            pred = networks.soft_argmax(logits).reshape(images.shape[0], -1)
             aux = heatmap_loss.weight * heatmap_kl(logits, kp, mask, heatmap_loss.sigma_px,
                                                    images.shape[1])
         loss, se_sum, count = loss_fn(pred, kp, mask, images.shape[1])

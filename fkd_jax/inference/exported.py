@@ -4,12 +4,12 @@ Why: a user who only wants keypoints should need jax alone, not fkd_jax's model 
 config or an Orbax checkpoint. The artefact is the serialised StableHLO of the prediction
 function with the parameters folded in as constants, lowered for "cpu", "cuda" and "tpu", with
 a symbolic batch size (one file serves every batch size). With conv_impl "auto" each platform
-gets its own convolutions (im2col matmuls on CPU, XLA's convolutions on GPU/TPU: fkd_jax.ops).
+gets its own convolutions (im2col matmuls on CPU, XLA's convolutions on GPU/TPU: fkd_jax.models.ops).
 
 Contract of the exported function (`.call(images)`):
   input   float32 (B, 96, 96, 1), NHWC, grayscale in [0, 1] (0 black), any B >= 1;
   output  float32 (B, 2K): normalised coordinates u = x / 48 - 1 (x in pixels of the 96x96
-          crop, origin at its top-left corner; see fkd_jax.keypoints), x and y interleaved in
+          crop, origin at its top-left corner; see fkd_jax.geometry.keypoints), x and y interleaved in
           the run's keypoint order: K = 15 in Kaggle's column order (left_eye_center_x,
           left_eye_center_y, right_eye_center_x, ...), K = 68 iBUG points (p0_x, p0_y, ...)
           for an ibug68 run, or K = 19 for a kaggle15_square run (Kaggle's 15, then the four
@@ -31,9 +31,9 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from fkd_jax import keypoints
 from fkd_jax.errors import UserError
-from fkd_jax.inference import EVAL_BATCH, Predictor, Run, apply_members
+from fkd_jax.geometry import keypoints
+from fkd_jax.inference.predictor import EVAL_BATCH, Predictor, Run, apply_members
 
 PLATFORMS = ("cpu", "cuda", "tpu")
 SUFFIX = ".jaxexport"

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from fkd_jax import keypoints
+from fkd_jax.geometry import keypoints
 
 FAILURE_NME = 0.10
 _LEFT_OUTER = keypoints.KEYPOINT_NAMES.index("left_eye_outer_corner")

@@ -4,7 +4,7 @@ Work directory layout (`--workdir DIR`):
   config.json      the resolved config of the run
   split.json       source-CSV row ids of the train and validation rows (reused on resume)
   metrics.jsonl    one JSON object per finished epoch
-  checkpoints/     orbax checkpoints (see fkd_jax.checkpoints)
+  checkpoints/     orbax checkpoints (see fkd_jax.training.checkpoints)
   synthetic/       the embedded procedural faces, when no --config.data.train_path is given
   eval/            eval.py's numbers and figures
 
@@ -23,17 +23,19 @@ from pathlib import Path
 
 import numpy as np
 
-from fkd_jax import data as kdata
-from fkd_jax import ensemble, faces, files, keypoints, synthetic
+from fkd_jax import files
+from fkd_jax.data import kaggle, preparation, synthetic
 from fkd_jax.errors import UserError
+from fkd_jax.geometry import keypoints
+from fkd_jax.training import ensemble
 
 
 @dataclass
 class RunData:
     """(train, validation) of a run, and what `save_run_data` still has to write."""
 
-    train: kdata.KeypointData
-    val: kdata.KeypointData
+    train: kaggle.KeypointData
+    val: kaggle.KeypointData
     source: Path  # the training file the rows come from
     new_synthetic: Path | None = None  # a freshly generated synthetic folder to move in
     new_split: tuple[np.ndarray, np.ndarray] | None = None  # row ids, when split.json is new
@@ -81,25 +83,25 @@ def read_run_data(config, workdir: Path) -> RunData:
                                          kaggle_missing=d.synthetic_kaggle_missing)
             path = new_synthetic / "training.csv"
     try:
-        full = kdata.load_training(path, keypoints.KEYPOINT_SETS[d.keypoints], d.keypoints_path)
+        full = kaggle.load_training(path, keypoints.KEYPOINT_SETS[d.keypoints], d.keypoints_path)
         if d.get("framing", "as_given") == "keypoints":
-            full = faces.reframe_by_keypoints(full)
+            full = preparation.reframe_by_keypoints(full)
         split_path = workdir / "split.json"
         new_split = None
         if split_path.exists():
-            train_ids, val_ids = kdata.load_split(split_path)
-            train_idx = kdata.indices_for_rows(full, train_ids, split_path)
-            val_idx = kdata.indices_for_rows(full, val_ids, split_path)
+            train_ids, val_ids = preparation.load_split(split_path)
+            train_idx = preparation.indices_for_rows(full, train_ids, split_path)
+            val_idx = preparation.indices_for_rows(full, val_ids, split_path)
         else:
-            groups = kdata.load_groups(d.groups_path, len(full)) if d.groups_path else None
-            train_idx, val_idx = kdata.split_indices(len(full), d.val_fraction, data_seed,
+            groups = preparation.load_groups(d.groups_path, len(full)) if d.groups_path else None
+            train_idx, val_idx = preparation.split_indices(len(full), d.val_fraction, data_seed,
                                                      groups=groups)
             new_split = (full.row_ids[train_idx], full.row_ids[val_idx])
         train = full.subset(train_idx)
         if d.missing_pattern_path:
-            train = kdata.impose_missing(train, kdata.load_label_pattern(d.missing_pattern_path),
+            train = preparation.impose_missing(train, preparation.load_label_pattern(d.missing_pattern_path),
                                          data_seed)
-        train = kdata.apply_label_policy(train, d.label_policy)
+        train = preparation.apply_label_policy(train, d.label_policy)
         _check_learnable(train, full.subset(val_idx), d.train_path or "the synthetic faces",
                          d.label_policy)
     except BaseException:
@@ -109,7 +111,7 @@ def read_run_data(config, workdir: Path) -> RunData:
     return RunData(train, full.subset(val_idx), path, new_synthetic, new_split)
 
 
-def _check_learnable(train: kdata.KeypointData, val: kdata.KeypointData, source, policy: str):
+def _check_learnable(train: kaggle.KeypointData, val: kaggle.KeypointData, source, policy: str):
     if not train.mask.any():
         raise UserError(f"{source}: no training row has a labelled keypoint (label policy "
                         f"{policy!r}); there is nothing to learn")
@@ -129,7 +131,7 @@ def save_run_data(run_data: RunData, config, workdir: Path) -> RunData:
         shutil.rmtree(run_data.new_synthetic, ignore_errors=True)
         run_data.source, run_data.new_synthetic = target / "training.csv", None
     if run_data.new_split is not None:
-        kdata.save_split(workdir / "split.json", *run_data.new_split)
+        preparation.save_split(workdir / "split.json", *run_data.new_split)
         run_data.new_split = None
     return run_data
 

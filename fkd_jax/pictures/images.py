@@ -1,12 +1,12 @@
-"""User image files -> model inputs, and predictions back to the file's own pixel coordinates.
+"""Picture files: decoded to RGB arrays, and single-face files -> model inputs and back.
 
-Conversion (stated so results can be interpreted): the file is decoded (faces.read_picture: Pillow, EXIF
+Conversion (stated so results can be interpreted): the file is decoded (read_picture: Pillow, EXIF
 rotation applied, RGB), converted to grayscale with Pillow's "L" mode (ITU-R 601-2 luma:
 L = 0.299 R + 0.587 G + 0.114 B; alpha is dropped), padded to a centred square with the image's
 mean gray (so faces are not stretched), then resized to 96x96 with bilinear filtering
 (antialiased when shrinking). A keypoint at (x, y) in the 96x96 frame maps back to the original
 as x_orig = x * s - pad_left, y_orig = y * s - pad_top, with s = side / 96, all in the same
-continuous-pixel convention as fkd_jax.keypoints.
+continuous-pixel convention as fkd_jax.geometry.keypoints.
 """
 
 from __future__ import annotations
@@ -17,8 +17,36 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from fkd_jax.faces import read_picture
-from fkd_jax.keypoints import IMAGE_SIZE
+from fkd_jax.errors import UserError
+from fkd_jax.geometry.keypoints import IMAGE_SIZE
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def read_picture(path: str | Path) -> np.ndarray:
+    """Decode an image file to RGB uint8 (H, W, 3), EXIF orientation applied.
+
+    Raises UserError naming the file when it is missing, empty or not a readable image.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, not an image file")
+    if not path.is_file():
+        raise UserError(f"{path}: no such image file")
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: empty file, not an image")
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            rgb = np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise UserError(f"{path}: not a readable image ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:120]})") from None
+    if rgb.ndim != 3 or rgb.shape[0] < 1 or rgb.shape[1] < 1:
+        raise UserError(f"{path}: image has no pixels")
+    return np.ascontiguousarray(rgb)
 
 
 @dataclass(frozen=True)

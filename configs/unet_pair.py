@@ -1,9 +1,9 @@
 """The most accurate setup found that trains within 60 minutes on 2 CPU cores (compile included).
 
-  python train.py --config configs/best_cpu.py --config.data.train_path=PATH/training.zip \
+  python train.py --config configs/unet_pair.py --config.data.train_path=PATH/training.zip \
       --config.data.groups_path=PATH/person_ids.txt --workdir DIR
 
-Two members (`train.members = 2`, fkd_jax/ensemble.py): two runs of the recipe below, seeds
+Two members (`train.members = 2`, fkd_jax/training/ensemble.py): two runs of the recipe below, seeds
 2s and 2s+1, trained side by side, one per core, predicting their mean. On 2 cores one run at
 batch 8 keeps about one core busy, so the pair trains in 42.7-43.0 min at 114-115 images/s
 each, where one run alone takes ~31 min at 154 images/s (2026-12-02, session 26), and the
@@ -20,7 +20,7 @@ more per epoch at the same images/s on CPU; heavy geometric augmentation left th
 underfitting, so it is kept mild. An exponential moving average of the parameters (horizon
 about 16 epochs) is what a restored run predicts with: over 3 seeds it beat the raw parameters
 in every seed, by 0.013-0.017 px at the best epoch (README, "Seeds with error bars"). The net
-is 1.5x wider than the first best_cpu's (widths 24-192, 0.82M parameters): at batch 8 for 100
+is 1.5x wider than the first unet_pair's (widths 24-192, 0.82M parameters): at batch 8 for 100
 epochs it beat the narrow net (16-128) in each of 3 paired seeds (1.273 +- 0.006 px against
 1.294 +- 0.016 with the EMA), for 2.2x the wall time (43 minutes at 113 images/s on the
 2-core machine it was measured on). AdamW's weight decay is 0.05 (from 1e-4): over 3 paired
