@@ -1,6 +1,6 @@
 """Shared fixtures: tiny hand-made files in Kaggle's formats, written into tmp_path.
 
-Tests never read the real data in /work/shared; these few rows stand in for it.
+Tests never read real face data; these few rows stand in for it.
 """
 
 from __future__ import annotations

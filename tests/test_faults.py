@@ -1,4 +1,4 @@
-"""Fault suite (issue 7): bad input, kills, corruption, a non-finite loss, Ctrl-C, no disk.
+"""Fault suite: bad input, kills, corruption, a non-finite loss, Ctrl-C, no disk.
 
 Every case runs train.py or eval.py with a command line, as a user does, and checks what the
 user would see: bad input ends in one line naming the file/row/option, exit status 2, no
