@@ -259,7 +259,7 @@ def write_check_file(config, batch_size: int, path: Path) -> None:
     batch = random_batch(np.random.default_rng(config.seed), batch_size)
 
     def objective(params):
-        pred = training.apply_model(graphdef, params, batch["images"], train=True)
+        pred = models.apply_model(graphdef, params, batch["images"], train=True)
         return loss_fn(pred, batch["keypoints"], batch["mask"], IMAGE_SIZE)[0]
 
     loss, grads = jax.jit(jax.value_and_grad(objective))(params)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from configs import base
+from fkd_jax import models
 from fkd_jax.geometry import keypoints
 from fkd_jax.training import steps
 from conftest import normal
@@ -68,7 +69,7 @@ def test_missing_labels_give_exactly_zero_parameter_gradient():
 
     def grads(kp):
         def loss(p):
-            pred = steps.apply_model(graphdef, p, data["images"])
+            pred = models.apply_model(graphdef, p, data["images"])
             return steps.masked_loss(pred, kp, only_missing)[0]
         return jax.jit(jax.grad(loss))(state["params"])
 
@@ -148,7 +149,7 @@ def test_predictor_pads_to_its_batch_compiles_once_and_matches_direct_applicatio
     out = predict(images)  # 5 rows in batches of 2: the last one padded
     predict(images[:3])
     predict(images[:1], tta=True)
-    direct = keypoints.to_pixels(np.asarray(steps.apply_model(graphdef, state["params"], images)))
+    direct = keypoints.to_pixels(np.asarray(models.apply_model(graphdef, state["params"], images)))
     assert out.shape == (5, 30)
     np.testing.assert_allclose(out, direct, rtol=1e-5, atol=1e-4)
     assert apply._cache_size() == 1  # every request above reused one executable

@@ -19,6 +19,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from fkd_jax import models
 from fkd_jax.data import augment
 from fkd_jax.geometry import keypoints
 
@@ -117,8 +118,6 @@ def model_apply(graphdef, members: int = 1) -> Callable:
 def apply_members(graphdef, members: int, params, images: jax.Array) -> jax.Array:
     """The model's normalised prediction; for an ensemble (`members` > 1, `params` a tuple) the
     members' mean, every member in the one compiled function."""
-    from fkd_jax.training import steps
-
     if members == 1:
-        return steps.apply_model(graphdef, params, images)
-    return sum(steps.apply_model(graphdef, p, images) for p in params) / members
+        return models.apply_model(graphdef, params, images)
+    return sum(models.apply_model(graphdef, p, images) for p in params) / members

@@ -152,3 +152,9 @@ def create_model(model_cfg, num_keypoints: int, seed: int, *,
 
 def count_params(model: nnx.Module) -> int:
     return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def apply_model(graphdef: nnx.GraphDef, params, images, *, train: bool = False, dropout_key=None):
+    """Predicted keypoints (B, 2K) in normalised coordinates, from a model's structure and
+    parameters (a plain dict: what checkpoints and the training state hold)."""
+    return nnx.merge(graphdef, params)(images, train=train, dropout_key=dropout_key)

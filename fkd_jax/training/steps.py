@@ -165,11 +165,6 @@ def abstract_state(config) -> tuple[nnx.GraphDef, State]:
         lambda: init_state(config.model, tx, config.seed, k, averaging=averaging)[1])
 
 
-def apply_model(graphdef: nnx.GraphDef, params, images, *, train: bool = False, dropout_key=None):
-    """Predicted keypoints (B, 30) in normalised coordinates."""
-    return nnx.merge(graphdef, params)(images, train=train, dropout_key=dropout_key)
-
-
 LOSSES = ("mse", "l1", "wing")
 
 
@@ -285,7 +280,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, au
 
     def objective(params, images, kp, mask, dropout_key):
         if heatmap_loss is None:
-            pred = apply_model(graphdef, params, images, train=True, dropout_key=dropout_key)
+            pred = models.apply_model(graphdef, params, images, train=True, dropout_key=dropout_key)
             aux = 0.0
         else:
             logits = nnx.merge(graphdef, params).heatmap_logits(images)
