@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fkd_jax.errors import UserError
+
 IMAGE_SIZE = 96  # pixels, both height and width
 
 KEYPOINT_NAMES: tuple[str, ...] = (
@@ -220,6 +222,16 @@ KAGGLE15_SQUARE = KeypointSet(
     {**GROUPS, "square": SQUARE_NAMES}, scored=KEYPOINT_NAMES)
 
 KEYPOINT_SETS: dict[str, KeypointSet] = {s.name: s for s in (KAGGLE15, IBUG68, KAGGLE15_SQUARE)}
+
+
+def set_for_width(width: int, where: str = "model") -> KeypointSet:
+    """Which keypoint set a model predicts, from its output width 2K (exported models carry no
+    config); `where` names the model in the error."""
+    for candidate in KEYPOINT_SETS.values():
+        if 2 * candidate.num_keypoints == width:
+            return candidate
+    known = ", ".join(f"{s.name} ({2 * s.num_keypoints})" for s in KEYPOINT_SETS.values())
+    raise UserError(f"{where}: predicts {width} coordinates, none of the keypoint sets {known}")
 
 
 def kaggle15_from_ibug68(points68):

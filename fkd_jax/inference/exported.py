@@ -86,13 +86,7 @@ def _check_signature(exported: jax.export.Exported, path: Path) -> None:
 def keypoint_set(exported: jax.export.Exported, path: str | Path = "model"
                  ) -> keypoints.KeypointSet:
     """Which keypoints an exported model predicts, from its output width 2K."""
-    width = exported.out_avals[0].shape[1]
-    for candidate in keypoints.KEYPOINT_SETS.values():
-        if 2 * candidate.num_keypoints == width:
-            return candidate
-    known = ", ".join(f"{s.name} ({2 * s.num_keypoints})" for s in keypoints.KEYPOINT_SETS.values())
-    raise UserError(f"--model {path}: predicts {width} coordinates, none of the keypoint sets "
-                    f"{known}")
+    return keypoints.set_for_width(exported.out_avals[0].shape[1], f"--model {path}")
 
 
 def load_predictor(path: str | Path, batch_size: int = EVAL_BATCH) -> Predictor:

@@ -1,0 +1,97 @@
+"""A trained model as an ONNX file, for onnxruntime, TensorRT and the browser.
+
+Same contract as the jax.export artefact (fkd_jax.inference.exported), as a standard graph:
+  input   "images"     float32 (B, S, S, 1), NHWC, grayscale in [0, 1], any B >= 1 (S = 96);
+  output  "keypoints"  float32 (B, 2K) normalised coordinates u = x / (S / 2) - 1, x and y
+          interleaved in the run's keypoint order; an ensemble's file predicts the mean;
+  metadata "keypoint_set" and "flip_label_offset_px" (the axis flip TTA un-mirrors about).
+
+    import onnxruntime as ort
+    session = ort.InferenceSession("model.onnx")
+    keypoints_px = (session.run(None, {"images": images})[0] + 1) * 48
+
+The graph is converted by jax2onnx from the model rebuilt with XLA's convolutions
+(`conv_impl="xla"`: plain Conv nodes, which every ONNX runtime optimises, instead of the
+im2col matmuls the CPU path uses; the parameters are the same). Both packages come with the
+`onnx` extra (`pip install "fkd-jax[onnx]"`); nothing here imports them until it is used.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import nnx
+
+from fkd_jax import models
+from fkd_jax.data import augment
+from fkd_jax.errors import UserError
+from fkd_jax.geometry import keypoints
+from fkd_jax.inference.predictor import EVAL_BATCH, Predictor, Run, apply_members
+
+SUFFIX = ".onnx"
+INPUT, OUTPUT = "images", "keypoints"
+
+
+def _need(module: str):
+    try:
+        return __import__(module)
+    except ImportError:
+        raise UserError(f"ONNX needs the `{module}` package: pip install \"fkd-jax[onnx]\" "
+                        "(or uv run --extra onnx ...)") from None
+
+
+def export_onnx(run: Run) -> bytes:
+    """The run's prediction function with its parameters as an ONNX model (symbolic batch)."""
+    jax2onnx = _need("jax2onnx")
+    model_cfg = copy.deepcopy(run.config.model)
+    model_cfg.conv_impl = "xla"
+    k = keypoints.KEYPOINT_SETS[run.config.data.keypoints].num_keypoints
+    size = keypoints.IMAGE_SIZE
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: models.create_model(model_cfg, k, 0)),
+                            nnx.Param)
+
+    def predict(images: jax.Array) -> jax.Array:
+        return apply_members(graphdef, run.members, run.params, images)
+
+    proto = jax2onnx.to_onnx(predict, [("B", size, size, 1)], model_name="fkd_jax",
+                             input_names=[INPUT], output_names=[OUTPUT])
+    offset = augment.read_settings(run.config.get("augment")).flip_label_offset_px
+    for key, value in {"keypoint_set": run.config.data.keypoints,
+                       "flip_label_offset_px": repr(float(offset))}.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    return proto.SerializeToString()
+
+
+def load_onnx_predictor(path: str | Path, batch_size: int = EVAL_BATCH) -> Predictor:
+    """A `Predictor` (pixels out) running an ONNX keypoint model through onnxruntime on the
+    CPU; its image size and keypoint set (for flip TTA) come from the graph's shapes."""
+    ort = _need("onnxruntime")
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--model {path}: {'is a directory' if path.is_dir() else 'no such file'}"
+                        "; write one with export.py --format onnx")
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own error types on a bad file
+        raise UserError(f"--model {path}: not a readable ONNX model ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:160]})") from None
+    ins, outs = session.get_inputs(), session.get_outputs()
+    shape_in, shape_out = ins[0].shape, outs[0].shape
+    ok = (len(ins) == 1 and len(outs) == 1 and len(shape_in) == 4 and shape_in[3] == 1
+          and isinstance(shape_in[1], int) and shape_in[1] == shape_in[2]
+          and len(shape_out) == 2 and isinstance(shape_out[1], int))
+    if not ok:
+        raise UserError(f"--model {path}: not a keypoint model (takes {shape_in}, returns "
+                        f"{shape_out}; expected float32 (B, S, S, 1) -> (B, 2K))")
+    name = ins[0].name
+    keypoint_set = keypoints.set_for_width(shape_out[1], f"--model {path}")
+    offset = float(session.get_modelmeta().custom_metadata_map.get("flip_label_offset_px", 0.0))
+
+    def run(images) -> np.ndarray:
+        return session.run(None, {name: np.asarray(images, np.float32)})[0]
+
+    return Predictor(run, batch_size, int(shape_in[1]), keypoint_set.flip_permutation, offset)
