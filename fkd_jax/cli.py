@@ -76,7 +76,8 @@ def help_text(flag_values: flags.FlagValues, doc: str | None = None) -> str:
                                           if not m.startswith("absl.") for f in fs]
     lines = [doc.strip().split("\n\n")[0], "", "flags:"]
     for flag in sorted(own, key=lambda f: f.name):
-        default = "" if flag.default in (None, "", []) else f" (default: {flag.default})"
+        value = ",".join(flag.default) if isinstance(flag.default, list) else flag.default
+        default = "" if value in (None, "") else f" (default: {value})"
         lines.append(f"  --{flag.name}: {_one_line(flag.help)}{default}")
     return "\n".join(lines)
 
