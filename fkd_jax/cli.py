@@ -15,6 +15,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 from absl import flags
 from absl import logging as absl_logging
@@ -65,15 +66,21 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues, *,
     return rest
 
 
+def as_namespace(flag_values: flags.FlagValues) -> SimpleNamespace:
+    """The parsed flags as a plain namespace, one attribute per flag, for code that passes its
+    options around as one object or derives values from them (a FlagValues would re-parse)."""
+    return SimpleNamespace(**flag_values.flag_values_dict())
+
+
 def help_text(flag_values: flags.FlagValues, doc: str | None = None) -> str:
     """The entry point's `--help`: the first paragraph of `doc` (default: the `__main__`
-    module's docstring) and the flags the entry point defines (those of the libraries it
-    imports, absl's logging and orbax's, left out)."""
+    module's docstring) and its flags: all of a script's own FlagValues, or those of absl's
+    global FLAGS that the entry point itself defines (not absl's logging flags nor orbax's)."""
     if doc is None:
         doc = getattr(sys.modules.get("__main__"), "__doc__", None) or ""
     by_module = flag_values.flags_by_module_dict()
-    own = by_module.get(sys.argv[0]) or [f for m, fs in by_module.items()
-                                          if not m.startswith("absl.") for f in fs]
+    own = (by_module.get(sys.argv[0], []) if flag_values is flags.FLAGS
+           else [f for module_flags in by_module.values() for f in module_flags])
     lines = [doc.strip().split("\n\n")[0], "", "flags:"]
     for flag in sorted(own, key=lambda f: f.name):
         value = ",".join(flag.default) if isinstance(flag.default, list) else flag.default
