@@ -1,6 +1,6 @@
 """Every third-party package the repository imports is declared in pyproject.toml: the library,
-entry points, configs, scripts, benchmarks and the notebook in `dependencies`, the tests there
-or in the `test` extra. An undeclared import works only while something else happens to pull
+entry points, configs, scripts and benchmarks in `dependencies`; the tests and the notebooks
+(run in a Jupyter kernel, which the `test` extra installs) there or in the `test` extra. An undeclared import works only while something else happens to pull
 the package in (absl-py came with ml-collections), and breaks when that changes."""
 
 from __future__ import annotations
@@ -74,15 +74,15 @@ def undeclared() -> list[str]:
     distributions = importlib.metadata.packages_distributions()
     problems = []
     for path, source in sources():
-        allowed = everything if "tests" in path.relative_to(ROOT).parts else core
+        in_test_env = path.relative_to(ROOT).parts[0] in ("tests", "notebooks")
+        allowed = everything if in_test_env else core
         for name in sorted(top_level_imports(source)):
             if (name in sys.stdlib_module_names or name in NOT_DEPENDENCIES
                     or is_local(name, path)):
                 continue
             provided_by = {normalise(d) for d in distributions.get(name, [])}
             if not provided_by & allowed:
-                where = "the test extra or dependencies" if allowed is everything else \
-                    "dependencies"
+                where = "the test extra or dependencies" if in_test_env else "dependencies"
                 problems.append(f"{path.relative_to(ROOT)}: import {name} (distribution "
                                 f"{', '.join(sorted(provided_by)) or 'unknown'}) is not in "
                                 f"pyproject.toml's {where}")
