@@ -1,5 +1,4 @@
 """Evaluate a trained run: RMSE tables, figures, a Kaggle submission, predictions on image files.
-
   python eval.py --workdir DIR                      # the run's validation split, best checkpoint
   python eval.py --workdir DIR --data steps.zip  # any Kaggle-format file (masked RMSE)
   python eval.py --workdir DIR --test test.zip --lookup IdLookupTable.csv   # submission.csv

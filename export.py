@@ -1,5 +1,4 @@
 """Export a trained run as one file that runs with jax alone (a `jax.export` artefact).
-
   python export.py --workdir RUN_DIR [--out model.jaxexport] [--checkpoint best|latest]
 
 The file holds the prediction function with its parameters, lowered for cpu, cuda and tpu,

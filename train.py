@@ -1,5 +1,4 @@
 """Train a facial keypoint regressor.
-
   python train.py --config configs/base.py [--workdir DIR] [--config.train.epochs=5 ...]
 
 With no --config.data.train_path it trains on the embedded procedural faces. Re-running the

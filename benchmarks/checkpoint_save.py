@@ -1,10 +1,9 @@
 """What a checkpoint save costs the training loop, waited for at once or overlapped.
-
-  uv run python benchmarks/checkpoint_save.py [--mb 100 --leaves 30 --epochs 6 --work-s 2]
+  uv run python benchmarks/checkpoint_save.py [--mb 100 --leaves 30 --epochs 6 --work_s 2]
 
 A training state of --mb MB (float32, --leaves arrays, about the size of Nouri's net with
 Adam's two moments at the default) goes through --epochs "epochs": a jitted function that
-donates the state (as train.py's epoch does) and computes for about --work-s seconds, then
+donates the state (as train.py's epoch does) and computes for about --work_s seconds, then
 `Checkpoints.save`. Two loops, each in a fresh work directory under a temporary directory:
   (a) waited: save, then `wait()` at once (what train.py did before: the write blocks the
       loop);
@@ -20,7 +19,6 @@ digest, so a write that read a donated buffer shows up as an error.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -30,9 +28,19 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+from absl import flags
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fkd_jax.training.checkpoints import Checkpoints, abstract_like  # noqa: E402
+from fkd_jax import cli
+from fkd_jax.errors import exit_on_user_error
+from fkd_jax.training.checkpoints import Checkpoints, abstract_like
+
+FLAGS = flags.FlagValues()
+flags.DEFINE_float("mb", 100.0, "Size of the training state, MB.", lower_bound=0.001,
+                   flag_values=FLAGS)
+flags.DEFINE_integer("leaves", 30, "Arrays in the state.", lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_integer("epochs", 6, "Epochs (saves) per loop.", lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_float("work_s", 2.0, "Seconds of computation per epoch.", lower_bound=0.0,
+                   flag_values=FLAGS)
 
 
 def make_state(mb: float, leaves: int) -> dict:
@@ -93,13 +101,9 @@ def run(workdir: Path, state, epoch_fn, epochs: int, overlap: bool) -> dict:
             "wait_s": statistics.median(waits) if waits else None, "wall_s": wall}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--mb", type=float, default=100.0)
-    p.add_argument("--leaves", type=int, default=30)
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--work-s", type=float, default=2.0)
-    args = p.parse_args()
+def main(argv: list[str]) -> None:
+    cli.parse_flags(argv, FLAGS)
+    args = cli.as_namespace(FLAGS)
     epoch_fn = make_epoch(args.work_s)
     result = {"mb": args.mb, "epochs": args.epochs, "device": jax.devices()[0].platform}
     with tempfile.TemporaryDirectory() as tmp:
@@ -112,4 +116,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)(sys.argv)

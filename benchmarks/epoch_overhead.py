@@ -1,6 +1,5 @@
 """What the on-device epoch scan costs (or saves) against running its steps one by one.
-
-  uv run python benchmarks/epoch_overhead.py --config configs/nouri.py --batch-size 128 \
+  uv run python benchmarks/epoch_overhead.py --config configs/nouri.py --batch_size 128
       [--steps 10 --repeats 5]
 
 On N = steps * batch random images, timed after compiling and one untimed warm-up each:
@@ -17,33 +16,30 @@ goal: within 5%). The last line printed is one JSON object.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
+import sys
 import time
 
 import jax
 import numpy as np
+from absl import flags
 
 from throughput import ROOT, load_config, random_batch  # benchmarks/ is this script's dir
+
+from fkd_jax import cli
+from fkd_jax.errors import exit_on_user_error
 from fkd_jax.training import steps as training
-from fkd_jax.errors import UserError, exit_on_user_error
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(ROOT / "configs" / "nouri.py"))
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--steps", type=int, default=10, help="steps per epoch")
-    p.add_argument("--repeats", type=int, default=5)
-    args = p.parse_args(argv)
-    for name, value in (("--batch-size", args.batch_size), ("--steps", args.steps),
-                        ("--repeats", args.repeats)):
-        if value < 1:
-            raise UserError(f"{name}={value}: must be at least 1")
-    return args
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("config", str(ROOT / "configs" / "nouri.py"), "Config file (get_config()).",
+                    flag_values=FLAGS)
+flags.DEFINE_integer("batch_size", 128, "Images per step.", lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_integer("steps", 10, "Steps per epoch.", lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_integer("repeats", 5, "Timed repeats of each way.", lower_bound=1,
+                     flag_values=FLAGS)
 
 
 class Runners:
@@ -97,9 +93,9 @@ class Runners:
         return time.perf_counter() - t
 
 
-@exit_on_user_error
-def main(argv=None) -> None:
-    args = parse_args(argv)
+def main(argv: list[str]) -> None:
+    cli.parse_flags(argv, FLAGS)
+    args = cli.as_namespace(FLAGS)
     config = load_config(args.config)
     r = Runners(config, args.batch_size, args.steps)
     print(f"compiled: epoch {r.compile_epoch_s:.1f}s, step {r.compile_step_s:.1f}s", flush=True)
@@ -133,4 +129,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)(sys.argv)

@@ -1,8 +1,7 @@
 """Inference speed: faces/s in batches and the latency of one face, fkd-jax against PyTorch.
-
   uv run python benchmarks/inference_speed.py [--workdir RUN_DIR | --config configs/unet_pair.py]
-      [--model model.jaxexport] [--batch-size 64 --calls 5 --latency-calls 50 --repeats 5]
-      [--envs default,arena,hugetlb] [--torch-layouts nchw,channels_last] [--torch-threads 0,1]
+      [--model model.jaxexport] [--batch_size 64 --calls 5 --latency_calls 50 --repeats 5]
+      [--envs default,arena,hugetlb] [--torch_layouts nchw,channels_last] [--torch_threads 0,1]
 
 Setups, each a warm subprocess started with one allocator environment of --envs (as in
 benchmarks/throughput.py) and answering "infer B N" lines:
@@ -12,11 +11,11 @@ benchmarks/throughput.py) and answering "infer B N" lines:
   exported   the `export.py` artefact through `exported.load_predictor`: --model, or else the
              same run exported here (`exported.export_run`) to a temporary file;
   torch      the PyTorch twin (benchmarks/torch_reference.py, its own random weights: same
-             cost) in eval mode under torch.inference_mode, per --torch-layouts and
-             --torch-threads.
+             cost) in eval mode under torch.inference_mode, per --torch_layouts and
+             --torch_threads.
 Every call takes numpy crops (B, 96, 96, 1) in [0, 1] and returns numpy keypoints in pixels.
-A round asks every setup, in turn, for --calls calls at --batch-size (faces/s = faces / summed
-call time) and --latency-calls calls of one face (latency = the median call); after one
+A round asks every setup, in turn, for --calls calls at --batch_size (faces/s = faces / summed
+call time) and --latency_calls calls of one face (latency = the median call); after one
 untimed round, --repeats rounds; each figure is the median over the rounds. Printed: a table,
 fkd-jax and the export in the first environment and in their best, the best PyTorch setup,
 the ratios; the last line is one JSON object.
@@ -24,7 +23,6 @@ the ratios; the last line is one JSON object.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -33,20 +31,22 @@ import tempfile
 import time
 from pathlib import Path
 
+from types import SimpleNamespace
+
 import numpy as np
+from absl import flags
 
-# benchmarks/ is this script's dir; importing throughput puts the repository root on the path.
-from throughput import (ENVS, ROOT, add_setup_args, check_setup_args, close_all, load_config,
-                        start_servers, torch_specs, twin_cli, twin_settings)
+from throughput import (ENVS, ROOT, check_setup_args, close_all, define_setup_flags, load_config,
+                        start_servers, torch_specs, twin_cli, twin_settings)  # benchmarks/: here
 
-from fkd_jax import models
+from fkd_jax import cli, models
 from fkd_jax.errors import UserError, exit_on_user_error
 from fkd_jax.geometry.keypoints import IMAGE_SIZE
 
 VARIANTS = ("fkd-jax", "exported")
 
 
-def load_run(args: argparse.Namespace):
+def load_run(args: SimpleNamespace):
     """The run to time: restored from --workdir, or --config's model freshly initialised."""
     from flax import nnx
 
@@ -62,7 +62,7 @@ def load_run(args: argparse.Namespace):
     return predictor.Run(config, graphdef, nnx.to_pure_dict(params), {"epoch": None})
 
 
-def run_config(args: argparse.Namespace):
+def run_config(args: SimpleNamespace):
     from fkd_jax.training import restore
 
     if args.workdir:
@@ -70,8 +70,8 @@ def run_config(args: argparse.Namespace):
     return load_config(args.config)
 
 
-def serve(args: argparse.Namespace) -> None:
-    """--serve VARIANT: one fkd-jax setup answering "infer B N" (B = --batch-size or 1)."""
+def serve(args: SimpleNamespace) -> None:
+    """--serve VARIANT: one fkd-jax setup answering "infer B N" (B = --batch_size or 1)."""
     from fkd_jax.inference import exported
     from fkd_jax.inference import predictor
 
@@ -101,7 +101,7 @@ def serve(args: argparse.Namespace) -> None:
                           "latency_s": statistics.median(times)}), flush=True)
 
 
-def export_to(args: argparse.Namespace, folder: Path) -> Path:
+def export_to(args: SimpleNamespace, folder: Path) -> Path:
     """--model, or the timed run exported to `folder` as export.py would write it."""
     if args.model:
         if not Path(args.model).is_file():
@@ -117,21 +117,21 @@ def export_to(args: argparse.Namespace, folder: Path) -> Path:
     return path
 
 
-def setup_specs(args: argparse.Namespace, model_path: Path) -> list[tuple[str, list[str], str]]:
+def setup_specs(args: SimpleNamespace, model_path: Path) -> list[tuple[str, list[str], str]]:
     source = (["--workdir", args.workdir, "--checkpoint", args.checkpoint] if args.workdir
               else ["--config", args.config])
-    me = [sys.executable, str(Path(__file__).resolve()), "--batch-size", str(args.batch_size)]
+    me = [sys.executable, str(Path(__file__).resolve()), "--batch_size", str(args.batch_size)]
     twin = twin_cli(twin_settings(run_config(args), None))
     specs = []
     for env in args.envs:
         specs.append((f"fkd-jax [{env}]", [*me, "--serve", "fkd-jax", *source], env))
         specs.append((f"exported [{env}]", [*me, "--serve", "exported", "--model",
                                             str(model_path)], env))
-        specs += torch_specs(args, env, ["--warmup", "0", "--batch-size", "1", *twin])
+        specs += torch_specs(args, env, ["--warmup", "0", "--batch_size", "1", *twin])
     return specs
 
 
-def time_rounds(args: argparse.Namespace, servers) -> dict[str, dict[str, list[float]]]:
+def time_rounds(args: SimpleNamespace, servers) -> dict[str, dict[str, list[float]]]:
     """Per setup, the faces/s and latency (s) of every timed round."""
     out = {s.name: {"faces_per_s": [], "latency_s": []} for s in servers}
     for r in range(args.repeats + 1):
@@ -148,7 +148,7 @@ def time_rounds(args: argparse.Namespace, servers) -> dict[str, dict[str, list[f
     return out
 
 
-def report(args: argparse.Namespace, rounds: dict) -> dict:
+def report(args: SimpleNamespace, rounds: dict) -> dict:
     setups = {name: {"faces_per_s": statistics.median(v["faces_per_s"]),
                      "latency_ms": statistics.median(v["latency_s"]) * 1e3,
                      "faces_per_s_rounds": v["faces_per_s"],
@@ -180,28 +180,35 @@ def report(args: argparse.Namespace, rounds: dict) -> dict:
     return {"setups": setups, "best": pick, "ratio": ratios}
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workdir", help="a train.py run directory (default: a fresh --config model)")
-    p.add_argument("--checkpoint", choices=("best", "latest"), default="best")
-    p.add_argument("--config", default=str(ROOT / "configs" / "unet_pair.py"))
-    p.add_argument("--model", help="an export.py artefact (default: export the run here)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--calls", type=int, default=5, help="batches per round")
-    p.add_argument("--latency-calls", type=int, default=50, help="one-face calls per round")
-    p.add_argument("--repeats", type=int, default=5, help="timed rounds")
-    add_setup_args(p)
-    p.add_argument("--serve", choices=VARIANTS, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    check_setup_args(args, ("batch_size", "calls", "latency_calls", "repeats"))
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("workdir", None, "A train.py run directory (default: a fresh --config model).",
+                    flag_values=FLAGS)
+flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint.", flag_values=FLAGS)
+flags.DEFINE_string("config", str(ROOT / "configs" / "unet_pair.py"),
+                    "Config file of the model timed without --workdir.", flag_values=FLAGS)
+flags.DEFINE_string("model", None, "An export.py artefact (default: export the run here).",
+                    flag_values=FLAGS)
+flags.DEFINE_integer("batch_size", 64, "Faces per batched call.", lower_bound=1,
+                     flag_values=FLAGS)
+flags.DEFINE_integer("calls", 5, "Batches per round.", lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_integer("latency_calls", 50, "One-face calls per round.", lower_bound=1,
+                     flag_values=FLAGS)
+flags.DEFINE_integer("repeats", 5, "Timed rounds.", lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_enum("serve", None, list(VARIANTS), "Internal: one setup, answering stdin lines.",
+                  flag_values=FLAGS)
+define_setup_flags(FLAGS)
+
+
+def parse_args(argv: list[str]) -> SimpleNamespace:
+    cli.parse_flags(argv, FLAGS)
+    args = cli.as_namespace(FLAGS)
+    check_setup_args(args)
     if args.workdir and not Path(args.workdir).is_dir():
         raise UserError(f"--workdir {args.workdir}: no such directory")
     return args
 
 
-@exit_on_user_error
-def main(argv=None) -> None:
+def main(argv: list[str]) -> None:
     args = parse_args(argv)
     if args.serve:
         serve(args)
@@ -225,4 +232,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)(sys.argv)

@@ -10,5 +10,5 @@ python="${PYTHON:-python3}"
 if [[ ! -x "$venv/bin/python" ]]; then
   "$python" -m venv "$venv"
 fi
-"$venv/bin/python" -m pip install --quiet "torch==2.13.0" numpy
+"$venv/bin/python" -m pip install --quiet "torch==2.13.0" numpy absl-py
 "$venv/bin/python" -c "import torch; print('torch', torch.__version__, 'threads', torch.get_num_threads())"

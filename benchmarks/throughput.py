@@ -1,8 +1,7 @@
 """Training throughput (images/s) of the project's real training step, optionally against PyTorch.
-
-  uv run python benchmarks/throughput.py --config configs/nouri.py --batch-size 128 \
-      [--repeats 3 --steps 10] [--conv-impl auto,xla] [--mode epoch|step] [--torch | --compare]
-  uv run python benchmarks/throughput.py --config configs/unet_pair.py --batch-size 8 --check
+  uv run python benchmarks/throughput.py --config configs/nouri.py --batch_size 128
+      [--repeats 3 --steps 10] [--conv_impl auto,xla] [--mode epoch|step] [--torch | --compare]
+  uv run python benchmarks/throughput.py --config configs/unet_pair.py --batch_size 8 --check
 
 What is timed (random data, no augmentation; the config's loss and optimiser exactly as
 `fkd_jax.training.steps` builds them: Adam or AdamW, gradient clipping, learning-rate schedule):
@@ -12,9 +11,9 @@ What is timed (random data, no augmentation; the config's loss and optimiser exa
 Each repeat's images/s is taken after compiling and --warmup untimed runs; the reported
 figure is the median over --repeats. compile_s is the ahead-of-time compile of the function.
 
---compare and --torch time "setups": fkd-jax (per --conv-impl) and the PyTorch eager twin
-(benchmarks/torch_reference.py, per --torch-layouts: NCHW and channels_last, and per
---torch-threads: all cores unless told; on shared cores 1 thread can win), each under each
+--compare and --torch time "setups": fkd-jax (per --conv_impl) and the PyTorch eager twin
+(benchmarks/torch_reference.py, per --torch_layouts: NCHW and channels_last, and per
+--torch_threads: all cores unless told; on shared cores 1 thread can win), each under each
 allocator environment of --envs, every setup a warm subprocess of its own started with that
 environment and answering "run" lines (one repeat each):
   default   the environment without the variables below;
@@ -37,7 +36,6 @@ The last line printed is one JSON object.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
@@ -47,26 +45,26 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import flags
+
+from fkd_jax import cli, files, models
+from fkd_jax.errors import UserError, exit_on_user_error
+from fkd_jax.geometry import keypoints
+from fkd_jax.geometry.keypoints import IMAGE_SIZE, NUM_COORDS
+from fkd_jax.models import ops
+from fkd_jax.training import steps as training
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # configs/ is imported as a package by the config files
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-
-from fkd_jax import models
-from fkd_jax import files  # noqa: E402
-from fkd_jax.geometry import keypoints  # noqa: E402
-from fkd_jax.models import ops  # noqa: E402
-from fkd_jax.training import steps as training  # noqa: E402
-from fkd_jax.errors import UserError, exit_on_user_error  # noqa: E402
-from fkd_jax.geometry.keypoints import IMAGE_SIZE, NUM_COORDS  # noqa: E402
 
 TORCH_PYTHON = ROOT / "benchmarks" / ".torch-venv" / "bin" / "python"
 TORCH_SCRIPT = ROOT / "benchmarks" / "torch_reference.py"
-TORCH_LAYOUTS = {"nchw": [], "channels_last": ["--channels-last"]}
+TORCH_LAYOUTS = {"nchw": [], "channels_last": ["--channels_last"]}
 # Allocator environments (glibc malloc), each set on a fresh process: see the docstring.
 ENVS = {
     "default": {},
@@ -232,7 +230,7 @@ def twin_cli(settings: dict) -> list[str]:
     """torch_reference.py options for `twin_settings`."""
     out = []
     for key, value in settings.items():
-        out += [f"--{key.replace('_', '-')}",
+        out += [f"--{key}",
                 ",".join(map(str, value)) if isinstance(value, list) else str(value)]
     return out
 
@@ -288,7 +286,7 @@ def write_check_file(config, batch_size: int, path: Path) -> None:
         np.savez(f, meta=np.array(meta), **{k: np.asarray(v) for k, v in arrays.items()})
 
 
-def run_check(args: argparse.Namespace, config) -> int:
+def run_check(args: SimpleNamespace, config) -> int:
     """--check: write the JAX numbers to a file, let the twin compare; its exit status."""
     if config.model.name != "heatmap_unet":
         raise UserError(f"--check: the parameter mapping is written for heatmap_unet, not "
@@ -302,9 +300,10 @@ def run_check(args: argparse.Namespace, config) -> int:
                               check=False).returncode
 
 
-def torch_python(python: Path) -> Path:
+def torch_python(python: str | Path) -> Path:
+    python = Path(python)
     if not python.is_file():
-        raise UserError(f"--torch-python {python}: not found; create it with "
+        raise UserError(f"--torch_python {python}: not found; create it with "
                         "bash benchmarks/setup_torch.sh")
     return python
 
@@ -367,7 +366,7 @@ def close_all(servers: list[Server]) -> None:
         s.close()
 
 
-def serve_jax(args: argparse.Namespace, config) -> None:
+def serve_jax(args: SimpleNamespace, config) -> None:
     """--serve: one fkd-jax setup for the parent's --compare; also answers "matmul"."""
     bench = JaxBench(config, args.conv_impls[0], args.batch_size, args.steps, args.mode,
                      args.warmup)
@@ -386,10 +385,10 @@ def serve_jax(args: argparse.Namespace, config) -> None:
             break
 
 
-def setup_specs(args: argparse.Namespace, config) -> list[tuple[str, list[str], str]]:
+def setup_specs(args: SimpleNamespace, config) -> list[tuple[str, list[str], str]]:
     """(name, command, env) of every setup: fkd-jax per conv_impl, the twin per layout, each in
     each environment; the first fkd-jax setup in the first environment also times the matmul."""
-    common = ["--batch-size", str(args.batch_size), "--steps", str(args.steps)]
+    common = ["--batch_size", str(args.batch_size), "--steps", str(args.steps)]
     twin = twin_cli(twin_settings(config, args.steps))
     specs = []
     for env in args.envs:
@@ -397,15 +396,15 @@ def setup_specs(args: argparse.Namespace, config) -> list[tuple[str, list[str], 
             matmul = ["--matmul"] if not specs else []
             specs.append((f"jax {impl} [{env}]",
                           [sys.executable, str(Path(__file__).resolve()), "--serve",
-                           "--config", args.config, "--mode", args.mode, "--conv-impl", impl,
+                           "--config", args.config, "--mode", args.mode, "--conv_impl", impl,
                            "--warmup", str(args.warmup), *common, *matmul], env))
         specs += torch_specs(args, env, ["--warmup", "2", *common, *twin])
     return specs
 
 
-def torch_specs(args: argparse.Namespace, env: str, options: list[str]
+def torch_specs(args: SimpleNamespace, env: str, options: list[str]
                 ) -> list[tuple[str, list[str], str]]:
-    """The twin's setups in environment `env`, one per --torch-layouts x --torch-threads."""
+    """The twin's setups in environment `env`, one per --torch_layouts x --torch_threads."""
     python = torch_python(args.torch_python)
     specs = []
     for layout in args.layouts:
@@ -417,7 +416,7 @@ def torch_specs(args: argparse.Namespace, env: str, options: list[str]
     return specs
 
 
-def time_setups(args: argparse.Namespace, servers: list[Server]) -> list[float]:
+def time_setups(args: SimpleNamespace, servers: list[Server]) -> list[float]:
     """Run the repeats (round-robin with --compare, setup by setup with --torch); returns the
     matmul GFLOP/s measured once per round."""
     matmul = []
@@ -434,7 +433,7 @@ def time_setups(args: argparse.Namespace, servers: list[Server]) -> list[float]:
     return matmul
 
 
-def compare_report(args: argparse.Namespace, servers: list[Server], matmul: list[float]
+def compare_report(args: SimpleNamespace, servers: list[Server], matmul: list[float]
                    ) -> dict:
     """The table, the headline ratios and FLOP fractions; the JSON fields."""
     setups = {s.name: s.summary() for s in servers}
@@ -486,66 +485,74 @@ def split_choices(value: str, option: str, choices) -> list[str]:
     return out
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(ROOT / "configs" / "nouri.py"))
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--steps", type=int, default=10, help="batches per repeat")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1, help="untimed runs after compiling")
-    p.add_argument("--conv-impl", default="auto",
-                   help=f"comma-separated, from {', '.join(ops.CONV_IMPLS)}")
-    p.add_argument("--mode", choices=("epoch", "step"), default="epoch")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--torch", action="store_true",
-                       help="time every setup, one after the other")
-    group.add_argument("--compare", action="store_true",
-                       help="alternate the repeats of every setup and print the ratios")
-    group.add_argument("--check", action="store_true",
-                       help="prove the PyTorch twin against fkd-jax (loss, gradients, updates)")
-    group.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--check-file", type=Path,
-                   help="--check: keep the JAX side's .npz here (default: a temp file)")
-    p.add_argument("--matmul", action="store_true", help=argparse.SUPPRESS)
-    add_setup_args(p)
-    args = p.parse_args(argv)
-    check_setup_args(args, ("batch_size", "steps", "repeats"))
-    args.conv_impls = split_choices(args.conv_impl, "--conv-impl", ops.CONV_IMPLS)
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("config", str(ROOT / "configs" / "nouri.py"), "Config file (get_config()).",
+                    flag_values=FLAGS)
+flags.DEFINE_integer("batch_size", 128, "Images per batch.", lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_integer("steps", 10, "Batches per repeat.", lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_integer("repeats", 3, "Timed repeats.", lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_integer("warmup", 1, "Untimed runs after compiling.", lower_bound=0,
+                     flag_values=FLAGS)
+flags.DEFINE_string("conv_impl", "auto", f"Comma-separated, from {', '.join(ops.CONV_IMPLS)}.",
+                    flag_values=FLAGS)
+flags.DEFINE_enum("mode", "epoch", ["epoch", "step"], "What one repeat calls.", flag_values=FLAGS)
+flags.DEFINE_bool("torch", False, "Time every setup, one after the other.", flag_values=FLAGS)
+flags.DEFINE_bool("compare", False, "Alternate the repeats of every setup and print the ratios.",
+                  flag_values=FLAGS)
+flags.DEFINE_bool("check", False, "Prove the PyTorch twin against fkd-jax (loss, gradients, "
+                  "updates).", flag_values=FLAGS)
+flags.DEFINE_bool("serve", False, "Internal: one setup of --compare, answering stdin lines.",
+                  flag_values=FLAGS)
+flags.DEFINE_string("check_file", None, "--check: keep the JAX side's .npz here (default: a "
+                    "temp file).", flag_values=FLAGS)
+flags.DEFINE_bool("matmul", False, "Internal: --serve also times the reference matmul.",
+                  flag_values=FLAGS)
+
+
+def define_setup_flags(flag_values: flags.FlagValues) -> None:
+    """The flags choosing the setups: allocator environments, torch layouts and python."""
+    flags.DEFINE_string("envs", ",".join(DEFAULT_ENVS),
+                        f"Allocator setups, comma-separated, from {', '.join(ENVS)}; the first "
+                        "is fkd-jax's 'default env' in the ratios.", flag_values=flag_values)
+    flags.DEFINE_string("torch_layouts", "nchw,channels_last",
+                        f"Comma-separated, from {', '.join(TORCH_LAYOUTS)}.",
+                        flag_values=flag_values)
+    flags.DEFINE_string("torch_threads", "0", "Torch threads per setup, comma-separated; 0 = all "
+                        "cores.", flag_values=flag_values)
+    flags.DEFINE_string("torch_python", str(TORCH_PYTHON), "The PyTorch venv's python.",
+                        flag_values=flag_values)
+
+
+define_setup_flags(FLAGS)
+
+
+def parse_args(argv: list[str]) -> SimpleNamespace:
+    """`argv`'s options as one namespace, --conv_impl, --envs, --torch_layouts and
+    --torch_threads split into lists (conv_impls, envs, layouts, torch_threads)."""
+    cli.parse_flags(argv, FLAGS)
+    args = cli.as_namespace(FLAGS)
+    if sum((args.torch, args.compare, args.check, args.serve)) > 1:
+        raise UserError("--torch, --compare, --check and --serve exclude each other")
+    check_setup_args(args)
+    args.conv_impls = split_choices(args.conv_impl, "--conv_impl", ops.CONV_IMPLS)
     return args
 
 
-def add_setup_args(p: argparse.ArgumentParser) -> None:
-    """The options choosing the setups: allocator environments, torch layouts and python."""
-    p.add_argument("--envs", default=",".join(DEFAULT_ENVS),
-                   help=f"allocator setups, comma-separated, from {', '.join(ENVS)}; the first "
-                        "is fkd-jax's 'default env' in the ratios")
-    p.add_argument("--torch-layouts", default="nchw,channels_last",
-                   help=f"comma-separated, from {', '.join(TORCH_LAYOUTS)}")
-    p.add_argument("--torch-threads", default="0",
-                   help="torch threads per setup, comma-separated; 0 = all cores (default)")
-    p.add_argument("--torch-python", type=Path, default=TORCH_PYTHON)
-
-
-def check_setup_args(args: argparse.Namespace, positive: tuple[str, ...]) -> None:
-    """UserError unless the `positive` options are >= 1; parses --envs and --torch-layouts
-    into args.envs and args.layouts."""
-    for name in positive:
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')}={getattr(args, name)}: must be at least 1")
+def check_setup_args(args: SimpleNamespace) -> None:
+    """Parses --envs, --torch_layouts and --torch_threads into args.envs, args.layouts and
+    args.torch_threads (lists), or a UserError naming the option."""
     args.envs = split_choices(args.envs, "--envs", ENVS)
-    args.layouts = split_choices(args.torch_layouts, "--torch-layouts", TORCH_LAYOUTS)
+    args.layouts = split_choices(args.torch_layouts, "--torch_layouts", TORCH_LAYOUTS)
     raw = args.torch_threads
     try:
         args.torch_threads = [int(t) for t in raw.split(",") if t]
     except ValueError:
         args.torch_threads = []
     if not args.torch_threads or min(args.torch_threads) < 0:
-        raise UserError(f"--torch-threads {raw}: give thread counts >= 0 (0 = all cores), e.g. 1,2")
+        raise UserError(f"--torch_threads {raw}: give thread counts >= 0 (0 = all cores), e.g. 1,2")
 
 
-@exit_on_user_error
-def main(argv=None) -> None:
+def main(argv: list[str]) -> None:
     args = parse_args(argv)
     config = load_config(args.config)
     models.model_sizes(config.model)  # a bad model option fails here, named
@@ -584,4 +591,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)(sys.argv)

@@ -1,5 +1,4 @@
 """Time to accuracy of finished (or running) train.py runs: when each first reached a target RMSE.
-
   uv run python benchmarks/time_to_accuracy.py RUN_DIR [RUN_DIR ...] [--target 1.35[,1.40]]
       [--metric val_rmse_px[,val_rmse_px_ema]]
 
@@ -24,20 +23,19 @@ each figure. The last line printed is one JSON object.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import statistics
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from absl import flags
 
+from fkd_jax import cli
 from fkd_jax.data import preparation
-from fkd_jax.training import run_dir  # noqa: E402
-from fkd_jax.training import restore  # noqa: E402
-from fkd_jax.errors import UserError, exit_on_user_error  # noqa: E402
+from fkd_jax.errors import UserError, exit_on_user_error
+from fkd_jax.training import restore, run_dir
 
 METRICS = ("val_rmse_px", "val_rmse_px_ema", "val_rmse_px_swa")
 FIGURES = ("epoch", "images_seen", "wall_s", "images_per_s")
@@ -134,14 +132,19 @@ def print_table(s: dict) -> None:
         print(f"mean ± std over the {s['reached']} runs that reached it: " + ", ".join(cells))
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+", help="train.py run directories (or folders of them)")
-    p.add_argument("--target", default="1.35", help="validation RMSE(s) in px, comma-separated")
-    p.add_argument("--metric", default=None,
-                   help=f"comma-separated, from {', '.join(METRICS)}; default: all the runs have")
-    args = p.parse_args(argv)
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("target", "1.35", "Validation RMSE(s) in px, comma-separated.",
+                    flag_values=FLAGS)
+flags.DEFINE_string("metric", None, f"Comma-separated, from {', '.join(METRICS)}; default: all "
+                    "the runs have.", flag_values=FLAGS)
+
+
+def parse_args(argv: list[str]) -> SimpleNamespace:
+    """The options, with the RUN_DIRs as `runs` and --target, --metric split into lists."""
+    runs = cli.parse_flags(argv, FLAGS, positional=True)
+    if not runs:
+        raise UserError("give at least one RUN_DIR (a train.py run directory or a folder of them)")
+    args = SimpleNamespace(**FLAGS.flag_values_dict(), runs=runs)
     try:
         args.targets = [float(t) for t in args.target.split(",") if t]
     except ValueError:
@@ -158,8 +161,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-@exit_on_user_error
-def main(argv=None) -> None:
+def main(argv: list[str]) -> None:
     args = parse_args(argv)
     runs = [read_run(d) for d in run_dirs(args.runs)]
     present = [m for m in METRICS if any(m in rec for r in runs for rec in r["records"])]
@@ -184,4 +186,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)(sys.argv)

@@ -1,4 +1,6 @@
 """PyTorch eager twins of fkd-jax's nets and training step, for `benchmarks/throughput.py`.
+  benchmarks/.torch-venv/bin/python benchmarks/torch_reference.py [--model heatmap_unet]
+      [--batch_size 128 --steps 10 --repeats 3] [--serve | --check FILE]
 
 Benchmark-only: torch is not a dependency of fkd-jax. Run it with the interpreter that
 `benchmarks/setup_torch.sh` creates (benchmarks/.torch-venv/bin/python). It never imports jax:
@@ -15,12 +17,12 @@ Models (--model):
       after (torch's padding=1 would pad 1 and 1 and sample other pixels); GroupNorm has
       epsilon 1e-6 and min(8, C // 4) groups, as `models.Layers.group_norm`.
 Step (as `fkd_jax.training.steps`): masked MSE on normalised targets (x / 48 - 1), gradients,
-optional global-norm clipping (--grad-clip), Adam, or AdamW when --weight-decay > 0 (decoupled,
+optional global-norm clipping (--grad_clip), Adam, or AdamW when --weight_decay > 0 (decoupled,
 applied to every parameter, as optax.adamw), learning rate per step from --schedule
 (optax's linear warm-up then constant, or warm-up + cosine decay to 1% of --lr).
 
 Modes:
-  python torch_reference.py --batch-size 128 --steps 10 --repeats 3   # one JSON line
+  python torch_reference.py --batch_size 128 --steps 10 --repeats 3   # one JSON line
   python torch_reference.py --serve ...   # reads lines on stdin, one JSON line back for each:
       "run"          one training repeat of --steps batches -> {"images_per_s"}
       "infer B N"    N eval-mode forward calls on B images under torch.inference_mode, numpy
@@ -33,17 +35,18 @@ Modes:
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import statistics
 import sys
 import time
+import types
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from absl import flags
 from torch import nn
 
 IMAGE_SIZE = 96
@@ -155,7 +158,7 @@ class HeatmapUNet(nn.Module):
         self.backbone = Backbone(widths, blocks)
         sizes = [image_size // 2 ** (i + 1) for i in range(len(widths))]
         if heatmap_size not in sizes:
-            raise SystemExit(f"--heatmap-size {heatmap_size}: must be one of {sizes}")
+            raise SystemExit(f"--heatmap_size {heatmap_size}: must be one of {sizes}")
         level = sizes.index(heatmap_size)
         self.laterals, self.smooths, self.norms = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
         for coarse in range(len(widths) - 1, level, -1):
@@ -174,7 +177,7 @@ class HeatmapUNet(nn.Module):
         return soft_argmax(self.heatmaps(y))
 
 
-def build_model(args: argparse.Namespace) -> nn.Module:
+def build_model(args: types.SimpleNamespace) -> nn.Module:
     if args.model == "nouri":
         return nouri_net(args.num_keypoints)
     return HeatmapUNet(args.widths, args.blocks, args.heatmap_size, args.num_keypoints)
@@ -182,7 +185,7 @@ def build_model(args: argparse.Namespace) -> nn.Module:
 
 # --------------------------------------------------------------------------- training step
 
-def learning_rate(step: int, args: argparse.Namespace) -> float:
+def learning_rate(step: int, args: types.SimpleNamespace) -> float:
     """optax's schedule as `fkd_jax.training.steps.make_schedule` builds it, at update `step` (0-based):
     linear from 0 over --warmup-steps, then constant or cosine decay to lr/100 at --total-steps."""
     lr, warmup = args.lr, args.warmup_steps
@@ -206,7 +209,7 @@ def masked_mse(pred: torch.Tensor, keypoints_px: torch.Tensor, mask: torch.Tenso
 class Bench:
     """Model, optimiser and one fixed random batch; `run(steps)` returns images/s."""
 
-    def __init__(self, args: argparse.Namespace, seed: int = 0):
+    def __init__(self, args: types.SimpleNamespace, seed: int = 0):
         torch.manual_seed(seed)
         self.args, self.batch_size, self.updates = args, args.batch_size, 0
         self.channels_last = args.channels_last
@@ -325,7 +328,7 @@ def max_scaled_diff(ours: dict[str, np.ndarray], ref: dict[str, np.ndarray],
     return abs_max, rel_max, worst
 
 
-def run_check(path: str, args: argparse.Namespace) -> int:
+def run_check(path: str, args: types.SimpleNamespace) -> int:
     """Compare the twin with the JAX numbers in `path` (written by `throughput.py --check`);
     0 if every figure is within its tolerance, 1 otherwise.
 
@@ -440,32 +443,51 @@ def run_check(path: str, args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- command line
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", choices=MODELS, default="nouri")
-    p.add_argument("--widths", default="16,32,64,128", help="heatmap_unet: channels per stage")
-    p.add_argument("--blocks", type=int, default=1, help="heatmap_unet: blocks per stage")
-    p.add_argument("--heatmap-size", type=int, default=24, help="heatmap_unet: heatmap side")
-    p.add_argument("--num-keypoints", type=int, default=15)
-    p.add_argument("--lr", type=float, default=1e-3, help="(peak) learning rate")
-    p.add_argument("--schedule", choices=SCHEDULES, default="constant")
-    p.add_argument("--warmup-steps", type=int, default=0)
-    p.add_argument("--total-steps", type=int, default=1, help="cosine: steps to decay over")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="> 0: AdamW")
-    p.add_argument("--grad-clip", type=float, default=0.0, help="global norm; 0: off")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = all cores")
-    p.add_argument("--channels-last", action="store_true", help="NHWC memory format")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--serve", action="store_true", help="answer request lines on stdin")
-    mode.add_argument("--check", metavar="FILE", help="compare with `throughput.py --check`")
-    args = p.parse_args(argv)
-    args.widths = tuple(int(w) for w in args.widths.split(","))
-    return args
+FLAGS = flags.FlagValues()
+flags.DEFINE_enum("model", "nouri", list(MODELS), "The net.", flag_values=FLAGS)
+flags.DEFINE_list("widths", ["16", "32", "64", "128"], "heatmap_unet: channels per stage.",
+                  flag_values=FLAGS)
+flags.DEFINE_integer("blocks", 1, "heatmap_unet: blocks per stage.", flag_values=FLAGS)
+flags.DEFINE_integer("heatmap_size", 24, "heatmap_unet: heatmap side.", flag_values=FLAGS)
+flags.DEFINE_integer("num_keypoints", 15, "Keypoints predicted.", flag_values=FLAGS)
+flags.DEFINE_float("lr", 1e-3, "(Peak) learning rate.", flag_values=FLAGS)
+flags.DEFINE_enum("schedule", "constant", list(SCHEDULES), "Learning-rate schedule.",
+                  flag_values=FLAGS)
+flags.DEFINE_integer("warmup_steps", 0, "Linear warm-up steps.", flag_values=FLAGS)
+flags.DEFINE_integer("total_steps", 1, "cosine: steps to decay over.", flag_values=FLAGS)
+flags.DEFINE_float("weight_decay", 0.0, "> 0: AdamW.", flag_values=FLAGS)
+flags.DEFINE_float("grad_clip", 0.0, "Global norm; 0: off.", flag_values=FLAGS)
+flags.DEFINE_integer("batch_size", 128, "Images per batch.", lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_integer("steps", 10, "Batches per repeat.", lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_integer("repeats", 3, "Timed repeats.", lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_integer("warmup", 2, "Untimed steps first.", lower_bound=0, flag_values=FLAGS)
+flags.DEFINE_integer("threads", 0, "Torch threads; 0 = all cores.", lower_bound=0,
+                     flag_values=FLAGS)
+flags.DEFINE_bool("channels_last", False, "NHWC memory format.", flag_values=FLAGS)
+flags.DEFINE_bool("serve", False, "Answer request lines on stdin.", flag_values=FLAGS)
+flags.DEFINE_string("check", None, "Compare with the FILE of `throughput.py --check`.",
+                    flag_values=FLAGS)
+
+
+def parse_args(argv: list[str]):
+    """absl flags as fkd_jax.cli parses them (this interpreter has torch, not fkd_jax): --help
+    prints the docstring's first paragraph and the flags; a mistake is one line, exit 2."""
+    if any(a in ("--help", "-h") for a in argv[1:]):
+        print(__doc__.split("\n\n")[0] + "\n\nflags:\n" + FLAGS.get_help())
+        raise SystemExit(0)
+    try:
+        rest = FLAGS(argv)[1:]
+        if rest:
+            raise flags.Error(f"unexpected argument {rest[0]!r}")
+        if FLAGS.serve and FLAGS.check:
+            raise flags.Error("--serve and --check exclude each other")
+        if not all(w.isdigit() for w in FLAGS.widths):
+            raise flags.Error(f"--widths={','.join(FLAGS.widths)}: give integers, e.g. 16,32")
+    except flags.Error as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        raise SystemExit(2) from None
+    widths = tuple(int(w) for w in FLAGS.widths)
+    return types.SimpleNamespace(**{**FLAGS.flag_values_dict(), "widths": widths})
 
 
 def serve(bench: Bench, info: dict, steps: int) -> None:
@@ -480,7 +502,7 @@ def serve(bench: Bench, info: dict, steps: int) -> None:
             break
 
 
-def main(argv=None) -> None:
+def main(argv: list[str]) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     if args.check:
@@ -503,4 +525,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv)

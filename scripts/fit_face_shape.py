@@ -1,12 +1,10 @@
-"""Derive the synthetic faces' shape model and label-pattern fractions from Kaggle's real labels.
-
-Writes `fkd_jax/geometry/face_shape_stats.py`: summary numbers only (a mean shape, a few principal
-components, their spreads, residual spreads and a handful of fractions), never label rows.
-`fkd_jax.data.synthetic` samples face shapes from these numbers.
-
+"""Derive the synthetic faces' shape model and label-pattern fractions from Kaggle's real labels, into
+`fkd_jax/geometry/face_shape_stats.py` (from which `fkd_jax.data.synthetic` samples face shapes).
     uv run python scripts/fit_face_shape.py    # reads ../shared/data beside the checkout
-    uv run python scripts/fit_face_shape.py --labels training_keypoints.csv \
-        --lookup IdLookupTable.csv
+    uv run python scripts/fit_face_shape.py --labels training_keypoints.csv --lookup IdLookupTable.csv
+
+The file holds summary numbers only (a mean shape, a few principal components, their spreads,
+residual spreads and a handful of fractions), never label rows.
 
 The shape model is a PCA of the 2140 complete rows in raw pixel coordinates, so the leading
 components carry the pose (position, size, in-plane rotation) as well as the face's own shape;
@@ -16,23 +14,32 @@ noise, so sampled shapes match the real per-coordinate spread.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import textwrap
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from absl import flags
+
+from fkd_jax import cli, files
+from fkd_jax.errors import DataError, exit_on_user_error
+from fkd_jax.geometry.keypoints import COLUMNS, KEYPOINT_NAMES, SPARSE_SET
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from fkd_jax import files  # noqa: E402
-from fkd_jax.errors import DataError, exit_on_user_error  # noqa: E402
-from fkd_jax.geometry.keypoints import COLUMNS, KEYPOINT_NAMES, SPARSE_SET  # noqa: E402
-
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 NUM_COMPONENTS = 12  # ~95% of the variance of Kaggle's complete rows
+
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("labels", str(DEFAULT_DATA / "training_keypoints.csv"),
+                    "Kaggle training labels (the 30 keypoint columns; Image not needed).",
+                    flag_values=FLAGS)
+flags.DEFINE_string("lookup", str(DEFAULT_DATA / "IdLookupTable.csv"), "Kaggle's lookup table.",
+                    flag_values=FLAGS)
+flags.DEFINE_string("out", str(ROOT / "fkd_jax" / "geometry" / "face_shape_stats.py"),
+                    "The python module written.", flag_values=FLAGS)
+flags.DEFINE_integer("components", NUM_COMPONENTS, "Principal components kept.", lower_bound=1,
+                     flag_values=FLAGS)
 
 
 def fit_shape(keypoints: np.ndarray, k: int) -> dict[str, np.ndarray]:
@@ -117,36 +124,30 @@ def _read_csv(path: Path) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
-@exit_on_user_error
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--labels", type=Path, default=DEFAULT_DATA / "training_keypoints.csv",
-                   help="Kaggle training labels (the 30 keypoint columns; Image not needed)")
-    p.add_argument("--lookup", type=Path, default=DEFAULT_DATA / "IdLookupTable.csv")
-    p.add_argument("--out", type=Path, default=ROOT / "fkd_jax" / "geometry" / "face_shape_stats.py")
-    p.add_argument("--components", type=int, default=NUM_COMPONENTS)
-    args = p.parse_args(argv)
+def main(argv: list[str]) -> None:
+    cli.parse_flags(argv, FLAGS)
+    labels, lookup, out = Path(FLAGS.labels), Path(FLAGS.lookup), Path(FLAGS.out)
 
-    table = _read_csv(args.labels)
+    table = _read_csv(labels)
     missing = [c for c in COLUMNS if c not in table.columns]
     if missing:
-        raise DataError(args.labels, f"missing keypoint columns {missing[:3]}")
+        raise DataError(labels, f"missing keypoint columns {missing[:3]}")
     values = table[list(COLUMNS)].to_numpy(dtype=np.float64)
     present = ~np.isnan(values)
     if not (present[:, 0::2] == present[:, 1::2]).all():
-        raise DataError(args.labels, "some keypoint has x without y or y without x")
+        raise DataError(labels, "some keypoint has x without y or y without x")
     complete = values[present.all(axis=1)]
-    shape = fit_shape(complete, args.components)
+    shape = fit_shape(complete, FLAGS.components)
     shape["real_std"] = complete.std(axis=0, ddof=1)
     pattern = missing_pattern(present[:, 0::2])
-    full_fraction, n_test_images = lookup_full_fraction(_read_csv(args.lookup))
+    full_fraction, n_test_images = lookup_full_fraction(_read_csv(lookup))
 
     text = render_module(shape, pattern, full_fraction, n_test_images)
-    files.write_text(args.out, text)
-    print(f"wrote {args.out}: {len(complete)} complete of {pattern['n_rows']} rows, "
-          f"{args.components} components explain {100 * shape['explained']:.1f}%, "
+    files.write_text(out, text)
+    print(f"wrote {out}: {len(complete)} complete of {pattern['n_rows']} rows, "
+          f"{FLAGS.components} components explain {100 * shape['explained']:.1f}%, "
           f"sparse-only {pattern['n_sparse_only']}, lookup full fraction {full_fraction:.4f}")
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)(sys.argv)

@@ -1,8 +1,6 @@
 """Fit the numbers of fkd_jax/geometry/framing_stats.py on photos of the TRAINING people only.
-
-  uv run python scripts/fit_framing.py --split RUN/split.json \
-      [--photos ../shared/data/photos] [--youtube ../shared/data/youtube_faces] \
-      [--list_validation FILE]
+  uv run python scripts/fit_framing.py --split RUN/split.json [--photos ../shared/data/photos]
+      [--youtube ../shared/data/youtube_faces] [--list_validation FILE]
 
 Which person a photo shows: photos/keypoints.csv names people (`person`); the run's split.json
 lists rows of youtube_faces/training.zip and person_ids.txt gives each row's person id. Each
@@ -18,7 +16,6 @@ predict.py --labels. Never copies photos or labels.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import zipfile
@@ -26,19 +23,24 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from absl import flags
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from fkd_jax import cli, files
+from fkd_jax.errors import UserError, exit_on_user_error
+from fkd_jax.geometry import framing, framing_stats, keypoints
 from fkd_jax.geometry.framing import to_gray
-from fkd_jax.geometry import framing
-from fkd_jax.pictures import detection
-from fkd_jax.pictures import images
-from fkd_jax import files  # noqa: E402
-from fkd_jax.geometry import framing_stats  # noqa: E402
-from fkd_jax.geometry import keypoints  # noqa: E402
-from fkd_jax.errors import UserError, exit_on_user_error  # noqa: E402
+from fkd_jax.pictures import detection, images
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("split", None, "A run's split.json.", flag_values=FLAGS, required=True)
+flags.DEFINE_string("photos", str(SHARED / "photos"), "Folder of photos with keypoints.csv.",
+                    flag_values=FLAGS)
+flags.DEFINE_string("youtube", str(SHARED / "youtube_faces"),
+                    "Folder with training.zip and person_ids.txt.", flag_values=FLAGS)
+flags.DEFINE_string("list_validation", None, "Write the validation people's photo paths here.",
+                    flag_values=FLAGS)
 
 
 def load_photos(photos: Path) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
@@ -82,23 +84,20 @@ def robust_std(x: np.ndarray) -> float:
     return float(1.4826 * np.median(np.abs(x - np.median(x))))
 
 
-@exit_on_user_error
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--split", required=True, type=Path, help="a run's split.json")
-    ap.add_argument("--photos", type=Path, default=SHARED / "photos")
-    ap.add_argument("--youtube", type=Path, default=SHARED / "youtube_faces")
-    ap.add_argument("--list_validation", type=Path, default=None)
-    args = ap.parse_args(argv)
+def main(argv: list[str]) -> None:
+    cli.parse_flags(argv, FLAGS)
+    split_path, photos, youtube = Path(FLAGS.split), Path(FLAGS.photos), Path(FLAGS.youtube)
+    if not split_path.is_file():
+        raise UserError(f"--split {split_path}: no such file")
 
-    kp, pts, lms = load_photos(args.photos)
-    pid = person_ids(kp, pts, lms, args.youtube)
-    split = json.loads(args.split.read_text())
-    all_ids = np.loadtxt(args.youtube / "person_ids.txt", dtype=np.int64)
+    kp, pts, lms = load_photos(photos)
+    pid = person_ids(kp, pts, lms, youtube)
+    split = json.loads(split_path.read_text())
+    all_ids = np.loadtxt(youtube / "person_ids.txt", dtype=np.int64)
     train_people = set(all_ids[split["train_row_ids"]].tolist())
     val_people = set(all_ids[split["val_row_ids"]].tolist())
     if train_people & val_people:
-        raise UserError(f"{args.split}: a person is on both sides of the split")
+        raise UserError(f"{split_path}: a person is on both sides of the split")
     train = np.array([p in train_people for p in pid])
     print(f"photos: {len(kp)}; training people {len(train_people)} ({train.sum()} photos), "
           f"validation people {len(val_people)} ({(~train).sum()} photos)")
@@ -122,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     detector = detection.FaceDetector()
     rows = []
     for i in np.flatnonzero(train):
-        gray = to_gray(images.read_picture(args.photos / kp["file"][i]))
+        gray = to_gray(images.read_picture(photos / kp["file"][i]))
         d = best_box(detector, gray, keypoints.as_points(pts[i]).mean(axis=0))
         if d is not None:
             x, y, w, h = d.box
@@ -141,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # 3. Second look: the cascade's score on the crop framed by each face's TRUE keypoints.
     conf = np.array([detector.confirm_score(
-        to_gray(images.read_picture(args.photos / kp["file"][i])), pts[i])
+        to_gray(images.read_picture(photos / kp["file"][i])), pts[i])
         for i in np.flatnonzero(train)])
     low = np.percentile(conf, 1)
     print(f"confirm score of the true faces: lowest {np.sort(conf)[:5].round(2)}, "
@@ -156,11 +155,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"CONFIRM_MIN_SCORE = {np.floor(low * 10) / 10:.1f}  # 1st percentile, rounded down")
     print("# (in force now: BOX_CENTRE {}, BOX_SIDE {}, SIDE_FROM_SHAPE {})".format(*in_force))
 
-    if args.list_validation is not None:
-        paths = [str((args.photos / f).resolve()) for f in kp["file"][~train]]
-        files.write_text(args.list_validation, "\n".join(paths) + "\n")
-        print(f"wrote {len(paths)} validation photo paths to {args.list_validation}")
+    if FLAGS.list_validation is not None:
+        paths = [str((photos / f).resolve()) for f in kp["file"][~train]]
+        files.write_text(FLAGS.list_validation, "\n".join(paths) + "\n")
+        print(f"wrote {len(paths)} validation photo paths to {FLAGS.list_validation}")
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)(sys.argv)

@@ -1,5 +1,4 @@
 """How a run's re-framing follows a mis-framed crop, on its own validation crops.
-
   uv run python scripts/framing_response.py --workdir RUN [--rule auto|shape] [--checkpoint best]
 
 predict.py frames a face (passes 2, 3, ...) from the model's last prediction. This measures
@@ -15,21 +14,25 @@ The error's mean divided by the offset is how far the re-framing stays with the 
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
+from absl import flags
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from fkd_jax import cli
+from fkd_jax.errors import UserError, exit_on_user_error
+from fkd_jax.geometry import framing, keypoints
+from fkd_jax.inference import predictor
+from fkd_jax.training import restore, run_dir
 
-from fkd_jax.geometry import framing
-from fkd_jax.training import run_dir  # noqa: E402
-from fkd_jax.training import restore  # noqa: E402
-from fkd_jax.inference import predictor  # noqa: E402
-from fkd_jax.geometry import keypoints  # noqa: E402
-from fkd_jax.errors import UserError, exit_on_user_error  # noqa: E402
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("workdir", None, "A trained run's folder.", flag_values=FLAGS, required=True)
+flags.DEFINE_enum("rule", "auto", ["auto", "shape"],
+                  "auto: the model's own rule; shape: the 15-keypoint shape rule.",
+                  flag_values=FLAGS)
+flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint.", flag_values=FLAGS)
 
 # (dx, dy) in crop pixels and zoom (the crop's side over the training square's).
 OFFSETS = ((0, 0, 1.0), (3, 0, 1.0), (0, 3, 1.0), (0, 0, 1.08), (0, 0, 0.92), (3, 3, 1.08))
@@ -58,31 +61,27 @@ def response(predict, images: np.ndarray, truth15: np.ndarray, dx: float, dy: fl
             "rmse_px": round(rmse, 3)}
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workdir", required=True, type=Path, help="a trained run's folder")
-    ap.add_argument("--rule", choices=("auto", "shape"), default="auto",
-                    help="auto: the model's own rule; shape: the 15-keypoint shape rule")
-    ap.add_argument("--checkpoint", choices=("best", "latest"), default="best")
-    args = ap.parse_args(argv)
-    if not args.workdir.is_dir():
-        raise UserError(f"--workdir {args.workdir}: no such folder")
-    run = restore.load_run(args.workdir, args.checkpoint)
+def main(argv: list[str]) -> None:
+    cli.parse_flags(argv, FLAGS)
+    workdir, rule, checkpoint = Path(FLAGS.workdir), FLAGS.rule, FLAGS.checkpoint
+    if not workdir.is_dir():
+        raise UserError(f"--workdir {workdir}: no such folder")
+    run = restore.load_run(workdir, checkpoint)
     if run.config.data.keypoints == "ibug68":
-        raise UserError(f"--workdir {args.workdir}: a 68-landmark run (this script scores the 15)")
-    data = run_dir.read_run_data(run.config, args.workdir)
+        raise UserError(f"--workdir {workdir}: a 68-landmark run (this script scores the 15)")
+    data = run_dir.read_run_data(run.config, workdir)
     run_dir.discard_run_data(data)
     val = data.val.subset(data.val.mask[:, :keypoints.NUM_COORDS].all(axis=1))
     predict = predictor.Predictor.from_run(run)
     truth15 = val.keypoints[:, :keypoints.NUM_COORDS].astype(np.float64)
-    square = run.config.data.keypoints == "kaggle15_square" and args.rule == "auto"
-    print(f"{args.workdir}: {len(val)} validation crops, {args.checkpoint} checkpoint "
+    square = run.config.data.keypoints == "kaggle15_square" and rule == "auto"
+    print(f"{workdir}: {len(val)} validation crops, {checkpoint} checkpoint "
           f"(epoch {run.meta['epoch']}), re-framed by {'square points' if square else 'shape'}")
     print("offset (x, y, log side) -> re-framed square's error: mean, std; keypoint RMSE px")
     for dx, dy, zoom in OFFSETS:
-        r = response(predict, val.images, truth15, dx, dy, zoom, args.rule == "shape")
+        r = response(predict, val.images, truth15, dx, dy, zoom, rule == "shape")
         print(json.dumps(r))
 
 
 if __name__ == "__main__":
-    exit_on_user_error(main)()
+    exit_on_user_error(main)(sys.argv)

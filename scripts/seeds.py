@@ -1,7 +1,6 @@
 """Train one config for several seeds and report each figure as mean ± std over the seeds.
-
-  uv run python scripts/seeds.py --config configs/unet_pair.py --seeds 0,1,2 \
-      --workdir runs/unet_pair_seeds [--config.x=y ...]
+  uv run python scripts/seeds.py --config configs/unet_pair.py --seeds 0,1,2 [--jobs 2]
+      [--workdir runs/unet_pair_seeds] [--config.x=y ...]
 
 Each seed k trains in its own run directory `WORKDIR/seed<k>` (the library's
 `loop.train_and_evaluate`, exactly what train.py runs, with `--config.seed=k`), then its
@@ -53,9 +52,7 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from fkd_jax.errors import UserError, exit_on_user_error  # noqa: E402
+from fkd_jax.errors import UserError, exit_on_user_error
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (python, get_config()).",
                                           lock_config=True)

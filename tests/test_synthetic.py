@@ -1,4 +1,5 @@
-"""Synthetic faces: determinism, shapes, features drawn on their keypoints, Kaggle files, CLI."""
+"""Synthetic faces: determinism, shapes, features drawn on their keypoints, Kaggle files,
+scripts/make_synthetic.py."""
 
 from __future__ import annotations
 
@@ -176,7 +177,7 @@ def test_all_labels_present_without_kaggle_missing(tmp_path):
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "fkd_jax.data.synthetic", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "scripts/make_synthetic.py", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -184,7 +185,7 @@ def test_cli_output_is_byte_identical(tmp_path):
     outputs = []
     for name in ("a", "b"):
         proc = run_cli("--out", str(tmp_path / name), "--n", "6", "--seed", "11",
-                       "--n-test", "3", "--kaggle-missing")
+                       "--n_test", "3", "--kaggle_missing")
         assert proc.returncode == 0, proc.stderr
         outputs.append({p.name: p.read_bytes() for p in (tmp_path / name).iterdir()})
     assert sorted(outputs[0]) == ["IdLookupTable.csv", "test.csv", "training.csv"]
@@ -195,7 +196,8 @@ def test_cli_output_is_byte_identical(tmp_path):
     (["--n", "0", "--seed", "1"], "--n"),
     (["--n", "five", "--seed", "1"], "--n"),
     (["--n", "3", "--seed", "-1"], "--seed"),
-    (["--n", "3", "--seed", "1", "--n-test", "-2"], "--n-test"),
+    (["--n", "3", "--seed", "1", "--n_test", "-2"], "--n_test"),
+    (["--n", "3", "--seed", "1", "--n-test", "2"], "--n-test"),
     (["--n", "3"], "--seed"),
 ])
 def test_cli_bad_arguments_one_line_exit_2(tmp_path, args, words):

@@ -184,3 +184,14 @@ def test_a_config_key_given_twice_takes_its_last_value_tuples_included(tmp_path)
           "--config.train.epochs=1")
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["model"]["widths"] == [8, 8] and config["train"]["batch_size"] == 8
+
+
+def test_a_config_file_without_get_config_is_named_in_one_line(tmp_path):
+    config = tmp_path / "no_getter.py"
+    config.write_text("EPOCHS = 3\n")
+    proc = run("train.py", "--config", str(config), "--workdir", str(tmp_path / "run"),
+               check=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(config) in lines[0] and "no get_config()" in lines[0]
+    assert not (tmp_path / "run").exists()

@@ -27,19 +27,19 @@ SeedSequence(seed, spawn_key=(b,)) and always draws for the whole block, so face
 seeded samplers, floats only meet + - * / sqrt, floor and clip (no exp, sin or pow, whose last
 bits differ between CPUs' math libraries), and sums run in a fixed order (no BLAS), so the same
 seed gives the same bytes on every machine.
+
+scripts/make_synthetic.py writes them as Kaggle-format CSV files from the command line.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from fkd_jax import files
 from fkd_jax.data.synthetic_render import APPEARANCE, render
-from fkd_jax.errors import UserError, exit_on_user_error
+from fkd_jax.errors import UserError
 from fkd_jax.geometry import face_shape_stats as stats
 from fkd_jax.geometry.keypoints import (
     COLUMNS,
@@ -212,34 +212,3 @@ def _check_seed(seed) -> int:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise UserError(f"seed must be an integer >= 0, got {seed!r}")
     return int(seed)
-
-
-class _ArgumentParser(argparse.ArgumentParser):
-    """argparse whose errors are one-line UserErrors (exit 2 via exit_on_user_error)."""
-
-    def error(self, message):
-        raise UserError(f"{self.prog}: {message}")
-
-
-@exit_on_user_error
-def main(argv: list[str] | None = None) -> None:
-    parser = _ArgumentParser(prog="python -m fkd_jax.data.synthetic",
-                             description="Write synthetic faces as Kaggle-format CSV files.")
-    parser.add_argument("--out", required=True, type=Path, help="output directory")
-    parser.add_argument("--n", required=True, type=int, help="training faces")
-    parser.add_argument("--seed", required=True, type=int)
-    parser.add_argument("--n-test", type=int, default=0,
-                        help="also write test.csv and IdLookupTable.csv with this many faces")
-    parser.add_argument("--kaggle-missing", action="store_true",
-                        help="leave labels out as in Kaggle's training.csv (~70%% of rows keep 4)")
-    args = parser.parse_args(argv)
-    for name in ("n", "seed", "n_test"):
-        if getattr(args, name) < (1 if name == "n" else 0):
-            raise UserError(f"--{name.replace('_', '-')} must be >= {1 if name == 'n' else 0}, "
-                            f"got {getattr(args, name)}")
-    paths = write_kaggle_files(args.out, args.n, args.seed, args.kaggle_missing, args.n_test)
-    print(" ".join(str(path) for path in paths.values()))
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

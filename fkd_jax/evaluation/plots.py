@@ -10,14 +10,12 @@ coordinates (x, y) lands exactly where fkd_jax.geometry.keypoints says (pixel (i
 (j + 0.5, i + 0.5)). Colours tell the subject's left (on the image's right) from the right and
 from the midline; true keypoints are dots, predictions crosses.
 
-    python -m fkd_jax.evaluation.plots grid --data training.csv --out faces.png [--n 32] [--seed 0]
+scripts/plot_faces.py draws a Kaggle file's faces from the command line.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +24,6 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from fkd_jax import files
-from fkd_jax.errors import UserError, exit_on_user_error
 from fkd_jax.geometry.keypoints import KEYPOINT_NAMES, KEYPOINT_SETS, as_points
 
 _DPI = 100
@@ -275,52 +272,3 @@ def plot_per_keypoint_errors(path, rmse_by_name: dict[str, float]) -> Path:
     ax.grid(True, axis="x", alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line
-
-
-class _ArgumentParser(argparse.ArgumentParser):
-    """argparse whose errors are one-line UserErrors (exit 2 via exit_on_user_error)."""
-
-    def error(self, message):
-        raise UserError(f"{self.prog}: {message}")
-
-
-def _grid_command(args) -> None:
-    from fkd_jax.data.kaggle import load_training
-
-    if args.n < 1:
-        raise UserError(f"--n must be >= 1, got {args.n}")
-    if args.seed < 0:
-        raise UserError(f"--seed must be >= 0, got {args.seed}")
-    if args.out.suffix.lower() not in (".png", ".pdf", ".svg"):
-        raise UserError(f"--out {args.out}: use a .png, .pdf or .svg file name")
-    data = load_training(args.data)
-    if len(data) == 0:
-        raise UserError(f"{args.data}: no rows to draw")
-    rows = np.sort(np.random.default_rng(args.seed).choice(len(data), min(args.n, len(data)),
-                                                           replace=False))
-    shown = data.subset(rows)
-    titles = [f"row {r + 2}" for r in shown.row_ids]  # spreadsheet rows: header is row 1
-    path = plot_face_grid(args.out, shown.images, shown.keypoints, mask=shown.mask,
-                          titles=titles)
-    print(f"wrote {path} ({len(rows)} of {len(data)} faces)")
-
-
-@exit_on_user_error
-def main(argv: list[str] | None = None) -> None:
-    parser = _ArgumentParser(prog="python -m fkd_jax.evaluation.plots", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_ArgumentParser)
-    grid = commands.add_parser("grid", help="draw faces with their keypoints from a Kaggle file")
-    grid.add_argument("--data", required=True, type=Path, help="training.csv or a .zip holding it")
-    grid.add_argument("--out", required=True, type=Path, help="output figure (.png)")
-    grid.add_argument("--n", type=int, default=32, help="faces to draw (random rows)")
-    grid.add_argument("--seed", type=int, default=0, help="which random rows")
-    args = parser.parse_args(argv)
-    _grid_command(args)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
