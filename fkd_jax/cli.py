@@ -1,14 +1,19 @@
-"""Command-line plumbing shared by the scripts: flags and the output directory.
+"""Command-line plumbing shared by every entry point and script: flags and the output directory.
 
-Config files are python files with `get_config()` (ml_collections); any key can be overridden
-as `--config.train.epochs=5`. Mistakes in flags become a `UserError` (one line, exit status 2);
-config values are checked by fkd_jax/training/config_check.py.
+One convention everywhere: absl flags (`--name=value` or `--name value`, booleans as `--name` /
+`--noname`), parsed by `parse_flags`. `--help` prints the entry point's summary (the first
+paragraph of its module docstring) and its flags. Config files are python files with
+`get_config()` (ml_collections); any key can be overridden as `--config.train.epochs=5`.
+Mistakes in flags become a `UserError` (one line, exit status 2 through
+`fkd_jax.errors.exit_on_user_error`); config values are checked by
+fkd_jax/training/config_check.py.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 
 from absl import flags
@@ -17,21 +22,34 @@ from absl import logging as absl_logging
 from fkd_jax.errors import UserError
 
 
-def parse_flags(argv: list[str], flag_values: flags.FlagValues) -> None:
-    """Parse `argv` into `flag_values`, turning every flag/config mistake into a UserError.
+def parse_flags(argv: list[str], flag_values: flags.FlagValues, *,
+                positional: bool = False) -> list[str]:
+    """Parse `argv` (program name first) into `flag_values`, turning every flag/config mistake
+    into a UserError; returns the positional arguments, which are an error unless `positional`.
 
-    Also quiets absl's library warnings (orbax's read-only notices) so the scripts' own lines
-    are what a user sees.
+    Flags start from their defaults on every call (a script's `main` may run twice in one
+    process). `--help` / `-h` prints `help_text` and exits 0. Also quiets absl's library
+    warnings (orbax's read-only notices) so the scripts' own lines are what a user sees.
     """
     absl_logging.set_verbosity(absl_logging.ERROR)
+    if any(a in ("--help", "-h", "--helpfull") for a in argv[1:argv.index("--")
+                                                            if "--" in argv else None]):
+        print(help_text(flag_values))
+        raise SystemExit(0)
+    flag_values.unparse_flags()
     try:
-        flag_values(_last_of_each_config_key(argv))
+        rest = flag_values(_last_of_each_config_key(argv))[1:]
     except flags.UnrecognizedFlagError as e:
         raise UserError(f"unknown option --{e.flagname}; see --help") from None
     except flags.Error as e:
         raise UserError(_one_line(str(e))) from None
-    except AttributeError as e:  # ml_collections: override of a key the config lacks
-        # str(e) is repr-like, quotes and escaped newline included: take the leading name.
+    except AttributeError as e:
+        if e.name == "get_config":  # ml_collections calls the config module's get_config()
+            where = getattr(getattr(e, "obj", None), "__file__", None) or "the config file"
+            raise UserError(f"{where} has no get_config(); a config file defines "
+                            "get_config() returning its ml_collections.ConfigDict") from None
+        # ml_collections: override of a key the config lacks. str(e) is repr-like, quotes and
+        # escaped newline included: take the leading name.
         found = re.match(r"""[\s'"\\]*([A-Za-z_]\w*)""", str(e))
         key = found.group(1) if found else str(e)
         hint = re.search(r'Did you mean "([^"]+)"', str(e))
@@ -41,6 +59,26 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues) -> None:
                         + (f' (did you mean "{hint.group(1)}"?)' if hint else "")) from None
     except (OSError, SyntaxError, ImportError) as e:
         raise UserError(f"cannot load config: {_one_line(str(e))}") from None
+    if rest and not positional:
+        raise UserError(f"unexpected argument {rest[0]!r} (options are --name=value); "
+                        "see --help")
+    return rest
+
+
+def help_text(flag_values: flags.FlagValues, doc: str | None = None) -> str:
+    """The entry point's `--help`: the first paragraph of `doc` (default: the `__main__`
+    module's docstring) and the flags the entry point defines (those of the libraries it
+    imports, absl's logging and orbax's, left out)."""
+    if doc is None:
+        doc = getattr(sys.modules.get("__main__"), "__doc__", None) or ""
+    by_module = flag_values.flags_by_module_dict()
+    own = by_module.get(sys.argv[0]) or [f for m, fs in by_module.items()
+                                          if not m.startswith("absl.") for f in fs]
+    lines = [doc.strip().split("\n\n")[0], "", "flags:"]
+    for flag in sorted(own, key=lambda f: f.name):
+        default = "" if flag.default in (None, "", []) else f" (default: {flag.default})"
+        lines.append(f"  --{flag.name}: {_one_line(flag.help)}{default}")
+    return "\n".join(lines)
 
 
 def _last_of_each_config_key(argv: list[str]) -> list[str]:
