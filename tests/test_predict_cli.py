@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 from conftest import face_scene, save_rgb
 
-from fkd_jax.geometry import keypoints
 from fkd_jax.data import synthetic
+from fkd_jax.geometry import keypoints
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = ["file", "frame", "face", "box_x", "box_y", "box_w", "box_h", "score",

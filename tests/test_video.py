@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from conftest import load_benchmark
 
-from fkd_jax.pictures import video
 from fkd_jax.errors import UserError
+from fkd_jax.pictures import video
 from fkd_jax.pictures.location import Face
 from fkd_jax.pictures.video import OneEuroFilter, OneEuroSettings, TrackedFace, track_video
 
@@ -404,7 +404,8 @@ def test_benchmark_measures_a_known_lag_and_jitter(jitter):
 
 def test_benchmark_runs_on_a_synthetic_face_and_smoothing_removes_jitter(jitter, tmp_path):
     out = tmp_path / "jitter.json"
-    summary = jitter.main(["video_jitter.py", "--synthetic", "--noise", "0.5", "--seconds", "5", "--out", str(out)])
+    summary = jitter.main(["video_jitter.py", "--synthetic", "--noise=0.5", "--seconds=5",
+                           f"--out={out}"])
     assert out.is_file() and summary["lost"] == 0
     raw, smoothed = summary["raw"], summary["smoothed"]
     assert raw["still_rms"] == pytest.approx(0.5, rel=0.15)  # the stand-in's own noise
