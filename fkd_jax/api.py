@@ -89,8 +89,10 @@ class FileResult:
 class Detector:
     """A trained keypoint model with the face detector and the framing passes around it.
 
-    Build one with `Detector.load`; it compiles each of its two batch sizes once, on first use.
-    Not shared between threads (OpenCV's cascades are not).
+    Build one with `Detector.load` (or around any `predictor` with TwoBatchPredictor's
+    interface: crops (N, S, S, 1) -> (N, 2K) crop pixels, `image_size`, `width`). Each of its
+    two batch sizes compiles once, on first use. Not shared between threads (OpenCV's cascades
+    are not); `detect_files` runs its second thread with a detector of its own.
     """
 
     def __init__(self, predictor: TwoBatchPredictor, *, source: str = "model", **options):
@@ -154,10 +156,11 @@ class Detector:
         they finish ~10-20% sooner. `timings` (if given) gains decode_s, detect_s, locate_s
         (which then add up to more than the wall time)."""
         timings = {} if timings is None else timings
+        chunk = max(int(chunk), 1)
         for key in ("decode_s", "detect_s", "locate_s"):
             timings.setdefault(key, 0.0)
         paths = [Path(p) for p in paths]
-        chunks = [paths[i:i + chunk] for i in range(0, len(paths), max(chunk, 1))]
+        chunks = [paths[i:i + chunk] for i in range(0, len(paths), chunk)]
         if len(chunks) < 2:
             for part in chunks:
                 yield from self._locate_files(self._read_and_find(part, boxes, None, timings),
@@ -236,11 +239,16 @@ class Detector:
         detector runs when a face is lost (or on `boxes`, which replace detection)."""
         from fkd_jax.pictures import video as V
 
-        if isinstance(video, (str, Path)):
+        if isinstance(video, (str, Path)):  # read here: an unreadable file raises now
             frames, file_fps, _ = V.read_video(video)
             fps = file_fps if fps is None else fps
         else:
             frames = iter(video)
+        return self._tracked(frames, DEFAULT_FPS if fps is None else fps, boxes, with_frames)
+
+    def _tracked(self, frames, fps, boxes, with_frames) -> Iterator[tuple]:
+        from fkd_jax.pictures import video as V
+
         o = self.options
         given = None if boxes is None else [[detection.Detection(_box(b), 1.0) for b in boxes]]
 
@@ -254,8 +262,7 @@ class Detector:
                                          tta=o.tta, rotate=o.rotate,
                                          detector=self.face_detector)
 
-        tracked = V.track_video(frames, find, refine, smoothing=o.one_euro,
-                                fps=DEFAULT_FPS if fps is None else fps)
+        tracked = V.track_video(frames, find, refine, smoothing=o.one_euro, fps=fps)
         for index, frame, faces in tracked:
             yield (index, frame, faces) if with_frames else (index, faces)
 

@@ -188,6 +188,8 @@ def test_an_exported_model_loads_and_predicts_as_its_run(detector, tiny_run, tmp
     (lambda d, tmp: d([[1, 2]]), "a path or a numpy array"),
     (lambda d, tmp: d(np.zeros((10, 10), np.uint8), boxes=[(0, 0, 0, 5)]), "width and height"),
     (lambda d, tmp: d(np.zeros((10, 10), np.uint8), boxes=[(0, 0, 5)]), "four numbers"),
+    (lambda d, tmp: d.detect_many([np.zeros((9, 9), np.uint8)] * 2, boxes=[[]]), "2 pictures"),
+    (lambda d, tmp: d.track(tmp / "missing.mp4"), "no such file"),  # at the call, not later
 ])
 def test_bad_pictures_and_boxes_are_one_line_user_errors(detector, tmp_path, call, expect):
     with pytest.raises(UserError) as e:

@@ -41,7 +41,8 @@ DEFAULT_PASSES = 8
 DEFAULT_SETTLE = 0.02
 
 # A predictor: crops (N, S, S, 1) float32 in [0, 1] -> keypoints (N, 2K) in crop pixels.
-# fkd_jax.inference.restore.Predictor fits (its `tta` keyword is passed when asked for).
+# fkd_jax.inference.predictor.Predictor and two_batch.TwoBatchPredictor fit (their `tta`
+# keyword is passed when asked for).
 PredictFn = Callable[..., np.ndarray]
 
 
