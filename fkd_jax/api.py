@@ -126,6 +126,9 @@ class Detector:
         predictor.image_size  # reads and checks the model now, not at the first picture
         return cls(predictor, source=source, **options)
 
+    def __repr__(self) -> str:
+        return f"Detector({self.source!r}, {self.options})"
+
     @property
     def keypoint_names(self) -> tuple[str, ...]:
         """The K keypoint names the model predicts (the order of `Face.keypoints`)."""
