@@ -1,38 +1,48 @@
-"""How long `load_training` takes on a Kaggle-sized training.csv and its .zip.
+"""How long `load_training` takes on a Kaggle-sized training.csv and its .zip (one JSON line).
+  uv run python benchmarks/load_time.py [--labels=PATH] [--repeats=3] [--also=PATH,...]
+--also times one load of other files (e.g. youtube_faces/training.zip) into the same line.
 
 Builds, in a temporary directory, a 7049-row training.csv shaped like Kaggle's: the real
 keypoint cells (text as shipped, so the same missing pattern and number widths) from
 training_keypoints.csv, and uniformly random pixels 0..255 for each Image. Zips it, then
-times `load_training` on both (median of --repeats) and prints one JSON line.
-
-  uv run python benchmarks/load_time.py [--labels PATH] [--repeats 3] [--also PATH ...]
-
---also times one load of other files (e.g. youtube_faces/training.zip) into the same line.
+times `load_training` on both (median of --repeats).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+from absl import flags
 
+from fkd_jax import cli
 from fkd_jax.data.kaggle import IMAGE_COLUMN, NUM_PIXELS, load_training
+from fkd_jax.errors import UserError, exit_on_user_error
 from fkd_jax.geometry.keypoints import COLUMNS
 
-DEFAULT_LABELS = "/work/shared/data/training_keypoints.csv"
+# development data beside the repository, never committed
+DEFAULT_LABELS = Path(__file__).resolve().parents[2] / "shared" / "data" / "training_keypoints.csv"
+
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("labels", str(DEFAULT_LABELS), "Kaggle's keypoint columns as shipped "
+                    "(training.csv without its Image column).", flag_values=FLAGS)
+flags.DEFINE_integer("repeats", 3, "Loads timed per file (median).", lower_bound=1,
+                     flag_values=FLAGS)
+flags.DEFINE_list("also", [], "Other files to time one load of.", flag_values=FLAGS)
 
 
 def write_kaggle_sized_csv(labels_path: Path, out: Path, seed: int = 0) -> int:
     """training.csv with the label rows of `labels_path` and random images; returns rows."""
     label_lines = labels_path.read_text().splitlines()
     if label_lines[0].split(",") != list(COLUMNS):
-        raise SystemExit(f"{labels_path}: expected the 30 Kaggle keypoint columns")
+        raise UserError(f"{labels_path}: expected the 30 Kaggle keypoint columns")
     rng = np.random.default_rng(seed)
     tokens = [str(v) for v in range(256)]
     with out.open("w") as f:
@@ -52,12 +62,13 @@ def median_seconds(path: Path, repeats: int) -> tuple[float, int]:
     return statistics.median(times), n
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--labels", type=Path, default=Path(DEFAULT_LABELS))
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--also", type=Path, nargs="*", default=[])
-    args = parser.parse_args()
+def main(argv: list[str]) -> None:
+    cli.parse_flags(argv, FLAGS)
+    labels = Path(FLAGS.labels)
+    if not labels.is_file():
+        raise UserError(f"--labels {labels}: no such file")
+    args = SimpleNamespace(labels=labels, repeats=FLAGS.repeats,
+                           also=[Path(p) for p in FLAGS.also])
 
     with tempfile.TemporaryDirectory() as tmp:
         csv_path, zip_path = Path(tmp) / "training.csv", Path(tmp) / "training.zip"
@@ -82,4 +93,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)(sys.argv)

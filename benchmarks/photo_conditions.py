@@ -1,5 +1,10 @@
 """What a photo's resolution and tilt do to predict.py: the same labelled photos, enlarged
-or turned.
+or turned, through its pipeline (fkd_jax.Detector, fkd_jax.pictures.outputs.process, labels
+scored); prints one JSON object: per setting, faces found, NME (mean, median), failures,
+faces reported per photo and detection ms a photo.
+  uv run python benchmarks/photo_conditions.py --workdir=RUN_DIR --photos=LIST_OR_DIR \\
+      --labels=../shared/data/photos/keypoints.csv [--scales=1,4] [--noise=0,16] [--turns=20,90]
+--photos is a folder of photos or a text file naming one per line.
 
 Phones take 12-megapixel photos; the development photos are about 250 x 300 pixels. Each
 photo is enlarged by --scales (bicubic; keypoints scale with it: pixel j covers [j, j+1), so
@@ -7,19 +12,10 @@ x -> s x), optionally with Gaussian pixel noise of --noise grey levels added at 
 size (the fine detail a real high-resolution photo has and an enlargement lacks); and, at its
 own size, turned by each of --turns degrees (a tilted head, or a photo taken sideways without
 EXIF orientation; the canvas grows to hold it, edges replicated; keypoints turned with it).
-Each set runs through predict.py exactly as a user would (`predict.main`, --labels scoring).
-Prints one JSON object: per setting, faces found, NME (mean, median), failures, faces
-reported per photo and detection ms a photo.
-
-  uv run python benchmarks/photo_conditions.py --workdir RUN_DIR --photos LIST_OR_DIR \\
-      --labels ../shared/data/photos/keypoints.csv [--scales 1,4] [--noise 0,16] [--turns 20,90]
-
---photos is a folder of photos or a text file naming one per line.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import shutil
@@ -28,13 +24,25 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from absl import flags
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from fkd_jax import cli
+from fkd_jax.errors import UserError, exit_on_user_error
+from fkd_jax.geometry import framing, keypoints
 
-import predict  # noqa: E402
-from fkd_jax.geometry import framing
-from fkd_jax.geometry import keypoints  # noqa: E402
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("workdir", None, "Run directory written by train.py.", flag_values=FLAGS)
+flags.DEFINE_string("model", None, "Exported model file (export.py), instead of --workdir.",
+                    flag_values=FLAGS)
+flags.DEFINE_string("photos", None, "Folder of photos, or a text file naming one per line.",
+                    flag_values=FLAGS)
+flags.DEFINE_string("labels", None, "CSV of the photos' true keypoints (file + the 30 Kaggle "
+                    "columns, picture pixels).", flag_values=FLAGS)
+flags.DEFINE_list("scales", ["1", "4"], "Enlargements.", flag_values=FLAGS)
+flags.DEFINE_list("noise", ["0", "16"], "Grey levels (std) of noise added when enlarged.",
+                  flag_values=FLAGS)
+flags.DEFINE_list("turns", [], "Degrees the photos are turned by, e.g. 20,90.",
+                  flag_values=FLAGS)
 
 
 def enlarged(photos: list[Path], labels: Path, folder: Path, scale: float, noise: float,
@@ -91,36 +99,32 @@ def _labels_for(photos: list[Path], labels: Path, folder: Path, move) -> Path:
     return out
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--workdir")
-    src.add_argument("--model")
-    ap.add_argument("--photos", type=Path, required=True)
-    ap.add_argument("--labels", type=Path, required=True)
-    ap.add_argument("--scales", default="1,4")
-    ap.add_argument("--noise", default="0,16", help="grey levels (std) added, comma-separated")
-    ap.add_argument("--turns", default="", help="degrees the photos are turned by, e.g. 20,90")
-    args = ap.parse_args(argv)
+def main(argv: list[str]) -> None:
+    from fkd_jax.api import Detector
+    from fkd_jax.pictures import inputs, outputs, scoring
 
-    if args.photos.is_dir():
-        photos = sorted(p for p in args.photos.iterdir() if p.suffix.lower() in (".jpg", ".png"))
+    cli.parse_flags(argv, FLAGS)
+    if bool(FLAGS.workdir) == bool(FLAGS.model) or not (FLAGS.photos and FLAGS.labels):
+        raise UserError("give --photos, --labels and one of --workdir / --model")
+    given = Path(FLAGS.photos)
+    if given.is_dir():
+        photos = sorted(p for p in given.iterdir() if p.suffix.lower() in (".jpg", ".png"))
     else:
-        photos = [Path(line) for line in args.photos.read_text().split()]
-    model = ["--workdir", args.workdir] if args.workdir else ["--model", args.model]
+        photos = [Path(line) for line in given.read_text().split()]
+    detector = Detector.load(FLAGS.workdir or FLAGS.model)
     tmp = Path(tempfile.mkdtemp(prefix="photo_conditions_"))
-    settings = [(float(s), float(n), 0.0) for s in args.scales.split(",")
-                for n in args.noise.split(",") if not (float(s) == 1 and float(n))]
-    settings += [(1.0, 0.0, float(t)) for t in args.turns.split(",") if t.strip()]
+    settings = [(float(s), float(n), 0.0) for s in FLAGS.scales for n in FLAGS.noise
+                if not (float(s) == 1 and float(n))]
+    settings += [(1.0, 0.0, float(t)) for t in FLAGS.turns if t.strip()]
     results = []
     for scale, noise, turn in settings:
         name = f"x{scale:g}_noise{noise:g}_turn{turn:g}"
-        labels = (turned(photos, args.labels, tmp / name, turn) if turn else
-                  enlarged(photos, args.labels, tmp / name, scale, noise))
+        labels = (turned(photos, Path(FLAGS.labels), tmp / name, turn) if turn else
+                  enlarged(photos, Path(FLAGS.labels), tmp / name, scale, noise))
         out = tmp / f"{name}_out"
-        with contextlib.redirect_stdout(sys.stderr):  # predict's lines; the JSON on stdout
-            predict.main(model + ["--out", str(out), "--no_overlays", "--labels",
-                                  str(labels), str(tmp / name)])
+        with contextlib.redirect_stdout(sys.stderr):  # the pipeline's lines; JSON on stdout
+            outputs.process(detector, inputs.find_inputs([str(tmp / name)]), out,
+                            overlays=False, labels=scoring.read_labels(labels))
         summary = json.loads((out / "summary.json").read_text())
         final = summary["scores"]["final"]
         results.append({
@@ -135,4 +139,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)(sys.argv)

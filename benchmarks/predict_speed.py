@@ -1,7 +1,10 @@
-"""Speed of predict.py: photos/s end to end, model-only faces/s, one-photo latency, video fps.
-
-  uv run python benchmarks/predict_speed.py --workdir RUN_DIR [--photos DIR] [--n 256]
-  uv run python benchmarks/predict_speed.py --model model.jaxexport ...
+"""Speed of predict.py's pipeline (fkd_jax.Detector): photos/s end to end, model-only faces/s,
+one-photo latency, video fps; prints one JSON object.
+  uv run python benchmarks/predict_speed.py --workdir=RUN_DIR [--photos=DIR] [--n=256]
+  uv run python benchmarks/predict_speed.py --model=model.jaxexport ...
+--photos defaults to ../shared/data/photos (development data, never committed); without it,
+generated pictures of synthetic faces are used. Goals: >= 50 photos/s and >= 30 video
+frames/s on 2 CPU cores.
 
 Measures, after a warm-up that compiles both predictor batch sizes (compilation is a one-off
 per process and is reported separately):
@@ -12,14 +15,11 @@ per process and is reported separately):
   latency_ms       one photo alone, end to end (median of 10 runs)
   video_fps        a 320x240 video made from one photo moved by small sub-pixel steps
                    (tracking: one pass per frame, detection only when a face is lost)
---photos defaults to ../shared/data/photos (development data, never committed); without it,
-generated pictures of synthetic faces are used. Goals (issue 12): >= 50 photos/s and >= 30
-video frames/s on 2 CPU cores. Prints one JSON object.
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import json
 import math
 import sys
@@ -28,16 +28,17 @@ import time
 from pathlib import Path
 
 import numpy as np
+from absl import flags
+
+from fkd_jax import cli
+from fkd_jax.data import synthetic
+from fkd_jax.errors import UserError, exit_on_user_error
+from fkd_jax.inference.two_batch import BULK_BATCH
+from fkd_jax.pictures import images as picture_files
+from fkd_jax.pictures import inputs, outputs
+from fkd_jax.pictures.location import DEFAULT_PASSES
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import predict  # noqa: E402
-from fkd_jax.pictures import detection
-from fkd_jax.pictures import images as picture_files
-from fkd_jax.pictures import location
-from fkd_jax.data import synthetic  # noqa: E402
-
 SHARED_PHOTOS = ROOT.parent / "shared" / "data" / "photos"
 
 
@@ -69,80 +70,86 @@ def make_video(photo: Path, path: Path, frames: int = 90) -> None:
     writer.release()
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--workdir")
-    src.add_argument("--model")
-    ap.add_argument("--checkpoint", default="best")
-    ap.add_argument("--photos", type=Path, default=SHARED_PHOTOS)
-    ap.add_argument("--n", type=int, default=256, help="photos for the end-to-end rate")
-    ap.add_argument("--passes", type=int, default=location.DEFAULT_PASSES)
-    args = ap.parse_args(argv)
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("workdir", None, "Run directory written by train.py.", flag_values=FLAGS)
+flags.DEFINE_string("model", None, "Exported model file (export.py), instead of --workdir.",
+                    flag_values=FLAGS)
+flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint of --workdir.",
+                  flag_values=FLAGS)
+flags.DEFINE_string("photos", str(SHARED_PHOTOS), "Folder of .jpg photos (generated pictures "
+                    "of synthetic faces when it does not exist).", flag_values=FLAGS)
+flags.DEFINE_integer("n", 256, "Photos for the end-to-end rate.", lower_bound=1,
+                     flag_values=FLAGS)
+flags.DEFINE_integer("passes", DEFAULT_PASSES, "Most passes per face.", lower_bound=1,
+                     flag_values=FLAGS)
 
+
+def main(argv: list[str]) -> None:
+    from fkd_jax.api import Detector
+
+    cli.parse_flags(argv, FLAGS)
+    if bool(FLAGS.workdir) == bool(FLAGS.model):
+        raise UserError("give --workdir RUN_DIR or --model FILE, one of them")
     tmp = Path(tempfile.mkdtemp(prefix="predict_speed_"))
-    if args.photos.is_dir():
-        photos = sorted(args.photos.glob("*.jpg"))[: args.n]
-    else:
-        photos = generated_photos(tmp, args.n)
-    pargs = predict.parse_args(
-        (["--workdir", args.workdir, "--checkpoint", args.checkpoint] if args.workdir
-         else ["--model", args.model]) + ["--out", str(tmp / "out"), "--passes",
-                                         str(args.passes), "x"])
+    folder = Path(FLAGS.photos)
+    photos = (sorted(folder.glob("*.jpg"))[: FLAGS.n] if folder.is_dir()
+              else generated_photos(tmp, FLAGS.n))
 
     t = time.perf_counter()
-    predictor = predict.load_predictor(pargs)
-    detector = detection.FaceDetector()
+    detector = Detector.load(FLAGS.workdir or FLAGS.model, checkpoint=FLAGS.checkpoint,
+                             passes=FLAGS.passes)
+    detector.face_detector
     load_s = time.perf_counter() - t
     t = time.perf_counter()
-    crops = np.random.default_rng(0).random((predict.BULK_BATCH + 1, 96, 96, 1), np.float32)
-    predictor(crops)  # compiles the bulk and the batch-1 executables
+    crops = np.random.default_rng(0).random((BULK_BATCH + 1, 96, 96), np.float32)
+    detector.predict_crops(crops)  # compiles the bulk and the batch-1 executables
     compile_s = time.perf_counter() - t
 
     # Model only: 256 crops in bulk batches.
-    block = np.tile(crops[:1], (256, 1, 1, 1))
+    block = np.tile(crops[:1], (256, 1, 1))
     reps = 3
     t = time.perf_counter()
     for _ in range(reps):
-        predictor(block)
+        detector.predict_crops(block)
     faces_per_s = reps * len(block) / (time.perf_counter() - t)
 
-    items = [predict.Item(p, str(p), "photo", Path(p.name)) for p in photos]
+    items = [inputs.Item(p, str(p), "photo", Path(p.name)) for p in photos]
 
-    def runner():
-        return predict.Runner(pargs, predictor, detector, tmp / "out", None)
+    def photos_through(results: outputs.Results, items: list[inputs.Item]) -> None:
+        """As predict.py runs a folder: chunks with detection ahead, overlays written."""
+        found = detector.detect_files([it.path for it in items], timings=results.timings)
+        for item, r in zip(items, found):
+            results.photo(item, r.picture, r.faces)
 
-    # End to end, in chunks as predict.py runs a folder.
-    r = runner()
-    t = time.perf_counter()
-    r.all_photos(items)
-    photos_s = time.perf_counter() - t
-    stages = {k: round(v / max(len(items), 1) * 1000, 2) for k, v in r.timings.items() if v}
-
-    # One photo alone.
-    lat = []
-    for _ in range(10):
-        r1 = runner()
+    with contextlib.redirect_stdout(sys.stderr):  # "no face found" lines; JSON on stdout
+        # End to end, in chunks as predict.py runs a folder.
+        r = outputs.Results(tmp / "out")
         t = time.perf_counter()
-        r1.photos(items[:1])
-        lat.append(time.perf_counter() - t)
+        photos_through(r, items)
+        photos_s = time.perf_counter() - t
+        stages = {k: round(v / max(len(items), 1) * 1000, 2) for k, v in r.timings.items() if v}
 
-    # Video.
-    from fkd_jax.pictures.video import OneEuroSettings
+        # One photo alone.
+        lat = []
+        for _ in range(10):
+            t = time.perf_counter()
+            photos_through(outputs.Results(tmp / "out"), items[:1])
+            lat.append(time.perf_counter() - t)
 
-    clip = tmp / "clip.avi"
-    make_video(photos[0], clip)
-    rv = predict.Runner(pargs, predictor, detector, tmp / "out", OneEuroSettings())
-    t = time.perf_counter()
-    rv.video(predict.Item(clip, str(clip), "video", Path("clip.avi")))
-    video_s = time.perf_counter() - t
+        # Video, tracked and smoothed as predict.py does.
+        clip = tmp / "clip.avi"
+        make_video(photos[0], clip)
+        rv = outputs.Results(tmp / "out")
+        t = time.perf_counter()
+        rv.video(inputs.Item(clip, str(clip), "video", Path("clip.avi")), detector)
+        video_s = time.perf_counter() - t
 
     print(json.dumps({
-        "photos": len(items), "source": str(args.photos if args.photos.is_dir() else "generated"),
-        "passes": args.passes,
+        "photos": len(items), "source": str(folder if folder.is_dir() else "generated"),
+        "passes": FLAGS.passes,
         "photos_per_s": round(len(items) / photos_s, 1),
         "ms_per_photo_by_stage": stages,
-        "faces_found": sum(1 for row in r.rows if "face" in row),
+        "faces_found": r.n_faces,
         "faces_per_s_model_only": round(faces_per_s, 1),
         "latency_ms_one_photo": round(1000 * float(np.median(lat)), 1),
         "video_fps_320x240": round(rv.n_frames / video_s, 1), "video_frames": rv.n_frames,
@@ -151,4 +158,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)(sys.argv)

@@ -1,5 +1,10 @@
 """How much frame-to-frame jitter One Euro smoothing removes from tracked keypoints, and the lag
-it adds, on videos whose true motion is known exactly.
+it adds, on videos whose true motion is known exactly; prints one JSON object (also --out).
+  # real photos of the run's validation people, the trained model (development only):
+  uv run python benchmarks/video_jitter.py --workdir=runs/unet_pair [--n_photos=6] [--sweep]
+  # or an exported model: --model=model.jaxexport; the photos: --photos=a.jpg,b.jpg
+  # a synthetic face and a stand-in model (the true keypoints + Gaussian noise): no data needed
+  uv run python benchmarks/video_jitter.py --synthetic
 
 A video is made from one still picture moved along a slow smooth path by sub-pixel amounts
 (exact cubic-spline translation, see `render`): still for the first --still seconds (2.5), then
@@ -19,39 +24,34 @@ picture, over all keypoints and all frames after the first SETTLE_S = 0.5 s:
   lag_ms           the delay tau that best explains the moving keypoints as d(t - tau) + c
   moving_rms_at_lag  what is left of moving_rms once that lag is accounted for
 
-  # real photos of the run's validation people, the trained model (development only):
-  uv run python benchmarks/video_jitter.py --workdir runs/unet_pair [--n_photos 6] [--sweep]
-  # or an exported model: --model model.jaxexport; the photos: --photos a.jpg,b.jpg
-  # a synthetic face and a stand-in model (the true keypoints + Gaussian noise): no data needed
-  uv run python benchmarks/video_jitter.py --synthetic
-
 --sweep also tries a grid of (min_cutoff, beta), filtering the raw tracks offline (the same
 filter and timestamps as track_video, which frames each next frame from the raw keypoints, so
-smoothing never changes what the model sees). Prints one JSON object (also --out FILE).
+smoothing never changes what the model sees).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable
 
 import numpy as np
+from absl import flags
 
+from fkd_jax import cli
+from fkd_jax.errors import UserError, exit_on_user_error
 from fkd_jax.geometry.framing import to_gray
-from fkd_jax.pictures import detection
-from fkd_jax.pictures import location
-from fkd_jax.training import run_dir
-from fkd_jax.pictures import video
+from fkd_jax.pictures import location, video
 from fkd_jax.pictures.location import Face
 from fkd_jax.pictures.video import OneEuroFilter, OneEuroSettings
+from fkd_jax.training import run_dir
 
-PHOTOS = Path("/work/shared/data/photos")
-YOUTUBE = Path("/work/shared/data/youtube_faces")
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # development data, not committed
+PHOTOS, YOUTUBE = DATA / "photos", DATA / "youtube_faces"
 AMPLITUDE = np.array([16.0, 8.0])  # px, x and y
 PERIOD = np.array([3.0, 2.0])  # s
 
@@ -176,17 +176,17 @@ def track(frames: list[np.ndarray], find_faces: FindFn, refine: RefineFn, fps: f
     return out, counts
 
 
-def model_pipeline(predict, passes: int = 1) -> tuple[FindFn, RefineFn]:
-    """find_faces / refine of the photo pipeline (fkd_jax.pictures) around a Predictor;
-    `passes`: framing passes per tracked frame."""
-
-    detector = detection.FaceDetector()
+def model_pipeline(detector, passes: int = 1) -> tuple[FindFn, RefineFn]:
+    """find_faces / refine of the photo pipeline (fkd_jax.pictures) around a Detector's model
+    and face detector (fkd_jax.api); `passes`: framing passes per tracked frame."""
 
     def find(frame):
-        return location.find_faces([to_gray(frame)], predict, detector)[0]
+        return location.find_faces([to_gray(frame)], detector.predictor,
+                                   detector.face_detector)[0]
 
     def refine(frame, previous):
-        return location.refine_faces(to_gray(frame), previous, predict, passes=passes)
+        return location.refine_faces(to_gray(frame), previous, detector.predictor,
+                                     passes=passes)
 
     return find, refine
 
@@ -286,48 +286,53 @@ def _mean_over(results: list[dict], key: str) -> dict[str, float] | None:
     return {m: float(np.mean([r[m] for r in rows])) for m in rows[0]}
 
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    src = ap.add_mutually_exclusive_group()
-    src.add_argument("--workdir", type=Path, help="trained run directory")
-    src.add_argument("--model", type=Path, help="exported model (export.py)")
-    src.add_argument("--synthetic", action="store_true",
-                     help="a generated face and a stand-in model (truth + noise)")
-    ap.add_argument("--checkpoint", default="best", choices=["best", "latest"])
-    ap.add_argument("--photos", default=None, help="comma-separated photo paths")
-    ap.add_argument("--n_photos", type=int, default=6)
-    ap.add_argument("--fps", type=float, default=30.0)
-    ap.add_argument("--seconds", type=float, default=8.5)
-    ap.add_argument("--still", type=float, default=2.5, help="seconds still at the start")
-    ap.add_argument("--speed", type=float, default=1.0, help="path amplitude factor")
-    ap.add_argument("--noise", type=float, default=1.0, help="stand-in model noise, px")
-    ap.add_argument("--passes", type=int, default=1, help="framing passes per tracked frame")
-    ap.add_argument("--pixel_noise", type=float, default=0.0,
-                    help="camera noise added to each frame, std in gray levels 0..255")
-    ap.add_argument("--min_cutoff", type=float, default=OneEuroSettings.min_cutoff)
-    ap.add_argument("--beta", type=float, default=OneEuroSettings.beta)
-    ap.add_argument("--d_cutoff", type=float, default=OneEuroSettings.d_cutoff)
-    ap.add_argument("--sweep", action="store_true", help="also a (min_cutoff, beta) grid")
-    ap.add_argument("--out", type=Path, default=None)
-    args = ap.parse_args(argv)
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("workdir", None, "Trained run directory.", flag_values=FLAGS)
+flags.DEFINE_string("model", None, "Exported model (export.py).", flag_values=FLAGS)
+flags.DEFINE_bool("synthetic", False, "A generated face and a stand-in model (truth + noise).",
+                  flag_values=FLAGS)
+flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint of --workdir.",
+                  flag_values=FLAGS)
+flags.DEFINE_list("photos", [], "Photo paths (default: the run's validation people).",
+                  flag_values=FLAGS)
+flags.DEFINE_integer("n_photos", 6, "Photos when --photos is not given.", flag_values=FLAGS)
+flags.DEFINE_float("fps", 30.0, "Frames per second.", flag_values=FLAGS)
+flags.DEFINE_float("seconds", 8.5, "Video length, s.", flag_values=FLAGS)
+flags.DEFINE_float("still", 2.5, "Seconds still at the start.", flag_values=FLAGS)
+flags.DEFINE_float("speed", 1.0, "Path amplitude factor.", flag_values=FLAGS)
+flags.DEFINE_float("noise", 1.0, "Stand-in model noise, px.", flag_values=FLAGS)
+flags.DEFINE_integer("passes", 1, "Framing passes per tracked frame.", lower_bound=1,
+                     flag_values=FLAGS)
+flags.DEFINE_float("pixel_noise", 0.0, "Camera noise added to each frame, std in gray levels "
+                   "0..255.", flag_values=FLAGS)
+flags.DEFINE_float("min_cutoff", OneEuroSettings.min_cutoff, "One Euro min cutoff, Hz.",
+                   flag_values=FLAGS)
+flags.DEFINE_float("beta", OneEuroSettings.beta, "One Euro speed coefficient, 1/px.",
+                   flag_values=FLAGS)
+flags.DEFINE_float("d_cutoff", OneEuroSettings.d_cutoff, "One Euro speed low-pass, Hz.",
+                   flag_values=FLAGS)
+flags.DEFINE_bool("sweep", False, "Also a (min_cutoff, beta) grid.", flag_values=FLAGS)
+flags.DEFINE_string("out", None, "Also write the JSON here.", flag_values=FLAGS)
 
+
+def main(argv: list[str]) -> dict:
+    cli.parse_flags(argv, FLAGS)
+    args = SimpleNamespace(**FLAGS.flag_values_dict())
+    if sum(map(bool, (args.workdir, args.model, args.synthetic))) > 1:
+        raise UserError("give one of --workdir, --model, --synthetic")
     settings = [OneEuroSettings(args.min_cutoff, args.beta, args.d_cutoff)]
     sweep = ([OneEuroSettings(m, b, args.d_cutoff) for m in (0.3, 0.5, 1.0, 2.0)
               for b in (0.0, 0.02, 0.05, 0.1, 0.3)] if args.sweep else [])
 
     if args.workdir or args.model:
-        from fkd_jax.inference import exported
-        from fkd_jax.training import restore
-        from fkd_jax.inference import predictor as inference
+        from fkd_jax.api import Detector
 
-        predictor = (exported.load_predictor(args.model, batch_size=1) if args.model else
-                     inference.Predictor.from_run(restore.load_run(args.workdir,
-                                                                     args.checkpoint), 1))
-        pipeline = lambda frames: model_pipeline(predictor, args.passes)  # noqa: E731
+        detector = Detector.load(args.workdir or args.model, checkpoint=args.checkpoint)
+        pipeline = lambda frames: model_pipeline(detector, args.passes)  # noqa: E731
         if args.photos:
-            photos = [Path(p) for p in args.photos.split(",")]
+            photos = [Path(p) for p in args.photos]
         elif args.workdir:
-            photos = validation_photos(args.workdir, args.n_photos)
+            photos = validation_photos(Path(args.workdir), args.n_photos)
         else:
             photos = sorted(PHOTOS.glob("*.jpg"))[: args.n_photos]
         from fkd_jax.pictures.images import read_picture
@@ -372,4 +377,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    exit_on_user_error(main)(sys.argv)

@@ -1,6 +1,5 @@
-"""docs/pipeline_scene.png: predict.py's pipeline on a generated scene (no real photos).
-
-  uv run python scripts/pipeline_figure.py --workdir RUN_DIR [--out docs/pipeline_scene.png]
+"""docs/pipeline_scene.png: predict.py's pipeline (fkd_jax.Detector) on a generated scene.
+  uv run python scripts/pipeline_figure.py --workdir=RUN_DIR [--out=docs/pipeline_scene.png]
 
 Three procedural faces (fkd_jax.data.synthetic) are pasted into a larger picture at known position,
 scale and in-plane rotation. Panels: the detector's boxes; each face's crop framed from its box
@@ -11,29 +10,32 @@ true ones.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
+from absl import flags
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from fkd_jax.geometry.framing import to_gray
+from fkd_jax import cli, files
+from fkd_jax.data import synthetic
+from fkd_jax.errors import UserError, exit_on_user_error
+from fkd_jax.evaluation import metrics
 from fkd_jax.geometry import framing as geo
-from fkd_jax.pictures import detection
+from fkd_jax.geometry import keypoints
+from fkd_jax.geometry.framing import to_gray
 from fkd_jax.pictures import drawing
-from fkd_jax.pictures import location
-from fkd_jax import files  # noqa: E402
-from fkd_jax.training import restore  # noqa: E402
-from fkd_jax.inference import predictor as inference  # noqa: E402
-from fkd_jax.geometry import keypoints  # noqa: E402
-from fkd_jax.evaluation import metrics  # noqa: E402
-from fkd_jax.data import synthetic  # noqa: E402
+from fkd_jax.pictures.location import DEFAULT_PASSES
 
 ROOT = Path(__file__).resolve().parents[1]
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("workdir", None, "Run directory written by train.py (required).",
+                    flag_values=FLAGS)
+flags.DEFINE_string("out", str(ROOT / "docs" / "pipeline_scene.png"), "The figure.",
+                    flag_values=FLAGS)
+flags.DEFINE_integer("passes", DEFAULT_PASSES, "Most passes per face.", lower_bound=1,
+                     flag_values=FLAGS)
 PLACEMENTS = ((1.9, -8.0, 40.0, 40.0), (1.4, 12.0, 290.0, 90.0), (2.3, 4.0, 470.0, 20.0))
 
 
@@ -59,24 +61,20 @@ def scene(seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
     return np.repeat(picture[..., None], 3, axis=2), np.stack(truth)
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workdir", required=True)
-    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "pipeline_scene.png")
-    ap.add_argument("--passes", type=int, default=location.DEFAULT_PASSES)
-    args = ap.parse_args(argv)
-
+def main(argv: list[str]) -> None:
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
+    from fkd_jax.api import Detector
+
+    cli.parse_flags(argv, FLAGS)
+    if not FLAGS.workdir:
+        raise UserError("--workdir is required (a run directory written by train.py)")
+    out = Path(FLAGS.out)
     picture, truth = scene()
     gray = to_gray(picture)
-    predictor = inference.Predictor.from_run(restore.load_run(args.workdir), batch_size=8)
-    detector = detection.FaceDetector()
-    boxes, loose = detection.detect_faces([gray], detector)
-    found = location.find_faces([gray], predictor, detector, boxes=boxes, loose=loose,
-                             passes=args.passes)[0]
-    found = sorted(found, key=lambda f: f.box[0])
+    found = sorted(Detector.load(FLAGS.workdir, passes=FLAGS.passes)(picture),
+                   key=lambda f: f.box[0])
     n = len(found)
 
     fig = Figure(figsize=(12, 6.2))
@@ -114,9 +112,9 @@ def main(argv=None) -> None:
             ax.set_title(title, fontsize=8)
             ax.axis("off")
     fig.tight_layout()
-    files.save_figure(fig, args.out, dpi=90)
-    print(f"wrote {args.out} ({n} faces; NME {nmes})")
+    files.save_figure(fig, out, dpi=90)
+    print(f"wrote {out} ({n} faces; NME {nmes})")
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)(sys.argv)

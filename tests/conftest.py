@@ -122,3 +122,50 @@ def lookup_csv(tmp_path):
     path = tmp_path / "IdLookupTable.csv"
     path.write_bytes(("\r\n".join(lines) + "\r\n").encode())
     return path
+
+
+# A 1-epoch tiny run (simple_cnn): plumbing, not accuracy (predict.py, fkd_jax.Detector).
+TINY_RUN = ["--config", "configs/base.py", "--config.data.synthetic_n=32",
+            "--config.train.batch_size=16", "--config.model.name=simple_cnn",
+            "--config.model.widths=(4,8,8)", "--config.train.epochs=1"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A run directory trained by train.py for one epoch on 32 synthetic faces (~15 s)."""
+    import subprocess
+    import sys
+
+    workdir = tmp_path_factory.mktemp("tiny") / "run"
+    proc = subprocess.run([sys.executable, "train.py", *TINY_RUN, "--workdir", str(workdir)],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return workdir
+
+
+def face_scene(seed: int, size=(240, 320)) -> tuple[np.ndarray, np.ndarray]:
+    """RGB uint8 picture with one synthetic face pasted at 2x at (60, 20) (OpenCV's Haar
+    cascade finds it), and its true keypoints (30,) in picture pixels."""
+    import cv2
+
+    from fkd_jax.data import synthetic
+
+    images, kps = synthetic.generate_faces(1, seed)
+    pic = np.full(size + (3,), (70, 110, 90), np.uint8)
+    face = cv2.resize(images[0], (192, 192), interpolation=cv2.INTER_LINEAR)
+    pic[20:212, 60:252] = face[..., None]
+    kp = kps[0] * 2.0
+    kp[0::2] += 60
+    kp[1::2] += 20
+    return pic, kp
+
+
+def save_rgb(path: Path, rgb: np.ndarray) -> Path:
+    """Write an RGB (or gray) uint8 picture by its suffix (folders made)."""
+    import cv2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) if rgb.ndim == 3 else rgb
+    assert cv2.imwrite(str(path), bgr)
+    return path

@@ -1,6 +1,7 @@
 """predict.py end to end, as a user runs it: a folder of photos and a video, a user's box,
 an exported model, scoring against labels, and every whole-command mistake (one line, exit 2,
-nothing written). The model is a 1-epoch tiny run: this checks plumbing, not accuracy."""
+nothing written); its rows are those of the Python API (fkd_jax.Detector) on the same files.
+The model is a 1-epoch tiny run: this checks plumbing, not accuracy."""
 
 from __future__ import annotations
 
@@ -14,14 +15,12 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import face_scene, save_rgb
 
-from fkd_jax.geometry import keypoints
 from fkd_jax.data import synthetic
+from fkd_jax.geometry import keypoints
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--config", "configs/base.py", "--config.data.synthetic_n=32",
-        "--config.train.batch_size=16", "--config.model.name=simple_cnn",
-        "--config.model.widths=(4,8,8)", "--config.train.epochs=1"]
 HEADER = ["file", "frame", "face", "box_x", "box_y", "box_w", "box_h", "score",
           *keypoints.COLUMNS]
 
@@ -31,34 +30,15 @@ def run(script, *args):
                           capture_output=True, text=True, timeout=300)
 
 
-def scene(seed: int, size=(240, 320)) -> tuple[np.ndarray, np.ndarray]:
-    """RGB picture with one synthetic face pasted at 2x (OpenCV's Haar cascade finds it),
-    and its keypoints in picture pixels."""
-    images, kps = synthetic.generate_faces(1, seed)
-    pic = np.full(size + (3,), (70, 110, 90), np.uint8)
-    face = cv2.resize(images[0], (192, 192), interpolation=cv2.INTER_LINEAR)
-    pic[20:212, 60:252] = face[..., None]
-    kp = kps[0] * 2.0
-    kp[0::2] += 60
-    kp[1::2] += 20
-    return pic, kp
-
-
-def save(path: Path, rgb: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    assert cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-
-
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, tiny_run):
     tmp = tmp_path_factory.mktemp("predict")
-    proc = run("train.py", *TINY, "--workdir", tmp / "run")
-    assert proc.returncode == 0, proc.stderr
+    (tmp / "run").symlink_to(tiny_run)
     photos = tmp / "photos"
-    pic, kp = scene(0)
-    save(photos / "a" / "x.png", pic)
-    save(photos / "b" / "x.png", scene(5)[0])  # same name, other folder
-    save(photos / "blank.jpg", np.full((200, 260, 3), 128, np.uint8))  # no face
+    pic, kp = face_scene(0)
+    save_rgb(photos / "a" / "x.png", pic)
+    save_rgb(photos / "b" / "x.png", face_scene(5)[0])  # same name, other folder
+    save_rgb(photos / "blank.jpg", np.full((200, 260, 3), 128, np.uint8))  # no face
     (photos / "corrupt.jpg").write_bytes(b"not a jpeg at all")
     writer = cv2.VideoWriter(str(photos / "clip.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10,
                              (320, 240))
@@ -122,48 +102,53 @@ def test_folder_with_photos_video_and_a_corrupt_file(setup):
     assert (out / "ced.png").is_file() and (out / "scores.csv").is_file()
 
 
-def test_chunks_searched_ahead_in_a_thread_give_the_same_rows(setup, tmp_path, monkeypatch):
-    """With one photo a chunk, every next photo is decoded and searched for faces in the
-    second thread while this one is located (a corrupt file fails there): the rows, failures
-    and faces are those of one chunk for all."""
-    import predict
+def test_rows_are_those_of_the_python_api(setup):
+    """keypoints.csv holds, to the byte, the rows fkd_jax.Detector gives for the same files:
+    each photo alone (`detector(path)`), the video through `detector.track`."""
+    from fkd_jax.api import Detector
+    from fkd_jax.errors import UserError
+    from fkd_jax.pictures import outputs
 
     tmp, photos, _, _ = setup
-    tables, summaries = {}, {}
-    for chunk in (1, predict.CHUNK):
-        monkeypatch.setattr(predict, "CHUNK", chunk)
-        out = tmp_path / f"chunk{chunk}"
-        assert predict.main(["--workdir", str(tmp / "run"), "--out", str(out),
-                             "--no_overlays", str(photos)]) == 1  # the corrupt file
-        tables[chunk] = pd.read_csv(out / "keypoints.csv")
-        summaries[chunk] = json.loads((out / "summary.json").read_text())
-    one, all_ = tables[1], tables[predict.CHUNK]
-    assert len(one) == len(all_) and len(one.dropna(subset=["face"])) >= 2
-    pd.testing.assert_frame_equal(one, all_)
-    for key in ("failed", "no_face", "faces", "photos"):
-        assert summaries[1][key] == summaries[predict.CHUNK][key]
+    out = tmp / "out_rows"
+    proc = run("predict.py", "--workdir", tmp / "run", "--out", out, "--no_overlays", photos)
+    assert proc.returncode == 1, proc.stderr  # the corrupt file
+
+    detector = Detector.load(tmp / "run")
+    rows = []
+    for path in sorted(p for p in photos.rglob("*") if p.is_file() and p.suffix != ".avi"):
+        try:
+            rows += outputs.face_rows(str(path), 0, detector(path))
+        except UserError as e:
+            assert path.name == "corrupt.jpg", e
+    for index, faces in detector.track(photos / "clip.avi"):
+        rows += outputs.face_rows(str(photos / "clip.avi"), index, faces)
+    assert len(rows) >= 7  # 3 photos' rows, 4 frames'
+    assert outputs.rows_to_csv(rows) == (out / "keypoints.csv").read_text()
 
 
 def test_ctrl_c_keeps_the_photos_done(setup, tmp_path, monkeypatch, capsys):
     """Ctrl-C during a folder: the photos located before it keep their rows, summary.json says
     the run was interrupted, one line on stderr, exit 130."""
-    import predict
+    from fkd_jax.api import Detector
+    from fkd_jax.errors import exit_on_user_error
+    from fkd_jax.pictures import inputs, location, outputs
 
     tmp, photos, _, _ = setup
-    monkeypatch.setattr(predict, "CHUNK", 1)
-    real, calls = predict.Runner._locate, []
+    real, calls = location.find_faces, []
 
-    def locate_then_ctrl_c(self, detected):
+    def locate_then_ctrl_c(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(self, detected)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(predict.Runner, "_locate", locate_then_ctrl_c)
+    monkeypatch.setattr(location, "find_faces", locate_then_ctrl_c)
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as stop:
-        predict.main(["--workdir", str(tmp / "run"), "--out", str(out), "--no_overlays",
-                      str(photos)])
+        exit_on_user_error(outputs.process)(Detector.load(tmp / "run"),
+                                            inputs.find_inputs([str(photos)]), out,
+                                            overlays=False, chunk=1)
     assert stop.value.code == 130
     err = capsys.readouterr().err
     assert err.strip().splitlines()[-1].startswith("interrupted: Ctrl-C: stopped after 1 photos")

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from conftest import load_benchmark
 
-from fkd_jax.pictures import video
 from fkd_jax.errors import UserError
+from fkd_jax.pictures import video
 from fkd_jax.pictures.location import Face
 from fkd_jax.pictures.video import OneEuroFilter, OneEuroSettings, TrackedFace, track_video
 
@@ -330,6 +333,28 @@ def test_unreadable_videos_are_user_errors_naming_the_file(tmp_path, content):
         video.read_video(path)
 
 
+def test_a_video_cut_in_half_is_one_line_without_ffmpegs_own(tmp_path):
+    """FFmpeg would print "[mov,mp4,...] moov atom not found" (its own log, straight to
+    stderr) before the project's error: stderr holds the project's one line only."""
+    noise = np.random.default_rng(0).integers(0, 256, (20, 120, 160, 3), dtype=np.uint8)
+    whole = tmp_path / "whole.mp4"
+    with video.VideoWriter(whole, 10.0, (160, 120)) as writer:
+        for frame in noise:
+            writer.write(frame)
+    data = whole.read_bytes()  # the index (moov atom) is written last: cut off with the half
+    (tmp_path / "half.mp4").write_bytes(data[: len(data) // 2])
+    code = ("import sys\n"
+            "from fkd_jax.errors import exit_on_user_error\n"
+            "from fkd_jax.pictures.video import read_video\n"
+            "exit_on_user_error(read_video)(sys.argv[1])\n")
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_FFMPEG_LOGLEVEL"}
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "half.mp4")],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [f"error: {tmp_path / 'half.mp4'}: not a readable video "
+                                        "(no frame could be decoded)"], proc.stderr
+
+
 def test_a_folder_is_not_a_video(tmp_path):
     with pytest.raises(UserError, match="directory"):
         video.read_video(tmp_path)
@@ -379,7 +404,8 @@ def test_benchmark_measures_a_known_lag_and_jitter(jitter):
 
 def test_benchmark_runs_on_a_synthetic_face_and_smoothing_removes_jitter(jitter, tmp_path):
     out = tmp_path / "jitter.json"
-    summary = jitter.main(["--synthetic", "--noise", "0.5", "--seconds", "5", "--out", str(out)])
+    summary = jitter.main(["video_jitter.py", "--synthetic", "--noise=0.5", "--seconds=5",
+                           f"--out={out}"])
     assert out.is_file() and summary["lost"] == 0
     raw, smoothed = summary["raw"], summary["smoothed"]
     assert raw["still_rms"] == pytest.approx(0.5, rel=0.15)  # the stand-in's own noise

@@ -41,14 +41,17 @@ DEFAULT_PASSES = 8
 DEFAULT_SETTLE = 0.02
 
 # A predictor: crops (N, S, S, 1) float32 in [0, 1] -> keypoints (N, 2K) in crop pixels.
-# fkd_jax.inference.restore.Predictor fits (its `tta` keyword is passed when asked for).
+# fkd_jax.inference.predictor.Predictor and two_batch.TwoBatchPredictor fit (their `tta`
+# keyword is passed when asked for).
 PredictFn = Callable[..., np.ndarray]
 
 
 @dataclass(frozen=True)
 class Face:
     """One face in a picture. Everything in the picture's own pixels (origin top-left corner,
-    the continuous convention of fkd_jax.geometry.keypoints)."""
+    the continuous convention of fkd_jax.geometry.keypoints): `keypoints` (K, 2) named by
+    `names`; `keypoints_px` the same as the model's flat (2K,) output (x, y interleaved).
+    The public face type (`fkd_jax.Face`); a tracked video's faces are `TrackedFace`s."""
 
     box: tuple[float, float, float, float]  # x, y, w, h of the detector's (or given) box
     # (found on a turned copy: the upright box around the turned one, Detection.bounds)
@@ -57,6 +60,24 @@ class Face:
     # Keypoints after each pass (the last equals keypoints_px): to measure what a pass gains.
     history: tuple[np.ndarray, ...] = field(default=(), compare=False, repr=False)
     shape_error: float = float("nan")  # see MAX_SHAPE_ERROR
+
+    @property
+    def keypoints(self) -> np.ndarray:
+        """(K, 2) float64: (x, y) of each keypoint, in the order of `names`."""
+        return keypoints.as_points(np.asarray(self.keypoints_px, np.float64))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The K keypoint names (the model's keypoint set, known by its 2K outputs)."""
+        return keypoint_names(len(self.keypoints_px))
+
+
+def keypoint_names(width: int) -> tuple[str, ...]:
+    """Names of the keypoints of a model that predicts `width` (2K) coordinates."""
+    for candidate in keypoints.KEYPOINT_SETS.values():
+        if 2 * candidate.num_keypoints == width:
+            return candidate.names
+    return tuple(f"p{i}" for i in range(width // 2))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ identity (`TrackedFace.track`) and its own One Euro filter.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -45,6 +46,9 @@ def read_video(path: str | Path) -> tuple[Iterator[np.ndarray], float, tuple[int
     if not path.is_file():
         raise UserError(f"{path}: {'is a directory' if path.is_dir() else 'no such file'}, "
                         "not a video")
+    # FFmpeg (inside OpenCV's wheels) prints its own lines for a broken file ("moov atom not
+    # found") before the one-line error below; quiet (AV_LOG_QUIET) unless the user set a level.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     capture = cv2.VideoCapture(str(path))
     ok, first = capture.read() if capture.isOpened() else (False, None)
     if not ok or first is None:
