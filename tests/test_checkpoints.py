@@ -19,7 +19,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from fkd_jax.training import checkpoints
@@ -299,29 +298,6 @@ def test_relative_work_directories_work(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     save_epochs(Path("rel/run"), [1.0])
     assert on_disk(tmp_path / "rel/run") == {1}
-
-
-def test_run_directories_of_the_previous_layout_are_still_read(tmp_path):
-    """checkpoints/latest/<epoch> and checkpoints/best/<epoch>, without orbax metrics."""
-    for name, epochs in (("latest", (2, 3)), ("best", (2,))):
-        manager = ocp.CheckpointManager(
-            tmp_path / "checkpoints" / name, options=ocp.CheckpointManagerOptions(max_to_keep=2),
-            item_handlers={"state": ocp.StandardCheckpointHandler(),
-                           "meta": ocp.JsonCheckpointHandler()})
-        for epoch in epochs:
-            manager.save(epoch, args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state(epoch)),
-                meta=ocp.args.JsonSave({"epoch": epoch})))
-        manager.close()
-    abstract = abstract_like(state(0))
-    with Checkpoints(tmp_path, read_only=True) as ckpt:
-        assert ckpt.restore_best(abstract)[1]["epoch"] == 2
-        assert ckpt.restore_latest(abstract)[1]["epoch"] == 3
-    with Checkpoints(tmp_path) as ckpt:  # a resumed old run continues in the new layout
-        restored, meta = ckpt.restore_latest(abstract)
-        ckpt.save(4, restored, {"epoch": 4}, 1.0)
-    assert on_disk(tmp_path) == {4}
-    assert {p.name for p in (tmp_path / "checkpoints" / "latest").iterdir()} == {"2", "3"}
 
 
 # --- one run per work directory -----------------------------------------------------------------

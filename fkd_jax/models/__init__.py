@@ -2,7 +2,6 @@
 
 from fkd_jax.models.networks import COMPUTE_DTYPES, SIZE_KEYS
 from fkd_jax.models.registry import (
-                                     LEGACY_NAMES,
                                      MODELS,
                                      ModelSpec,
                                      count_params,
@@ -11,5 +10,5 @@ from fkd_jax.models.registry import (
                                      model_sizes,
 )
 
-__all__ = ["COMPUTE_DTYPES", "LEGACY_NAMES", "MODELS", "SIZE_KEYS", "ModelSpec", "count_params",
+__all__ = ["COMPUTE_DTYPES", "MODELS", "SIZE_KEYS", "ModelSpec", "count_params",
            "create_model", "has_heatmaps", "model_sizes"]
