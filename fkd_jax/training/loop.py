@@ -404,7 +404,7 @@ def _stop_if_not_finite(train_loss: float, params_finite: bool, epoch: int, memb
         return
     what = (f"training loss became {train_loss}" if not math.isfinite(train_loss)
             else "the parameters became non-finite")
-    raise RunStopped(member.say(
+    raise RunStopped((f"{member.name}: " if member.name else "") + (
         f"{what} in epoch {epoch}; stopped. The last good checkpoint (epoch {epoch - 1}) is in "
         f"{member.workdir}/checkpoints. Try a lower --config.train.learning_rate or "
         "--config.train.grad_clip."), EXIT_NON_FINITE)
