@@ -5,6 +5,11 @@ config checked. It owns the run's side effects (the work directory's lock, data 
 metrics.jsonl, checkpoints, progress lines); the numerics are the pure functions of
 fkd_jax.training.steps.
 
+An ensemble (`train.members` > 1, fkd_jax.training.ensemble) is trained by `train_ensemble`:
+as pinned worker processes, each running `train_and_evaluate` on its member's config, or in
+this process, where the same loop runs every member at once over their stacked states
+(`Member`: each keeps its own directory, checkpoints, metrics and best epoch).
+
 Stops: a non-finite loss or parameters -> `RunStopped` (exit 3, last good checkpoint kept);
 Ctrl-C -> the current epoch finishes, is saved, then `RunStopped` (exit 130); early stopping
 after `train.early_stop_patience` epochs without a better validation RMSE.
@@ -95,6 +100,11 @@ class Run:
         return jax.tree.map(lambda a: a[i], self.state)
 
 
+def _stack(states: list[dict]) -> dict:
+    """The members' states stacked along a new leading axis (host arrays)."""
+    return jax.tree.map(lambda *leaves: np.stack(leaves), *states)
+
+
 def train_and_evaluate(config, workdir: Path) -> dict:
     """Train (or resume) the run in `workdir`; returns the last epoch's metrics record."""
     if ensemble.members(config) > 1:
@@ -165,7 +175,7 @@ def _set_up(config, workdir: Path, members: list[Member]) -> Run:
     settings = (graphdef, tx, bs, augment.read_settings(config.augment))
     stacked = len(members) > 1
     if stacked:
-        state = jax.tree.map(lambda *leaves: jax.numpy.stack(leaves), *[s for _, s in inits])
+        state = _stack([s for _, s in inits])
         epoch_fn = steps.make_members_epoch(*settings, tuple(seeds), layout.batch,
                                             keypoint_set.flip_permutation, **options)
         first_args = (np.int32(0), np.ones(len(members), bool))
@@ -296,9 +306,7 @@ def _resume(run: Run) -> None:
             run_dir.truncate_metrics(m.workdir, m.start_epoch)
             run_dir.write_run_files(m.config, m.workdir)
     if resumed:
-        run.state = run.layout.put_replicated(
-            jax.tree.map(lambda *leaves: np.stack(leaves), *states) if run.stacked
-            else states[0])
+        run.state = run.layout.put_replicated(_stack(states) if run.stacked else states[0])
 
 
 def _read_and_save_data(config, workdir: Path) -> run_dir.RunData:
@@ -383,6 +391,7 @@ def _finish_epoch(run: Run, member: Member, i: int, epoch: int, epoch_time: floa
         "train_rmse_px": float(m["train_rmse_px"]), "val_rmse_px": val_rmse,
         **averaged, "learning_rate": float(run.schedule(step)),
         "epoch_time_s": epoch_time, "eval_time_s": eval_time,
+        # This member's images; members trained in one process share the epoch's time.
         "images_per_s": run.steps_per_epoch * run.config.train.batch_size / epoch_time,
         "compile_time_s": run.compile_time,
     }
