@@ -19,6 +19,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from fkd_jax.training import checkpoints
@@ -190,6 +191,20 @@ def test_hooks_and_logging_are_untouched_and_later_errors_still_reported(tmp_pat
     Unraisable()
     gc.collect()
     assert [type(e) for e in reported] == [ZeroDivisionError, ValueError]
+
+
+def test_a_checkpoint_saved_without_its_digest_is_unreadable(tmp_path, capsys):
+    """Every checkpoint this version writes carries the digest of its state's bytes."""
+    save_epochs(tmp_path, [1.0])
+    manager = checkpoints._manager(tmp_path / "checkpoints", read_only=False)
+    manager.save(2, args=ocp.args.Composite(state=ocp.args.StandardSave(state(2)),
+                                            meta=ocp.args.JsonSave({"epoch": 2})),
+                 metrics={checkpoints.BEST_METRIC: 0.5}, force=True)
+    manager.close()
+    with Checkpoints(tmp_path, read_only=True) as ckpt:
+        assert ckpt.restore_latest(abstract_like(state(0)))[1]["epoch"] == 1
+    err = capsys.readouterr().err
+    assert "checkpoints/2 is unreadable (ValueError: no digest of the state's bytes" in err
 
 
 def test_a_checkpoint_of_another_model_names_the_first_differing_array(tmp_path):

@@ -295,7 +295,10 @@ def _restore(manager: ocp.CheckpointManager, epoch: int, abstract) -> tuple[Any,
     out = manager.restore(epoch, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
     meta = dict(out["meta"])
-    if meta.pop(_DIGEST_KEY, None) != state_digest(out["state"]):
+    digest = meta.pop(_DIGEST_KEY, None)
+    if digest is None:
+        raise ValueError("no digest of the state's bytes was saved with it")
+    if digest != state_digest(out["state"]):
         raise ValueError("the state's bytes do not match the digest saved with them")
     return out["state"], meta
 
