@@ -255,7 +255,7 @@ def test_a_member_in_one_process_with_a_non_finite_loss_stops_naming_it(tmp_path
                "--config.train.learning_rate=1e6", check=False)
     assert proc.returncode == 3 and "Traceback" not in proc.stderr, proc.stderr
     line = proc.stderr.strip().splitlines()[-1]
-    assert line.startswith("error: member0: training loss became") or line.startswith(
-        "error: member0: the parameters became non-finite"), line
+    assert line.startswith(("error: member0: training loss became",
+                            "error: member0: the parameters became non-finite")), line
     assert f"is in {workdir / 'member0'}/checkpoints" in line
     assert not (workdir / "ensemble_metrics.json").exists()

@@ -170,8 +170,8 @@ def _set_up(config, workdir: Path, members: list[Member]) -> Run:
     graphdef, state = inits[0]
     train_arrays = layout.put_replicated({"images": t.images, "keypoints": t.keypoints,
                                           "mask": t.mask})
-    options = dict(loss_fn=steps.make_loss(config.train), averaging=averaging,
-                   heatmap_loss=steps.make_heatmap_loss(config.train))
+    options = {"loss_fn": steps.make_loss(config.train), "averaging": averaging,
+               "heatmap_loss": steps.make_heatmap_loss(config.train)}
     settings = (graphdef, tx, bs, augment.read_settings(config.augment))
     stacked = len(members) > 1
     if stacked:
