@@ -6,9 +6,11 @@ same command on the same --workdir resumes from the latest checkpoint. Ctrl-C fi
 current epoch, saves it and exits (status 130); a non-finite loss stops the run (status 3)
 keeping the last good checkpoint. The work itself is `fkd_jax.training.loop.train_and_evaluate`.
 
-With --config.train.members=N > 1 it trains an ensemble (fkd_jax/training/ensemble.py): this command
-once per member, side by side, each pinned to its share of the CPU cores, in
---workdir/member<i>; then it scores the members' mean on the validation split.
+With --config.train.members=N > 1 it trains an ensemble (fkd_jax/training/ensemble.py), each
+member in --workdir/member<i>: on CPU this command once per member, side by side, each pinned
+to its share of the cores; on a GPU or TPU every member in this process, vmapped
+(--config.train.members_mode chooses); then it scores the members' mean on the validation
+split.
 """
 
 from __future__ import annotations

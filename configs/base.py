@@ -76,6 +76,9 @@ def get_config() -> ml_collections.ConfigDict:
     # > 1: an ensemble of that many runs (seeds seed*N ... seed*N+N-1, one split), trained side
     # by side on the CPU cores, predicting their mean (fkd_jax/training/ensemble.py).
     c.train.members = 1
+    # How: "processes" (one per member, pinned to CPU cores), "one_process" (vmapped over the
+    # members in one program) or "auto" (one_process on GPU/TPU, processes on CPU).
+    c.train.members_mode = "auto"
 
     c.augment = ml_collections.ConfigDict()
     c.augment.flip = False

@@ -193,6 +193,20 @@ def test_hooks_and_logging_are_untouched_and_later_errors_still_reported(tmp_pat
     assert [type(e) for e in reported] == [ZeroDivisionError, ValueError]
 
 
+def test_a_checkpoint_saved_without_its_digest_is_unreadable(tmp_path, capsys):
+    """Every checkpoint this version writes carries the digest of its state's bytes."""
+    save_epochs(tmp_path, [1.0])
+    manager = checkpoints._manager(tmp_path / "checkpoints", read_only=False)
+    manager.save(2, args=ocp.args.Composite(state=ocp.args.StandardSave(state(2)),
+                                            meta=ocp.args.JsonSave({"epoch": 2})),
+                 metrics={checkpoints.BEST_METRIC: 0.5}, force=True)
+    manager.close()
+    with Checkpoints(tmp_path, read_only=True) as ckpt:
+        assert ckpt.restore_latest(abstract_like(state(0)))[1]["epoch"] == 1
+    err = capsys.readouterr().err
+    assert "checkpoints/2 is unreadable (ValueError: no digest of the state's bytes" in err
+
+
 def test_a_checkpoint_of_another_model_names_the_first_differing_array(tmp_path):
     save_epochs(tmp_path, [1.0])
     wider = state(0, n=4)
@@ -299,29 +313,6 @@ def test_relative_work_directories_work(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     save_epochs(Path("rel/run"), [1.0])
     assert on_disk(tmp_path / "rel/run") == {1}
-
-
-def test_run_directories_of_the_previous_layout_are_still_read(tmp_path):
-    """checkpoints/latest/<epoch> and checkpoints/best/<epoch>, without orbax metrics."""
-    for name, epochs in (("latest", (2, 3)), ("best", (2,))):
-        manager = ocp.CheckpointManager(
-            tmp_path / "checkpoints" / name, options=ocp.CheckpointManagerOptions(max_to_keep=2),
-            item_handlers={"state": ocp.StandardCheckpointHandler(),
-                           "meta": ocp.JsonCheckpointHandler()})
-        for epoch in epochs:
-            manager.save(epoch, args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state(epoch)),
-                meta=ocp.args.JsonSave({"epoch": epoch})))
-        manager.close()
-    abstract = abstract_like(state(0))
-    with Checkpoints(tmp_path, read_only=True) as ckpt:
-        assert ckpt.restore_best(abstract)[1]["epoch"] == 2
-        assert ckpt.restore_latest(abstract)[1]["epoch"] == 3
-    with Checkpoints(tmp_path) as ckpt:  # a resumed old run continues in the new layout
-        restored, meta = ckpt.restore_latest(abstract)
-        ckpt.save(4, restored, {"epoch": 4}, 1.0)
-    assert on_disk(tmp_path) == {4}
-    assert {p.name for p in (tmp_path / "checkpoints" / "latest").iterdir()} == {"2", "3"}
 
 
 # --- one run per work directory -----------------------------------------------------------------

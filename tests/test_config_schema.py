@@ -42,8 +42,6 @@ def test_every_shipped_config_passes():
     ({"augment__flip": 1}, "--config.augment.flip=1 must be true or false"),
     ({"model__dropout": 1.0}, "--config.model.dropout=1.0 must be in [0, 1)"),
     ({"model__name": "resnet9000"}, "--config.model.name='resnet9000' is not a model"),
-    ({"model__name": "heatmap_unet_wide"}, "is now a size of another model: use "
-                                           "--config.model.name=heatmap_unet"),
     ({"model__heatmap_size": 24}, "--config.model.heatmap_size is not used by model simple_cnn"),
     ({"model__widths": (16, 0)}, "--config.model.widths=(16, 0) must be a non-empty tuple"),
     ({"model__conv_impl": "cudnn"}, "--config.model.conv_impl='cudnn' must be one of"),

@@ -1,13 +1,17 @@
-"""Ensembles (`train.members` > 1): members trained side by side by train.py, on one split,
-restored as one run that predicts their mean (eval.py, export.py, predict.py)."""
+"""Ensembles (`train.members` > 1): members trained by train.py on one split, as pinned
+processes or in one process (`train.members_mode`), restored as one run that predicts their
+mean (eval.py, export.py, predict.py)."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -33,12 +37,50 @@ def run(script, *args, check=True):
     return proc
 
 
+PAIR = [*TINY, "--config.train.epochs=2", "--config.train.members=2", "--config.seed=1"]
+PROCESSES, ONE_PROCESS = ("--config.train.members_mode=processes",
+                          "--config.train.members_mode=one_process")
+
+
 @pytest.fixture(scope="module")
 def ensemble_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("ensemble") / "run"
-    proc = run("train.py", *TINY, "--workdir", str(workdir), "--config.train.epochs=2",
-               "--config.train.members=2", "--config.seed=1")
+    proc = run("train.py", *PAIR, PROCESSES, "--workdir", str(workdir))
     return workdir, proc
+
+
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory):
+    """The same ensemble as `ensemble_run`, its members trained in one process."""
+    workdir = tmp_path_factory.mktemp("one_process") / "run"
+    proc = run("train.py", *PAIR, ONE_PROCESS, "--workdir", str(workdir))
+    return workdir, proc
+
+
+def metrics(workdir, i):
+    """Member i's metrics.jsonl, without the timings (which differ from run to run)."""
+    lines = (workdir / f"member{i}" / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if "time" not in k and "per_s" not in k}
+            for line in lines]
+
+
+def latest_states(workdir):
+    """Each member's newest checkpoint: (state, meta)."""
+    from fkd_jax.training import checkpoints
+
+    out = []
+    for i in (0, 1):
+        _, abstract = steps.abstract_state(restore.read_run_config(workdir / f"member{i}"))
+        with checkpoints.Checkpoints(workdir / f"member{i}", read_only=True) as ckpt:
+            out.append(ckpt.restore_latest(abstract))
+    return out
+
+
+def assert_same_states(a, b):
+    for (sa, ma), (sb, mb) in zip(a, b):
+        assert ma == mb
+        for x, y in zip(jax.tree.leaves(sa), jax.tree.leaves(sb)):
+            np.testing.assert_array_equal(x, y)
 
 
 def _validation(workdir):
@@ -111,7 +153,8 @@ def test_eval_and_export_use_the_ensembles_mean(ensemble_run, tmp_path):
 def test_a_failing_member_stops_the_ensemble_naming_it_and_its_log(tmp_path):
     workdir = tmp_path / "run"
     proc = run("train.py", *TINY, "--workdir", str(workdir), "--config.train.epochs=2",
-               "--config.train.members=2", "--config.train.learning_rate=1e6", check=False)
+               "--config.train.members=2", "--config.train.learning_rate=1e6", PROCESSES,
+               check=False)
     assert proc.returncode == 3, (proc.stdout, proc.stderr)  # a member's non-finite loss
     assert "Traceback" not in proc.stderr
     line = proc.stderr.strip().splitlines()[-1]
@@ -132,3 +175,87 @@ def test_ensembles_refuse_options_that_cannot_work(tmp_path):
                check=False)
     assert proc.returncode == 2 and "train.members" in proc.stderr
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+# --- members in one process -----------------------------------------------------------------
+
+
+def test_one_process_trains_each_member_as_its_own_process_would(ensemble_run,
+                                                                  one_process_run):
+    (pinned, _), (together, proc) = ensemble_run, one_process_run
+    assert "for each of 2 members" in proc.stdout and "member1 epoch   2/2" in proc.stdout
+    for i in (0, 1):
+        a, b = metrics(pinned, i), metrics(together, i)
+        assert [r["epoch"] for r in b] == [1, 2] and [r["step"] for r in a] == [r["step"] for r in b]
+        for ra, rb in zip(a, b):  # one vmapped program: the same numbers up to float rounding
+            for key in ("train_loss", "train_rmse_px", "val_rmse_px"):
+                assert rb[key] == pytest.approx(ra[key], rel=1e-5), (i, key)
+        for name in ("split.json", "run.json"):
+            assert ((pinned / f"member{i}" / name).read_text()
+                    == (together / f"member{i}" / name).read_text()), name
+        configs = [json.loads((d / f"member{i}" / "config.json").read_text())
+                   for d in (pinned, together)]
+        assert [c["train"].pop("members_mode") for c in configs] == ["processes", "one_process"]
+        assert configs[0] == configs[1]
+    assert not (together / "member0.log").exists()
+    scores = [json.loads((d / "ensemble_metrics.json").read_text()) for d in (pinned, together)]
+    assert scores[1]["val_rmse_px"] == pytest.approx(scores[0]["val_rmse_px"], rel=1e-4)
+    assert scores[1]["members_best_epoch"] == [2, 2]
+
+
+def test_a_one_process_ensemble_restores_evaluates_and_exports(one_process_run, tmp_path):
+    workdir, _ = one_process_run
+    run_, val = _validation(workdir)
+    assert run_.members == 2 and run_.meta["epoch"] == [2, 2]
+    mean = predictor.Predictor.from_run(run_)(val.images)
+    model = tmp_path / "model.jaxexport"
+    run("export.py", "--workdir", str(workdir), "--out", str(model))
+    np.testing.assert_allclose(exported.load_predictor(model)(val.images), mean, atol=1e-3)
+
+
+def test_one_process_interrupted_then_resumed_equals_uninterrupted(one_process_run, tmp_path):
+    workdir, _ = one_process_run
+    resumed = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "train.py", *PAIR, ONE_PROCESS, "--workdir",
+                             str(resumed)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("member0 epoch"):
+            proc.send_signal(signal.SIGINT)  # member1's epoch is finished and saved too
+            break
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1].startswith("interrupted: saved epoch 1 in ")
+    assert [len(metrics(resumed, i)) for i in (0, 1)] == [1, 1]
+    second = run("train.py", *PAIR, ONE_PROCESS, "--workdir", str(resumed))
+    assert "member1 resuming" in second.stdout
+    for i in (0, 1):
+        assert metrics(resumed, i) == metrics(workdir, i)
+    assert_same_states(latest_states(resumed), latest_states(workdir))
+
+
+def test_a_member_behind_the_other_catches_up_alone(one_process_run, tmp_path):
+    """A resume finds member1 an epoch behind (its newest checkpoint lost): only member1
+    trains epoch 2 again, as it did the first time; member0 is left as it was."""
+    workdir, _ = one_process_run
+    behind = tmp_path / "run"
+    shutil.copytree(workdir, behind)
+    shutil.rmtree(behind / "member1" / "checkpoints" / "2")
+    member0 = (behind / "member0" / "metrics.jsonl").read_text()
+    proc = run("train.py", *PAIR, ONE_PROCESS, "--workdir", str(behind))
+    assert "member1 resuming" in proc.stdout and "member0 epoch" not in proc.stdout
+    assert (behind / "member0" / "metrics.jsonl").read_text() == member0
+    assert metrics(behind, 1) == metrics(workdir, 1)
+    assert_same_states(latest_states(behind), latest_states(workdir))
+
+
+def test_a_member_in_one_process_with_a_non_finite_loss_stops_naming_it(tmp_path):
+    workdir = tmp_path / "run"
+    proc = run("train.py", *PAIR, ONE_PROCESS, "--workdir", str(workdir),
+               "--config.train.learning_rate=1e6", check=False)
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith(("error: member0: training loss became",
+                            "error: member0: the parameters became non-finite")), line
+    assert f"is in {workdir / 'member0'}/checkpoints" in line
+    assert not (workdir / "ensemble_metrics.json").exists()

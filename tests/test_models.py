@@ -19,8 +19,7 @@ from fkd_jax.errors import UserError
 from conftest import normal, uniform
 
 # Pinned so an accidental architecture change is caught, by config: the model name and its
-# size overrides (the former size variants nouri1000, resnet_small, heatmap_unet_wide are
-# models.LEGACY_NAMES). nouri: Nouri's kfkd net (conv 32@3x3, 64@2x2, 128@2x2 VALID + pools;
+# size overrides (SIZES: the sizes other configs train). nouri: Nouri's kfkd net (conv 32@3x3, 64@2x2, 128@2x2 VALID + pools;
 # dense 500, 500, 30) = 8,051,502 parameters.
 PARAM_COUNTS = {
     "simple_cnn": 1_206_942,
@@ -34,12 +33,20 @@ PARAM_COUNTS = {
 }
 
 
+# Sizes pinned beside each model's defaults: a model name and its size overrides.
+SIZES = {
+    "nouri1000": {"name": "nouri", "hidden": (1000, 1000)},
+    "resnet_small": {"name": "resnet", "widths": (16, 32, 64, 128), "hidden": (128,)},
+    "heatmap_unet_wide": {"name": "heatmap_unet", "widths": (24, 48, 96, 192)},
+}
+
+
 def _model_cfg(name, **overrides):
-    """`config.model` of base.py for `name` (a model or a legacy size name), with overrides."""
+    """`config.model` of base.py for `name` (a model, or a size of SIZES), with overrides."""
     cfg = base.get_config().model
-    legacy = dict(models.LEGACY_NAMES.get(name, {"name": name}))
-    cfg.name = legacy.pop("name")
-    for k, v in {**legacy, **overrides}.items():
+    sized = dict(SIZES.get(name, {"name": name}))
+    cfg.name = sized.pop("name")
+    for k, v in {**sized, **overrides}.items():
         cfg[k] = v
     return cfg
 
@@ -57,7 +64,7 @@ def test_param_count_and_output_shape(name):
 
 
 def test_every_registered_model_is_pinned():
-    assert set(models.MODELS) | set(models.LEGACY_NAMES) == set(PARAM_COUNTS)
+    assert set(models.MODELS) | set(SIZES) == set(PARAM_COUNTS)
 
 
 @pytest.mark.parametrize("name", sorted(models.MODELS))
@@ -130,8 +137,7 @@ def test_model_sizes_fills_in_defaults_and_takes_overrides():
     ("simple_cnn", {"compute_dtype": "float16"}, r"^--config.model.compute_dtype='float16'"),
     ("simple_cnn", {"conv_impl": "winograd"}, r"^--config.model.conv_impl='winograd'"),
     ("resnet9000", {}, r"^--config.model.name='resnet9000' is not a model; choose one of heatmap,"),
-    ("nouri1000", {}, r"^--config.model.name='nouri1000' is now a size of another model: use "
-                      r'--config.model.name=nouri --config.model.hidden="\(1000,1000\)"$'),
+    ("nouri1000", {}, r"^--config.model.name='nouri1000' is not a model; choose one of"),
 ])
 def test_bad_model_options_are_user_errors_naming_the_option(name, overrides, message):
     cfg = _model_cfg("simple_cnn", **overrides)

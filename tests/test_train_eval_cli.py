@@ -195,3 +195,27 @@ def test_a_config_file_without_get_config_is_named_in_one_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and str(config) in lines[0] and "no get_config()" in lines[0]
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("run_file, found", [(None, 1), ('{"run_format": 99}', 99)])
+def test_a_run_directory_of_another_version_is_refused_in_one_line(trained, tmp_path, run_file,
+                                                                    found):
+    """eval.py and a resume (train.py) read only the run format this version writes."""
+    import shutil
+
+    workdir, _ = trained
+    other = tmp_path / "x"
+    shutil.copytree(workdir, other)
+    if run_file is None:
+        (other / "run.json").unlink()  # as written before run.json existed
+    else:
+        (other / "run.json").write_text(run_file)
+    expected = (f"error: {other}: written by another version of fkd-jax (run format {found}; "
+                "this version reads 2): train it again")
+    before = sorted(p.name for p in other.iterdir())
+    for proc in (run("eval.py", "--workdir", str(other), "--out", str(tmp_path / "eval"),
+                     check=False),
+                 train(other, "--config.train.epochs=4", check=False)):
+        assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [expected], proc.stderr
+    assert sorted(p.name for p in other.iterdir()) == before
+    assert not (tmp_path / "eval").exists() and len(metrics(other)) == 3

@@ -28,7 +28,6 @@ from fkd_jax.models.networks import (
     _check_heatmap_unet,
     _check_nouri,
     _check_resnet,
-    _show,
     nouri,
     simple_cnn,
 )
@@ -60,19 +59,10 @@ MODELS: dict[str, ModelSpec] = {
                               dropout=False, check=_check_heatmap_unet),
 }
 
-# Names of the size variants that were separate models before sizes came from the config:
-# the equivalent config overrides (same parameters, same initial values for a seed).
-LEGACY_NAMES: dict[str, dict[str, Any]] = {
-    "nouri1000": {"name": "nouri", "hidden": (1000, 1000)},
-    "resnet_small": {"name": "resnet", "widths": (16, 32, 64, 128), "hidden": (128,)},
-    "heatmap_unet_wide": {"name": "heatmap_unet", "widths": (24, 48, 96, 192)},
-}
-
-
 def has_heatmaps(name: str) -> bool:
-    """Whether model `name` (or a legacy name) predicts through heatmaps, i.e. has
+    """Whether model `name` predicts through heatmaps, i.e. has
     `heatmap_logits(images) -> (B, H, W, K)` (what `train.heatmap_loss_weight` needs)."""
-    spec = MODELS.get(LEGACY_NAMES.get(name, {}).get("name", name))
+    spec = MODELS.get(name)
     return spec is not None and hasattr(spec.build, "heatmap_logits")
 
 
@@ -94,12 +84,6 @@ def _as_ints(key: str, value, *, tuple_: bool, allow_empty: bool = False):
 
 
 def _spec(name: str) -> ModelSpec:
-    if name in LEGACY_NAMES:
-        new = LEGACY_NAMES[name]
-        flags = " ".join(f'--config.model.{k}="{_show(v)}"' if isinstance(v, tuple)
-                         else f"--config.model.{k}={v}" for k, v in new.items())
-        raise UserError(f"--config.model.name={name!r} is now a size of another model: use "
-                        f"{flags}")
     if name not in MODELS:
         raise UserError(f"--config.model.name={name!r} is not a model; choose one of "
                         f"{', '.join(sorted(MODELS))}")

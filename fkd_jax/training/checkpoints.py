@@ -36,9 +36,6 @@ report it as one line, so those reports are dropped only while our call runs (`_
 also waits for the failed operation's leftovers before it restores every hook and logger. A
 write that fails in the background between our calls is reported by orbax at that moment;
 disk full, the common cause, is therefore checked before each save starts (`_check_space`).
-
-Run directories written before this layout (`checkpoints/latest/<epoch>/`,
-`checkpoints/best/<epoch>/`) are still read while the new layout holds no checkpoint.
 """
 
 from __future__ import annotations
@@ -68,7 +65,6 @@ BEST_METRIC = "val_rmse_px"  # lower is better
 KEEP_LATEST = 2
 _DIGEST_KEY = "state_sha256"
 _METADATA_BYTES = 2**20  # a checkpoint's files besides the arrays' bytes: ~40 KB, rounded up
-_LEGACY = ("latest", "best")  # the two managers of the previous layout, in fallback order
 
 
 def abstract_like(state) -> Any:
@@ -299,8 +295,10 @@ def _restore(manager: ocp.CheckpointManager, epoch: int, abstract) -> tuple[Any,
     out = manager.restore(epoch, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
     meta = dict(out["meta"])
-    digest = meta.pop(_DIGEST_KEY, None)  # absent in checkpoints from before the digest
-    if digest is not None and digest != state_digest(out["state"]):
+    digest = meta.pop(_DIGEST_KEY, None)
+    if digest is None:
+        raise ValueError("no digest of the state's bytes was saved with it")
+    if digest != state_digest(out["state"]):
         raise ValueError("the state's bytes do not match the digest saved with them")
     return out["state"], meta
 
@@ -345,7 +343,6 @@ class Checkpoints:
         self.read_only = read_only
         self._closed = self._failed = False
         self._pending: int | None = None  # the epoch whose write may still be running
-        self._legacy: dict[str, ocp.CheckpointManager] = {}
         with _quiet():
             self._mgr = _manager(self.directory, read_only)
 
@@ -388,22 +385,19 @@ class Checkpoints:
         An unreadable newest checkpoint (corrupted or cut short) falls back to the previous one
         with a one-line warning on stderr.
         """
-        manager = self._readable("latest")
-        epochs = sorted(manager.all_steps(), reverse=True)
-        return _restore_first_readable(manager, epochs, abstract, "the previous one")
+        epochs = sorted(self._mgr.all_steps(), reverse=True)
+        return _restore_first_readable(self._mgr, epochs, abstract, "the previous one")
 
     def restore_best(self, abstract) -> tuple[Any, dict] | None:
         """(state, meta) of the kept epoch with the lowest validation RMSE (ties: the earliest
         reached it; none known: the newest), or None; an unreadable one falls back to the next
         best with a warning."""
-        manager = self._readable("best")
-
         def order(epoch: int) -> tuple[float, int]:
-            rank = _rank(manager.metrics(epoch))
+            rank = _rank(self._mgr.metrics(epoch))
             return rank, epoch if math.isfinite(rank) else -epoch
 
-        epochs = sorted(manager.all_steps(), key=order)
-        return _restore_first_readable(manager, epochs, abstract, "the next best one")
+        epochs = sorted(self._mgr.all_steps(), key=order)
+        return _restore_first_readable(self._mgr, epochs, abstract, "the next best one")
 
     def wait(self) -> None:
         """Block until the pending write is on disk (raises its failure as a UserError)."""
@@ -451,26 +445,9 @@ class Checkpoints:
         raise error
 
     def _release(self) -> None:
-        managers = [self._mgr, *self._legacy.values()]
-        for manager in managers:
-            try:
-                with _quiet():
-                    manager.close()
-            except Exception:  # noqa: BLE001 - a failed save was already reported
-                if not self._failed:
-                    raise
-
-    def _readable(self, which: str) -> ocp.CheckpointManager:
-        """This layout's manager, or, while it holds nothing, a read-only manager of the
-        previous layout's `checkpoints/<which>/` (run directories from before this layout)."""
-        if self._mgr.all_steps():
-            return self._mgr
-        order = (which, *[name for name in _LEGACY if name != which])
-        for name in order:
-            if (self.directory / name).is_dir():
-                if name not in self._legacy:
-                    with _quiet():
-                        self._legacy[name] = _manager(self.directory / name, read_only=True)
-                if self._legacy[name].all_steps():
-                    return self._legacy[name]
-        return self._mgr
+        try:
+            with _quiet():
+                self._mgr.close()
+        except Exception:  # noqa: BLE001 - a failed save was already reported
+            if not self._failed:
+                raise

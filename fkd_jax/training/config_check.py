@@ -51,7 +51,7 @@ def _schema() -> dict[str, Key]:
     # Imported here so that the schema lists exactly what the code accepts.
     from fkd_jax.geometry import keypoints
     from fkd_jax.models import ops
-    from fkd_jax.training import steps
+    from fkd_jax.training import ensemble, steps
 
     return {
         "seed": _at_least(0),
@@ -97,6 +97,7 @@ def _schema() -> dict[str, Key]:
         "train.heatmap_loss_weight": _at_least(0, "float"),
         "train.heatmap_sigma_px": Key("float", ok=lambda v: v > 0, why="must be > 0 (pixels)"),
         "train.members": _at_least(1),
+        "train.members_mode": _choice(*ensemble.MODES),
         # augment (all off = 0 / False)
         "augment.flip": Key("bool"),
         "augment.rotate_deg": _in_range(0.0, 180.0),

@@ -1,14 +1,21 @@
 """Ensembles: N runs of one recipe, trained side by side, whose predictions are averaged.
 
-Why: on a 2-core CPU one unet_pair training keeps about one core busy, so two members, one
-pinned to each core, train in ~1.4x the wall time of one, and their mean prediction is
-~0.02 px better than either (README, "Two members side by side"). `config.train.members`
-= N > 1 makes train.py train one.
+`config.train.members` = N > 1 makes train.py train one, in one of two ways
+(`config.train.members_mode`; "auto" picks by the default JAX backend):
+- "processes" (auto on CPU): one train.py process per member, each pinned to its share of the
+  CPU cores. Why: on a 2-core CPU one unet_pair training keeps about one core busy, so two
+  members, one per core, train in ~1.4x the wall time of one, and their mean prediction is
+  ~0.02 px better than either (README, "Two members side by side").
+- "one_process" (auto on GPU/TPU): every member in this process, in one jitted epoch vmapped
+  over the members (fkd_jax.training.steps.make_members_epoch): one program on the device,
+  each step's kernels taking every member's batch, rather than N processes competing for one
+  device's memory.
+Both write the same layout, so either can resume the other's ensemble.
 
 Layout of an ensemble's run directory:
-  config.json          the ensemble's config (train.members = N)
+  run.json, config.json   the run format and the ensemble's config (train.members = N)
   member0 ... member<N-1>/   ordinary run directories (config.json, checkpoints, metrics)
-  member<i>.log        each member's console output
+  member<i>.log        each member's console output (processes)
   ensemble_metrics.json   the averaged prediction scored on the validation split
 Member i is the single run of seed `seed * N + i` on the ensemble's split (`data.split_seed`,
 or `seed` when that is None): all members share one validation split, so it stays unseen by
@@ -26,9 +33,23 @@ from pathlib import Path
 MEMBER_PREFIX = "member"
 
 
+MODES = ("auto", "processes", "one_process")
+
+
 def members(config) -> int:
-    """How many members a config trains (configs from before the key: 1)."""
-    return int(config.train.get("members", 1))
+    """How many members a config trains."""
+    return int(config.train.members)
+
+
+def in_one_process(config) -> bool:
+    """Whether an ensemble's members train in this process (`config.train.members_mode`):
+    "auto" is one process on a GPU or TPU, pinned processes on CPU."""
+    mode = config.train.members_mode
+    if mode == "auto":
+        import jax
+
+        return jax.default_backend() != "cpu"
+    return mode == "one_process"
 
 
 def member_config(config, i: int):

@@ -11,35 +11,23 @@ from pathlib import Path
 
 import ml_collections
 
-from fkd_jax import models
 from fkd_jax.errors import UserError
 from fkd_jax.inference.predictor import Run
+from fkd_jax.training import run_dir
 
 
 def read_run_config(workdir: Path) -> ml_collections.ConfigDict:
-    """The resolved config a run was trained with (its config.json)."""
+    """The resolved config a run was trained with (its config.json), after checking that this
+    version of fkd-jax wrote the directory (`run_dir.check_run_format`)."""
     path = Path(workdir) / "config.json"
     if not path.is_file():
         raise UserError(f"--workdir {workdir} is not a run directory (no config.json); "
                         "train one with train.py first")
+    run_dir.check_run_format(workdir)
     try:
-        config = ml_collections.ConfigDict(json.loads(path.read_text()))
+        return ml_collections.ConfigDict(json.loads(path.read_text()))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not valid JSON ({e})") from None
-    return _from_before_the_redesign(config)
-
-
-def _from_before_the_redesign(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Runs written before keypoint sets and model sizes existed trained Kaggle's 15 keypoints,
-    and named their sizes as models (e.g. heatmap_unet_wide): read them as today's config."""
-
-    if "keypoints" not in config.data:
-        config.data.keypoints, config.data.keypoints_path = "kaggle15", None
-    legacy = models.LEGACY_NAMES.get(config.model.name)
-    if legacy is not None:
-        for key, value in legacy.items():
-            config.model[key] = value
-    return config
 
 
 def load_run(workdir: str | Path, which: str = "best") -> Run:

@@ -1,12 +1,16 @@
 """A run's work directory and the data it trains on, shared by train.py and eval.py.
 
 Work directory layout (`--workdir DIR`):
+  run.json         {"run_format": RUN_FORMAT}: which layout of these files this is
   config.json      the resolved config of the run
   split.json       source-CSV row ids of the train and validation rows (reused on resume)
   metrics.jsonl    one JSON object per finished epoch
   checkpoints/     orbax checkpoints (see fkd_jax.training.checkpoints)
   synthetic/       the embedded procedural faces, when no --config.data.train_path is given
   eval/            eval.py's numbers and figures
+
+A directory written by another version of fkd-jax (another RUN_FORMAT, or none: format 1) is
+refused with one line by every reader and by a resume (`check_run_format`): train it again.
 
 Reading and writing are separate steps: `read_run_data` only reads (a new synthetic set is
 generated into a temporary folder), so a run can check everything about its data before
@@ -28,6 +32,33 @@ from fkd_jax.data import kaggle, preparation, synthetic
 from fkd_jax.errors import UserError
 from fkd_jax.geometry import keypoints
 from fkd_jax.training import ensemble
+
+
+RUN_FORMAT = 2  # raise it whenever this version could misread another's run directory
+RUN_FILE = "run.json"
+
+
+def write_run_files(config, workdir: Path) -> None:
+    """The run's format and resolved config (run.json first: a config.json always has one)."""
+    files.write_json(Path(workdir) / RUN_FILE, {"run_format": RUN_FORMAT})
+    files.write_text(Path(workdir) / "config.json", config.to_json_best_effort(indent=2) + "\n")
+
+
+def check_run_format(workdir: Path) -> None:
+    """Refuse a run directory (one with a config.json) that another version of fkd-jax wrote;
+    a directory without a config.json is no run yet and passes."""
+    workdir = Path(workdir)
+    if not (workdir / "config.json").is_file():
+        return
+    try:
+        found = json.loads((workdir / RUN_FILE).read_text()).get("run_format")
+    except FileNotFoundError:
+        found = 1  # the format before run.json existed
+    except (OSError, ValueError, AttributeError):
+        found = "unreadable"
+    if found != RUN_FORMAT:
+        raise UserError(f"{workdir}: written by another version of fkd-jax (run format {found}; "
+                        f"this version reads {RUN_FORMAT}): train it again")
 
 
 @dataclass
@@ -134,6 +165,20 @@ def save_run_data(run_data: RunData, config, workdir: Path) -> RunData:
         preparation.save_split(workdir / "split.json", *run_data.new_split)
         run_data.new_split = None
     return run_data
+
+
+def copy_run_data(config, from_dir: Path, to_dir: Path) -> None:
+    """Give `to_dir` the split.json and synthetic set of `from_dir` where it has none: members
+    of one ensemble trained in one process share member 0's data (`config`: a member's)."""
+    pairs = [(Path(from_dir) / "split.json", Path(to_dir) / "split.json")]
+    source = synthetic_dir(config, Path(from_dir))
+    if source.is_dir():
+        target = synthetic_dir(config, Path(to_dir))
+        pairs += [(f, target / f.name) for f in sorted(source.iterdir())]
+    for src, dst in pairs:
+        if src.exists() and not dst.exists():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            files.write_bytes(dst, src.read_bytes())
 
 
 def discard_run_data(run_data: RunData) -> None:

@@ -330,11 +330,58 @@ def make_train_epoch(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, b
     `heatmap_loss`: see `make_train_step` (the state must hold `avg_params` when averaging:
     `init_state`).
     """
-    train_step = make_train_step(graphdef, tx, augment_cfg, flip_permutation, loss_fn=loss_fn,
-                                 averaging=averaging, heatmap_loss=heatmap_loss)
+    epoch = _epoch(make_train_step(graphdef, tx, augment_cfg, flip_permutation, loss_fn=loss_fn,
+                                   averaging=averaging, heatmap_loss=heatmap_loss),
+                   batch_size, data_sharding)
     base_key = step_key(seed)
 
     def train_epoch(state: State, data: Batch, shuffle_key: jax.Array):
+        return epoch(state, data, shuffle_key, base_key)
+
+    return jax.jit(train_epoch, donate_argnums=(0,))
+
+
+def make_members_epoch(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+                       batch_size: int, augment_cfg=None, seeds: tuple[int, ...] = (0,),
+                       data_sharding=None,
+                       flip_permutation: np.ndarray = keypoints.FLIP_PERMUTATION, *,
+                       loss_fn: Callable = masked_loss, averaging: Averaging | None = None,
+                       heatmap_loss: HeatmapLoss | None = None):
+    """A jitted `members_epoch(state, data, epoch, active) -> (state, metrics)`: one epoch of
+    every member of an ensemble in one program (`jax.vmap` over the members).
+
+    `state` holds the M = len(seeds) members' states stacked along a new leading axis; member
+    m draws its shuffle (`epoch_shuffle_key(seeds[m], epoch)`, `epoch` an int32 scalar),
+    augmentation and dropout from its seed exactly as `make_train_epoch(seed=seeds[m])` does,
+    so it trains as that single run would (up to float rounding). `active` (M,) bool: a member
+    not active keeps its state (it stopped early, or is ahead after a resume). Metrics are
+    (M,) each. Why: on a GPU one member's small batches (unet_pair: 8 images) leave most of
+    the device idle; vmapped, each step's kernels take every member's batch at once.
+    """
+    epoch = _epoch(make_train_step(graphdef, tx, augment_cfg, flip_permutation, loss_fn=loss_fn,
+                                   averaging=averaging, heatmap_loss=heatmap_loss),
+                   batch_size, data_sharding)
+    member_seeds = np.asarray(seeds, np.int32)
+
+    def members_epoch(state: State, data: Batch, epoch_index: jax.Array, active: jax.Array):
+        shuffle_keys = jax.vmap(epoch_shuffle_key, in_axes=(0, None))(member_seeds, epoch_index)
+        new, metrics = jax.vmap(epoch, in_axes=(0, None, 0, 0))(
+            state, data, shuffle_keys, jax.vmap(step_key)(member_seeds))
+
+        def keep_inactive(n, o):
+            return jnp.where(active.reshape((-1,) + (1,) * (n.ndim - 1)), n, o)
+
+        return jax.tree.map(keep_inactive, new, state), metrics
+
+    return jax.jit(members_epoch, donate_argnums=(0,))
+
+
+def _epoch(train_step: Callable, batch_size: int, data_sharding) -> Callable:
+    """`epoch(state, data, shuffle_key, step_key) -> (state, metrics)`, not jitted: the
+    shuffle, the scan over the steps (step keys folded from `step_key` by step) and the
+    epoch's metrics (see `make_train_epoch`)."""
+
+    def epoch(state: State, data: Batch, shuffle_key: jax.Array, base_key: jax.Array):
         n = data["images"].shape[0]
         steps = n // batch_size
         perm = jax.random.permutation(shuffle_key, n)[: steps * batch_size]
@@ -357,7 +404,7 @@ def make_train_epoch(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, b
                    "params_finite": params_finite}
         return state, metrics
 
-    return jax.jit(train_epoch, donate_argnums=(0,))
+    return epoch
 
 
 def error_sums(pred_px: np.ndarray, keypoints_px: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
