@@ -65,7 +65,7 @@ def _schema() -> dict[str, Key]:
         "data.keypoints_path": _PATH,
         "data.label_policy": _choice("mask", "drop"),
         "data.framing": _choice("as_given", "keypoints"),
-        "data.split_seed": _at_least(0, optional=True),  # None: config.seed
+        "data.split_seed": _at_least(0, optional=True),
         "data.val_fraction": Key("float", ok=lambda v: 0.0 < v < 1.0,
                                  why="must be between 0 and 1 (exclusive)"),
         "data.synthetic_n": _at_least(2),
@@ -98,7 +98,7 @@ def _schema() -> dict[str, Key]:
         "train.heatmap_sigma_px": Key("float", ok=lambda v: v > 0, why="must be > 0 (pixels)"),
         "train.members": _at_least(1),
         "train.members_mode": _choice(*ensemble.MODES),
-        # augment (all off = 0 / False)
+        # augment
         "augment.flip": Key("bool"),
         "augment.rotate_deg": _in_range(0.0, 180.0),
         "augment.scale": _in_range(0.0, 1.0, closed_high=False),
