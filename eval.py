@@ -10,7 +10,7 @@ written, and every file is written atomically, so a bad input leaves no partial 
 
 from __future__ import annotations
 
-from fkd_jax.data import kaggle
+from fkd_jax.data import kaggle, submission
 import sys
 from pathlib import Path
 
@@ -69,9 +69,9 @@ def main(argv: list[str]) -> None:
     # Paths from the config are used when present; paths given as flags must work.
     if test_path and lookup_path and (asked or (Path(test_path).exists()
                                                 and Path(lookup_path).exists())):
-        image_ids, test_images = kaggle.load_test(test_path)
-        lookup = kaggle.load_lookup(lookup_path)
-        kaggle.check_lookup_against_test(lookup, image_ids, lookup_path)
+        image_ids, test_images = submission.load_test(test_path)
+        lookup = submission.load_lookup(lookup_path)
+        submission.check_lookup_against_test(lookup, image_ids, lookup_path)
         submission_inputs = (image_ids, test_images, lookup)
     user_images = [image_io.load_face_image(p) for p in _IMAGES.value]
     cli.check_workdir(out, "--out")
@@ -101,7 +101,7 @@ def main(argv: list[str]) -> None:
 
     if submission_inputs is not None:
         image_ids, test_images, lookup = submission_inputs
-        text = kaggle.submission_csv(lookup, image_ids,
+        text = submission.submission_csv(lookup, image_ids,
                                    predict(test_images, tta=_TTA.value)[:, :keypoints.NUM_COORDS])
         files.write_text(out / "submission.csv", text)
         print(f"wrote {out / 'submission.csv'} ({len(lookup)} rows)")

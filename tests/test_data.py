@@ -11,7 +11,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from fkd_jax.data import kaggle
+from fkd_jax.data import kaggle, submission
 from fkd_jax.data import preparation
 from fkd_jax.errors import DataError, UserError
 from fkd_jax.geometry.keypoints import SPARSE_SET, column_indices
@@ -105,20 +105,20 @@ def test_crlf_and_bom_and_trailing_blank_lines_are_accepted(training_csv):
 
 
 def test_valid_test_csv_and_lookup(test_csv, lookup_csv, kaggle_rows, tmp_path):
-    ids, images = kaggle.load_test(test_csv)
+    ids, images = submission.load_test(test_csv)
     assert ids.dtype == np.int64 and ids.tolist() == [1, 2, 3]
     assert images.shape == (3, 96, 96, 1) and images.dtype == np.float32
     np.testing.assert_array_equal(images[..., 0], kaggle_rows.pixels[:3] / np.float32(255))
-    zipped = kaggle.load_test(_zip(tmp_path / "test.zip", {"test.csv": test_csv.read_bytes()}))
+    zipped = submission.load_test(_zip(tmp_path / "test.zip", {"test.csv": test_csv.read_bytes()}))
     np.testing.assert_array_equal(zipped[1], images)
 
-    lookup = kaggle.load_lookup(lookup_csv)
+    lookup = submission.load_lookup(lookup_csv)
     assert list(lookup.columns) == ["RowId", "ImageId", "FeatureName"]
     assert lookup["RowId"].tolist() == [1, 2, 3, 4]
     assert lookup["ImageId"].tolist() == [1, 1, 2, 3]
     assert lookup["FeatureName"].tolist()[:2] == ["left_eye_center_x", "nose_tip_y"]
-    kaggle.check_lookup_against_test(lookup, ids, lookup_csv)  # all ImageIds known: no error
-    msg = _error(kaggle.check_lookup_against_test, lookup, np.array([1, 2]), lookup_csv)
+    submission.check_lookup_against_test(lookup, ids, lookup_csv)  # all ImageIds known: no error
+    msg = _error(submission.check_lookup_against_test, lookup, np.array([1, 2]), lookup_csv)
     assert "IdLookupTable.csv, row 5, column ImageId: ImageId 3 is not in the test images" in msg
 
 
@@ -234,14 +234,14 @@ def test_bad_zips(tmp_path, training_csv):
 def test_malformed_test_csv(test_csv):
     dup = _edit(test_csv, 4, "ImageId", "2", "dup_test.csv")
     assert "dup_test.csv, row 4, column ImageId: ImageId 2 appears again (first at row 3)" in (
-        _error(kaggle.load_test, dup)
+        _error(submission.load_test, dup)
     )
     frac = _edit(test_csv, 3, "ImageId", "2.5", "frac_test.csv")
     assert "frac_test.csv, row 3, column ImageId: ImageId '2.5' is not an integer" in _error(
-        kaggle.load_test, frac
+        submission.load_test, frac
     )
     short = _edit(test_csv, 2, "Image", "0 1 2", "short_test.csv")
-    assert "row 2, column Image: Image has 3 values, expected 9216" in _error(kaggle.load_test, short)
+    assert "row 2, column Image: Image has 3 values, expected 9216" in _error(submission.load_test, short)
 
 
 def test_malformed_lookup(lookup_csv, tmp_path):
@@ -249,16 +249,16 @@ def test_malformed_lookup(lookup_csv, tmp_path):
     unknown = tmp_path / "unknown.csv"
     unknown.write_text(text.replace("nose_tip_y", "nose_tip_z"))
     assert "unknown.csv, row 3, column FeatureName: unknown FeatureName 'nose_tip_z'" in _error(
-        kaggle.load_lookup, unknown
+        submission.load_lookup, unknown
     )
     no_feature = tmp_path / "no_feature.csv"
     no_feature.write_text(text.replace("FeatureName", "Feature"))
-    msg = _error(kaggle.load_lookup, no_feature)
+    msg = _error(submission.load_lookup, no_feature)
     assert "no_feature.csv, row 1: missing column(s) 'FeatureName'" in msg
     bad_id = tmp_path / "bad_id.csv"
     bad_id.write_text(text.replace("\n4,3,", "\n4,three,"))
     assert "bad_id.csv, row 5, column ImageId: ImageId 'three' is not an integer" in _error(
-        kaggle.load_lookup, bad_id
+        submission.load_lookup, bad_id
     )
 
 
