@@ -28,10 +28,9 @@ from fkd_jax.errors import UserError, exit_on_user_error
 from fkd_jax.geometry.keypoints import COLUMNS
 
 # development data beside the repository, never committed
-DEFAULT_LABELS = Path(__file__).resolve().parents[2] / "shared" / "data" / "training_keypoints.csv"
 
 FLAGS = flags.FlagValues()
-flags.DEFINE_string("labels", str(DEFAULT_LABELS), "Kaggle's keypoint columns as shipped "
+flags.DEFINE_string("labels", None, "Kaggle's keypoint columns as shipped "
                     "(training.csv without its Image column).", flag_values=FLAGS)
 flags.DEFINE_integer("repeats", 3, "Loads timed per file (median).", lower_bound=1,
                      flag_values=FLAGS)
@@ -64,6 +63,8 @@ def median_seconds(path: Path, repeats: int) -> tuple[float, int]:
 
 def main(argv: list[str]) -> None:
     cli.parse_flags(argv, FLAGS)
+    if not FLAGS.labels:
+        raise UserError("--labels is required: Kaggle's training keypoints (a CSV of the 30 columns)")
     labels = Path(FLAGS.labels)
     if not labels.is_file():
         raise UserError(f"--labels {labels}: no such file")

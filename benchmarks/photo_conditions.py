@@ -3,7 +3,7 @@ or turned, through its pipeline (fkd_jax.Detector, fkd_jax.pictures.outputs.proc
 scored); prints one JSON object: per setting, faces found, NME (mean, median), failures,
 faces reported per photo and detection ms a photo.
   uv run python benchmarks/photo_conditions.py --workdir=RUN_DIR --photos=LIST_OR_DIR \\
-      --labels=../shared/data/photos/keypoints.csv [--scales=1,4] [--noise=0,16] [--turns=20,90]
+      --labels=PHOTOS_DIR/keypoints.csv [--scales=1,4] [--noise=0,16] [--turns=20,90]
 --photos is a folder of photos or a text file naming one per line.
 
 Phones take 12-megapixel photos; the development photos are about 250 x 300 pixels. Each

@@ -2,8 +2,8 @@
 one-photo latency, video fps; prints one JSON object.
   uv run python benchmarks/predict_speed.py --workdir=RUN_DIR [--photos=DIR] [--n=256]
   uv run python benchmarks/predict_speed.py --model=model.jaxexport ...
---photos defaults to ../shared/data/photos (development data, never committed); without it,
-generated pictures of synthetic faces are used. Goals: >= 50 photos/s and >= 30 video
+--photos DIR: a folder of photos (none are committed); without it, generated pictures of
+synthetic faces are used. Goals: >= 50 photos/s and >= 30 video
 frames/s on 2 CPU cores.
 
 Measures, after a warm-up that compiles both predictor batch sizes (compilation is a one-off
@@ -39,7 +39,6 @@ from fkd_jax.pictures import inputs, outputs
 from fkd_jax.pictures.location import DEFAULT_PASSES
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_PHOTOS = ROOT.parent / "shared" / "data" / "photos"
 
 
 def generated_photos(folder: Path, n: int) -> list[Path]:
@@ -76,7 +75,7 @@ flags.DEFINE_string("model", None, "Exported model file (export.py), instead of 
                     flag_values=FLAGS)
 flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint of --workdir.",
                   flag_values=FLAGS)
-flags.DEFINE_string("photos", str(SHARED_PHOTOS), "Folder of .jpg photos (generated pictures "
+flags.DEFINE_string("photos", None, "Folder of .jpg photos (generated pictures "
                     "of synthetic faces when it does not exist).", flag_values=FLAGS)
 flags.DEFINE_integer("n", 256, "Photos for the end-to-end rate.", lower_bound=1,
                      flag_values=FLAGS)
@@ -91,8 +90,9 @@ def main(argv: list[str]) -> None:
     if bool(FLAGS.workdir) == bool(FLAGS.model):
         raise UserError("give --workdir RUN_DIR or --model FILE, one of them")
     tmp = Path(tempfile.mkdtemp(prefix="predict_speed_"))
-    folder = Path(FLAGS.photos)
-    photos = (sorted(folder.glob("*.jpg"))[: FLAGS.n] if folder.is_dir()
+    if FLAGS.photos and not Path(FLAGS.photos).is_dir():
+        raise UserError(f"--photos {FLAGS.photos}: no such folder")
+    photos = (sorted(Path(FLAGS.photos).glob("*.jpg"))[: FLAGS.n] if FLAGS.photos
               else generated_photos(tmp, FLAGS.n))
 
     t = time.perf_counter()
@@ -145,7 +145,7 @@ def main(argv: list[str]) -> None:
         video_s = time.perf_counter() - t
 
     print(json.dumps({
-        "photos": len(items), "source": str(folder if folder.is_dir() else "generated"),
+        "photos": len(items), "source": FLAGS.photos or "generated",
         "passes": FLAGS.passes,
         "photos_per_s": round(len(items) / photos_s, 1),
         "ms_per_photo_by_stage": stages,

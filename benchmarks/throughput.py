@@ -21,7 +21,7 @@ environment and answering "run" lines (one repeat each):
             MALLOC_TOP_PAD_=268435456 (one heap that is never trimmed nor mmap'ed: freed
             buffers are reused without page faults);
   hugetlb   GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (large allocations on transparent huge
-            pages; benchmarks/NOTES.md section 7).
+            pages; docs/experiments/2026-11-24-cpu-training-speed.md).
 --compare alternates the repeats round-robin over all setups (so every setup sees the same
 machine load); --torch runs each setup's repeats in turn. Both print a table, then fkd-jax in
 the default environment and in its best one against the best PyTorch setup, the training
@@ -80,7 +80,7 @@ DEFAULT_ENVS = ("default", "arena", "hugetlb")
 # caller's environment without them, then adds its own.
 SETUP_VARS = {k for env in ENVS.values() for k in env}
 MATMUL_N = 4096
-CHECK_STEPS = 5  # --check's optimiser updates: 3 of warm-up (best_cpu), then the decay
+CHECK_STEPS = 5  # --check's optimiser updates: 3 of warm-up (unet_pair), then the decay
 
 
 def load_config(path: str):

@@ -50,10 +50,18 @@ from fkd_jax.pictures.location import Face
 from fkd_jax.pictures.video import OneEuroFilter, OneEuroSettings
 from fkd_jax.training import run_dir
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # development data, not committed
-PHOTOS, YOUTUBE = DATA / "photos", DATA / "youtube_faces"
 AMPLITUDE = np.array([16.0, 8.0])  # px, x and y
 PERIOD = np.array([3.0, 2.0])  # s
+
+
+def _data(name: str) -> Path:
+    """A folder of the --data set (never committed: a user's download)."""
+    if not FLAGS.data:
+        raise UserError("give --photos PATHS, or --data DIR holding photos/ and youtube_faces/")
+    folder = Path(FLAGS.data) / name
+    if not folder.is_dir():
+        raise UserError(f"--data {FLAGS.data}: no folder {name}/ in it")
+    return folder
 
 
 # --------------------------------------------------------------------------- the video
@@ -216,13 +224,13 @@ def validation_photos(workdir: Path, n: int) -> list[Path]:
     import pandas as pd
 
     split = json.loads(run_dir.split_path(workdir).read_text())
-    ids = np.loadtxt(YOUTUBE / "person_ids.txt", dtype=np.int64)
+    ids = np.loadtxt(_data("youtube_faces") / "person_ids.txt", dtype=np.int64)
     train_people = set(ids[np.asarray(split["train_row_ids"])].tolist())
-    table = pd.read_csv(PHOTOS / "keypoints.csv")
+    table = pd.read_csv(_data("photos") / "keypoints.csv")
     names = sorted(set(table["person"]))  # person ids number the names in sorted order
     val = [f for f, p in zip(table["file"], table["person"])
            if names.index(p) not in train_people]
-    return [PHOTOS / f for f in sorted(val)[:n]]
+    return [_data("photos") / f for f in sorted(val)[:n]]
 
 
 def photo_labels(path: Path) -> np.ndarray | None:
@@ -230,7 +238,7 @@ def photo_labels(path: Path) -> np.ndarray | None:
 
     from fkd_jax.geometry import keypoints
 
-    table = pd.read_csv(PHOTOS / "keypoints.csv")
+    table = pd.read_csv(_data("photos") / "keypoints.csv")
     row = table[table["file"] == path.name]
     return None if row.empty else row[list(keypoints.COLUMNS)].to_numpy(np.float64)[0]
 
@@ -295,6 +303,9 @@ flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint of
                   flag_values=FLAGS)
 flags.DEFINE_list("photos", [], "Photo paths (default: the run's validation people).",
                   flag_values=FLAGS)
+flags.DEFINE_string("data", None, "Folder with photos/ (uncropped photos and keypoints.csv) and "
+                    "youtube_faces/ (person_ids.txt): where the validation photos come from when "
+                    "--photos is not given.", flag_values=FLAGS)
 flags.DEFINE_integer("n_photos", 6, "Photos when --photos is not given.", flag_values=FLAGS)
 flags.DEFINE_float("fps", 30.0, "Frames per second.", flag_values=FLAGS)
 flags.DEFINE_float("seconds", 8.5, "Video length, s.", flag_values=FLAGS)
@@ -334,7 +345,7 @@ def main(argv: list[str]) -> dict:
         elif args.workdir:
             photos = validation_photos(Path(args.workdir), args.n_photos)
         else:
-            photos = sorted(PHOTOS.glob("*.jpg"))[: args.n_photos]
+            photos = sorted(_data("photos").glob("*.jpg"))[: args.n_photos]
         from fkd_jax.pictures.images import read_picture
 
         pictures = [(p.name, read_picture(p)) for p in photos]

@@ -1,6 +1,5 @@
 """Derive the synthetic faces' shape model and label-pattern fractions from Kaggle's real labels, into
 `fkd_jax/geometry/face_shape_stats.py` (from which `fkd_jax.data.synthetic` samples face shapes).
-    uv run python scripts/fit_face_shape.py    # reads ../shared/data beside the checkout
     uv run python scripts/fit_face_shape.py --labels training_keypoints.csv --lookup IdLookupTable.csv
 
 The file holds summary numbers only (a mean shape, a few principal components, their spreads,
@@ -23,18 +22,17 @@ import pandas as pd
 from absl import flags
 
 from fkd_jax import cli, files
-from fkd_jax.errors import DataError, exit_on_user_error
+from fkd_jax.errors import DataError, UserError, exit_on_user_error
 from fkd_jax.geometry.keypoints import COLUMNS, KEYPOINT_NAMES, SPARSE_SET
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data"
 NUM_COMPONENTS = 12  # ~95% of the variance of Kaggle's complete rows
 
 FLAGS = flags.FlagValues()
-flags.DEFINE_string("labels", str(DEFAULT_DATA / "training_keypoints.csv"),
+flags.DEFINE_string("labels", None,
                     "Kaggle training labels (the 30 keypoint columns; Image not needed).",
                     flag_values=FLAGS)
-flags.DEFINE_string("lookup", str(DEFAULT_DATA / "IdLookupTable.csv"), "Kaggle's lookup table.",
+flags.DEFINE_string("lookup", None, "Kaggle's lookup table.",
                     flag_values=FLAGS)
 flags.DEFINE_string("out", str(ROOT / "fkd_jax" / "geometry" / "face_shape_stats.py"),
                     "The python module written.", flag_values=FLAGS)
@@ -126,6 +124,9 @@ def _read_csv(path: Path) -> pd.DataFrame:
 
 def main(argv: list[str]) -> None:
     cli.parse_flags(argv, FLAGS)
+    if not (FLAGS.labels and FLAGS.lookup):
+        raise UserError("--labels (Kaggle's training keypoints CSV) and --lookup (IdLookupTable.csv) "
+                        "are required")
     labels, lookup, out = Path(FLAGS.labels), Path(FLAGS.lookup), Path(FLAGS.out)
 
     table = _read_csv(labels)

@@ -1,6 +1,6 @@
 """Fit the numbers of fkd_jax/geometry/framing_stats.py on photos of the TRAINING people only.
-  uv run python scripts/fit_framing.py --split RUN/split.json [--photos ../shared/data/photos]
-      [--youtube ../shared/data/youtube_faces] [--list_validation FILE]
+  uv run python scripts/fit_framing.py --split RUN/split.json --photos PHOTOS_DIR
+      --youtube CROPS_DIR [--list_validation FILE]
 
 Which person a photo shows: photos/keypoints.csv names people (`person`); the run's split.json
 lists rows of youtube_faces/training.zip and person_ids.txt gives each row's person id. Each
@@ -31,13 +31,12 @@ from fkd_jax.geometry import framing, framing_stats, keypoints
 from fkd_jax.geometry.framing import to_gray
 from fkd_jax.pictures import detection, images
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_string("split", None, "A run's split.json.", flag_values=FLAGS, required=True)
-flags.DEFINE_string("photos", str(SHARED / "photos"), "Folder of photos with keypoints.csv.",
+flags.DEFINE_string("photos", None, "Folder of photos with keypoints.csv.",
                     flag_values=FLAGS)
-flags.DEFINE_string("youtube", str(SHARED / "youtube_faces"),
+flags.DEFINE_string("youtube", None,
                     "Folder with training.zip and person_ids.txt.", flag_values=FLAGS)
 flags.DEFINE_string("list_validation", None, "Write the validation people's photo paths here.",
                     flag_values=FLAGS)
@@ -86,6 +85,9 @@ def robust_std(x: np.ndarray) -> float:
 
 def main(argv: list[str]) -> None:
     cli.parse_flags(argv, FLAGS)
+    if not (FLAGS.photos and FLAGS.youtube):
+        raise UserError("--photos (photos with keypoints.csv and landmarks68.csv) and --youtube "
+                        "(the face crops' training.zip and person_ids.txt) are required")
     split_path, photos, youtube = Path(FLAGS.split), Path(FLAGS.photos), Path(FLAGS.youtube)
     if not split_path.is_file():
         raise UserError(f"--split {split_path}: no such file")

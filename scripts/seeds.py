@@ -11,7 +11,7 @@ directory trained with a different config is refused (use a new --workdir).
 `--jobs N` trains N seeds at once, each group of seeds in its own process pinned to its own
 share of the CPU cores (its output in WORKDIR/log_seeds_<k>.txt). On CPU one process training
 unet_pair's batches of 8 does not keep two cores busy: on 2 cores `--jobs 2` trained two seeds
-with 1.4x the images/s of one after the other (README, "Seeds with error bars"). Each seed's result is the same run as with --jobs 1 up to
+with 1.4x the images/s of one after the other (docs/experiments/2026-12-01-ema-seeds.md). Each seed's result is the same run as with --jobs 1 up to
 float rounding (one thread per process changes the order of some sums).
 
 The seed varies initialisation, shuffling, dropout and augmentation; the data's draws (the

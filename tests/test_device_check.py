@@ -1,5 +1,5 @@
 """benchmarks/device_check.sh's dry run (DRY_RUN=1: CPU, a tiny net, one epoch): the GPU check
-trains, predicts and reports with today's layout, so it works the first time a GPU is lent."""
+trains, predicts and reports with the current run layout, so it works the first time a GPU is lent."""
 
 from __future__ import annotations
 

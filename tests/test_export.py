@@ -71,7 +71,7 @@ def test_same_keypoints_as_the_checkpoint(run, model_file, faces, reference):
     # The mirror-image average works too (the keypoint set was read from the output width),
     # mirrored about the image's centre: the file carries no config, so the run's
     # augment.flip_label_offset_px (unet_pair: 0.4 px) is not applied, and the run's own TTA
-    # sits that far right in x (README, "An exported model").
+    # sits that far right in x (docs/photo_pipeline.md, "Exported models").
     offset = run.config.augment.flip_label_offset_px
     assert offset > 0
     tta = predictor(faces, tta=True)

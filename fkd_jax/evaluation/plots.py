@@ -29,7 +29,7 @@ from fkd_jax.geometry.keypoints import KEYPOINT_NAMES, KEYPOINT_SETS, as_points
 _DPI = 100
 _CELL_IN = 1.6  # inches per face in a grid
 _SIDES = ("left", "right", "midline")
-# Per side: (true colour, predicted colour). Red for the subject's left, as in the data README.
+# Per side: (true colour, predicted colour). Red for the subject's left (the overlays' convention).
 _COLOURS = {"left": ("#ff2020", "#ff40ff"), "right": ("#20e020", "#00d8ff"),
             "midline": ("#ffd000", "#ffffff")}
 

@@ -15,7 +15,7 @@ Why hand-written gradients: XLA's CPU backend lowers convolution gradients and
 `reduce_window`'s select-and-scatter slowly, and even the autodiff of an im2col matmul picks
 poor matmul shapes (a weight gradient with a 270k-long contraction runs on one core). Here
 every gradient is a matmul of a shape the CPU matmul library parallelises, or an elementwise
-select that fuses. benchmarks/NOTES.md records what each choice bought.
+select that fuses. docs/experiments/2026-11-24-cpu-training-speed.md records what each choice bought.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def _conv_valid_fn(in_hw: tuple[int, int], strides: tuple[int, int], precision,
     def conv(x, w):
         # Not differentiated (prediction, validation, exported models): XLA's own convolution,
         # which XLA:CPU runs faster forward than the patches matmul; only the gradient needs
-        # the patches (benchmarks/NOTES.md, section 13).
+        # the patches (docs/experiments/2026-12-01-pytorch-comparison.md).
         return lax.conv_general_dilated(x, w, strides, "VALID", dimension_numbers=_NHWC_HWIO,
                                         precision=precision, preferred_element_type=out_dtype)
 

@@ -5,7 +5,7 @@
 - "processes" (auto on CPU): one train.py process per member, each pinned to its share of the
   CPU cores. Why: on a 2-core CPU one unet_pair training keeps about one core busy, so two
   members, one per core, train in ~1.4x the wall time of one, and their mean prediction is
-  ~0.02 px better than either (README, "Two members side by side").
+  ~0.02 px better than either (docs/experiments/2026-12-02-two-members.md).
 - "one_process" (auto on GPU/TPU): every member in this process, in one jitted epoch vmapped
   over the members (fkd_jax.training.steps.make_members_epoch): one program on the device,
   each step's kernels taking every member's batch, rather than N processes competing for one

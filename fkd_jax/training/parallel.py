@@ -6,7 +6,7 @@ computes the gradient of its slice and XLA inserts the all-reduce. On one device
 sharded and the code path is the same.
 
 Multi-host: start one process per host with the same command plus
-`--coordinator=HOST:PORT --num_processes=N --process_id=I` (see README); this calls
+`--coordinator=HOST:PORT --num_processes=N --process_id=I` (README, Hardware); this calls
 `jax.distributed.initialize`, after which `jax.devices()` lists every host's devices. On CPU
 the processes talk through gloo collectives. Every process loads the whole (small) training set
 and computes the same shuffle, so no data is exchanged besides the gradient all-reduce. The

@@ -2,7 +2,7 @@
 
 Why: on CPU one process training small batches (unet_pair: batches of 8) keeps about one core
 busy, so on 2 cores two trainings pinned one per core get ~1.4x the images/s of running them
-one after the other (README, "Seeds with error bars"). `scripts/seeds.py --jobs N` trains
+one after the other (docs/experiments/2026-12-01-ema-seeds.md). `scripts/seeds.py --jobs N` trains
 seeds this way, and train.py the members of an ensemble (`config.train.members`).
 """
 

@@ -68,7 +68,7 @@ def make_schedule(train_cfg, steps_per_epoch: int) -> optax.Schedule:
         return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, total, end_value=lr * 1e-2)
     if train_cfg.schedule == "onecycle":  # warm-up share: warmup_epochs, else optax's 30%
         return optax.cosine_onecycle_schedule(total, lr, pct_start=warmup / total if warmup else 0.3)
-    raise ValueError(train_cfg.schedule)  # config_schema allows only the three above
+    raise ValueError(train_cfg.schedule)  # config_check allows only the three above
 
 
 def make_optimizer(train_cfg, steps_per_epoch: int) -> optax.GradientTransformation:
@@ -208,7 +208,7 @@ def coordinate_loss(diff_norm, kind: str, image_size: int = keypoints.IMAGE_SIZE
         w, eps = wing_w_px / half, wing_epsilon_px / half
         c = float(w - w * np.log1p(w / eps))
         return jnp.where(a < w, w * jnp.log1p(a / eps), a - c)
-    raise ValueError(kind)  # config_schema allows only LOSSES
+    raise ValueError(kind)  # config_check allows only LOSSES
 
 
 def make_loss(train_cfg) -> Callable:
