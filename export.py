@@ -1,5 +1,5 @@
-"""Export a trained run as one file that runs with jax alone (a `jax.export` artefact).
-  python export.py --workdir RUN_DIR [--out model.jaxexport] [--checkpoint best|latest]
+"""Export a trained run as one file: a `jax.export` artefact (jax alone) or an ONNX model.
+  python export.py --workdir RUN_DIR [--format jaxexport|onnx] [--out FILE] [--checkpoint best|latest]
 
 The file holds the prediction function with its parameters, lowered for cpu, cuda and tpu,
 for any batch size: input float32 (B, 96, 96, 1) grayscale in [0, 1], output float32 (B, 2K)
@@ -12,7 +12,10 @@ points). Details: fkd_jax/inference/exported.py. `predict.py --model FILE` uses 
     model = jax.export.deserialize(bytearray(open("model.jaxexport", "rb").read()))
     keypoints_px = (np.asarray(model.call(images)) + 1) * 48   # images: (B, 96, 96, 1)
 
-Default --out: RUN_DIR/model.jaxexport. The file is written atomically.
+--format onnx writes the same function as an ONNX graph (input "images", output "keypoints")
+for onnxruntime, TensorRT or the browser; it needs the `onnx` extra (`uv run --extra onnx ...`).
+Details: fkd_jax/inference/onnx_model.py. Default --out: RUN_DIR/model.jaxexport (or
+RUN_DIR/model.onnx). The file is written atomically.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from pathlib import Path
 from absl import flags
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by train.py.")
-_OUT = flags.DEFINE_string("out", None, "Output file (default: WORKDIR/model.jaxexport).")
+_FORMAT = flags.DEFINE_enum("format", "jaxexport", ["jaxexport", "onnx"], "File format.")
+_OUT = flags.DEFINE_string("out", None, "Output file (default: WORKDIR/model.jaxexport or .onnx).")
 _CHECKPOINT = flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint.")
 
 
@@ -45,8 +49,8 @@ def check_out(out: Path) -> None:
 
 def main(argv: list[str]) -> None:
     from fkd_jax import cli
-    from fkd_jax.inference import exported
     from fkd_jax import files
+    from fkd_jax.inference import exported, onnx_model
     from fkd_jax.training import restore
     from fkd_jax.geometry import keypoints
     from fkd_jax.errors import UserError
@@ -57,18 +61,21 @@ def main(argv: list[str]) -> None:
     workdir = Path(_WORKDIR.value)
     if not workdir.is_dir():
         raise UserError(f"--workdir {workdir}: no such directory")
-    out = Path(_OUT.value) if _OUT.value else workdir / f"model{exported.SUFFIX}"
+    onnx = _FORMAT.value == "onnx"
+    suffix = onnx_model.SUFFIX if onnx else exported.SUFFIX
+    out = Path(_OUT.value) if _OUT.value else workdir / f"model{suffix}"
     check_out(out)
 
     run = restore.load_run(workdir, _CHECKPOINT.value)
-    data = exported.export_run(run)
+    data = onnx_model.export_onnx(run) if onnx else exported.export_run(run)
+    platforms = "any ONNX runtime" if onnx else "platforms " + ", ".join(exported.PLATFORMS)
     run_k = keypoints.KEYPOINT_SETS[run.config.data.get("keypoints", "kaggle15")].num_keypoints
     try:
         files.write_bytes(out, data)
     except OSError as e:
         raise UserError(f"--out {out}: cannot write ({e.strerror or e})") from None
     print(f"wrote {out} ({len(data) / 1e6:.1f} MB; {_CHECKPOINT.value} checkpoint, epoch "
-          f"{run.meta.get('epoch')}; platforms {', '.join(exported.PLATFORMS)}; "
+          f"{run.meta.get('epoch')}; {platforms}; "
           f"input (B, 96, 96, 1) float32 in [0, 1], output (B, {2 * run_k}) normalised)")
 
 

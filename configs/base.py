@@ -2,8 +2,8 @@
 
   uv run python train.py --config configs/base.py      # writes runs/base/
 
-Seed 0, 30 epochs: best validation RMSE 1.888 px at epoch 30 (1.741 px with `eval.py --tta`;
-the mean face 3.14 px), ~3.5 min at ~400 images/s on 2 CPU cores (docs/RESULTS.md). Other
+Seed 0, 30 epochs: best validation RMSE 1.888 px at epoch 30 (1.750 px with `eval.py --tta`;
+the mean face 3.14 px), ~4 min at 300-350 images/s on 2 CPU cores (docs/RESULTS.md). Other
 configs start from this one and change values only: docs/configuration.md.
 """
 
@@ -55,7 +55,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.heatmap_size = config_dict.placeholder(int)  # heatmap side in cells (heatmap models)
     c.model.dropout = 0.0  # before dense layers; heatmap models have none and refuse it
     # "xla", "im2col" or "auto" (im2col matmuls with custom gradients on CPU, XLA's own
-    # convolutions on GPU/TPU; "xla" inside the CPU epoch scan is very slow).
+    # convolutions on GPU/TPU; "xla" inside the CPU epoch scan is very slow); "portable" (XLA
+    # convolutions, reshape pooling) is what ONNX export builds.
     c.model.conv_impl = "auto"
     # "bfloat16": convolutions and matmuls in bfloat16 (GPU/TPU); parameters, optimiser state,
     # loss and outputs stay float32.

@@ -104,9 +104,10 @@ class Detector:
     @classmethod
     def load(cls, path: str | Path, *, checkpoint: str = "best", **options) -> "Detector":
         """A run directory (train.py; an ensemble's directory predicts its members' mean, at
-        its `checkpoint`, "best" or "latest") or an exported model file (export.py).
+        its `checkpoint`, "best" or "latest") or an exported model file (export.py: a
+        .jaxexport file, or an .onnx file run by onnxruntime, the `onnx` extra).
         `options`: see `Options`. A missing or unreadable model raises UserError."""
-        from fkd_jax.inference import exported
+        from fkd_jax.inference import exported, onnx_model
         from fkd_jax.inference.predictor import Predictor
         from fkd_jax.training import restore
 
@@ -119,7 +120,9 @@ class Detector:
             predictor = TwoBatchPredictor(lambda b: Predictor.from_run(run, batch_size=b))
             source = f"{path} ({checkpoint})"
         elif path.is_file():
-            predictor = TwoBatchPredictor(lambda b: exported.load_predictor(path, batch_size=b))
+            reader = (onnx_model.load_onnx_predictor if path.suffix.lower() == onnx_model.SUFFIX
+                      else exported.load_predictor)
+            predictor = TwoBatchPredictor(lambda b: reader(path, batch_size=b))
             source = str(path)
         else:
             raise UserError(f"{path}: no such run directory or model file")

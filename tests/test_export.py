@@ -1,5 +1,5 @@
-"""The exported model (fkd_jax.inference.exported, export.py): same keypoints as the checkpoint, any batch
-size, runs with jax alone; bad inputs are one-line errors."""
+"""Exported models (fkd_jax.inference.exported and onnx_model, export.py): same keypoints as the
+checkpoint, any batch size, run with jax alone or onnxruntime; bad inputs are one-line errors."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from flax import nnx
 
 from configs import unet_pair
 from fkd_jax import models
-from fkd_jax.inference import exported
+from fkd_jax.inference import exported, onnx_model
 from fkd_jax.training import restore
 from fkd_jax.inference import predictor as inference
 from fkd_jax.geometry import keypoints
@@ -137,6 +137,21 @@ def test_an_exported_function_that_is_no_keypoint_model_is_refused(tmp_path, fn,
         exported.load_predictor(path)
 
 
+def test_onnx_gives_the_checkpoints_keypoints_and_tta(run, faces, reference, tmp_path):
+    """onnxruntime on the ONNX graph: within 1e-3 px of the checkpoint's own Predictor, plain
+    and mirrored (the flip offset travels in the file's metadata), for any batch size."""
+    path = tmp_path / "model.onnx"
+    path.write_bytes(onnx_model.export_onnx(run))
+    predictor = onnx_model.load_onnx_predictor(path, batch_size=4)  # 3 calls, the last padded
+    assert predictor.flip_label_offset_px == run.config.augment.flip_label_offset_px
+    np.testing.assert_allclose(predictor(faces), reference["plain"], atol=1e-3)
+    np.testing.assert_allclose(predictor(faces, tta=True), reference["tta"], atol=1e-3)
+    with pytest.raises(UserError, match="not a readable ONNX model"):
+        garbage = tmp_path / "garbage.onnx"
+        garbage.write_bytes(b"\x00garbage")
+        onnx_model.load_onnx_predictor(garbage)
+
+
 # --------------------------------------------------------------------------- export.py
 
 
@@ -168,6 +183,26 @@ def test_export_cli_writes_a_model_that_matches_its_checkpoint(tmp_path, faces):
     assert [p.name for p in out.parent.iterdir()] == ["model.jaxexport"]  # no temporary left
     want = inference.Predictor.from_run(restore.load_run(workdir, "latest"), 8)(faces)
     np.testing.assert_allclose(exported.load_predictor(out, 8)(faces), want, atol=2e-3)
+
+    # --format onnx, then predict.py --model on it: the same keypoints as the run's own.
+    onnx = _export_cli("--workdir", str(workdir), "--format", "onnx", "--checkpoint", "latest")
+    assert onnx.returncode == 0, onnx.stderr
+    onnx_file = workdir / "model.onnx"
+    np.testing.assert_allclose(onnx_model.load_onnx_predictor(onnx_file, 8)(faces), want,
+                               atol=1e-3)
+    from conftest import face_scene, save_rgb
+
+    photo = save_rgb(tmp_path / "photo.png", face_scene(4)[0])
+    rows = {}
+    for name, model in (("run", ["--workdir", str(workdir), "--checkpoint", "latest"]),
+                        ("onnx", ["--model", str(onnx_file)])):
+        done = subprocess.run([sys.executable, "predict.py", *model, "--out",
+                               str(tmp_path / name), "--box", "60,20,192,192", str(photo)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        rows[name] = np.loadtxt(tmp_path / name / "keypoints.csv", delimiter=",", skiprows=1,
+                                usecols=range(8, 38))
+    np.testing.assert_allclose(rows["onnx"], rows["run"], atol=0.011)  # 2-decimal CSV
 
 
 def test_export_cli_bad_inputs_are_one_line_errors(tmp_path):

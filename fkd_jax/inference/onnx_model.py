@@ -10,9 +10,9 @@ Same contract as the jax.export artefact (fkd_jax.inference.exported), as a stan
     session = ort.InferenceSession("model.onnx")
     keypoints_px = (session.run(None, {"images": images})[0] + 1) * 48
 
-The graph is converted by jax2onnx from the model rebuilt with XLA's convolutions
-(`conv_impl="xla"`: plain Conv nodes, which every ONNX runtime optimises, instead of the
-im2col matmuls the CPU path uses; the parameters are the same). Both packages come with the
+The graph is converted by jax2onnx from the model rebuilt with `conv_impl="portable"` (plain
+Conv nodes, which every ONNX runtime optimises, instead of the im2col matmuls the CPU path
+uses, and a reshape-and-max pooling; the parameters are the same). Both packages come with the
 `onnx` extra (`pip install "fkd-jax[onnx]"`); nothing here imports them until it is used.
 """
 
@@ -47,7 +47,7 @@ def export_onnx(run: Run) -> bytes:
     """The run's prediction function with its parameters as an ONNX model (symbolic batch)."""
     jax2onnx = _need("jax2onnx")
     model_cfg = copy.deepcopy(run.config.model)
-    model_cfg.conv_impl = "xla"
+    model_cfg.conv_impl = "portable"
     k = keypoints.KEYPOINT_SETS[run.config.data.keypoints].num_keypoints
     size = keypoints.IMAGE_SIZE
     graphdef, _ = nnx.split(nnx.eval_shape(lambda: models.create_model(model_cfg, k, 0)),

@@ -99,6 +99,12 @@ def _check_dropout_key(train: bool, rate: float, key) -> None:
 
 # --------------------------------------------------------------------------- conv-pool nets
 
+def _dropout(layer: nnx.Dropout, x, train: bool, key):
+    """Dropout while training; at inference not even called, so the traced graph holds no
+    dropout at all (what converters such as jax2onnx expect)."""
+    return layer(x, deterministic=False, rngs=key) if train else x
+
+
 class ConvPoolNet(nnx.Module):
     """Conv(+ReLU) -> 2x2 max-pool blocks, then dense layers: the classic keypoint CNN.
 
@@ -141,7 +147,7 @@ class ConvPoolNet(nnx.Module):
         keys = (jax.random.split(dropout_key, len(self.denses)) if dropout_key is not None
                 else [None] * len(self.denses))
         for dense, key in zip(self.denses, keys):
-            x = self.dropout(jax.nn.relu(dense(x)), deterministic=not train, rngs=key)
+            x = _dropout(self.dropout, jax.nn.relu(dense(x)), train, key)
         return self.head(x).astype(jnp.float32)
 
 
@@ -260,7 +266,7 @@ class ResNetRegressor(nnx.Module):
         _check_dropout_key(train, self.dropout.rate, dropout_key)
         x = self.backbone(x.astype(self.compute_dtype))
         x = jax.nn.relu(self.dense(x.reshape(x.shape[0], -1)))
-        x = self.dropout(x, deterministic=not train, rngs=dropout_key)
+        x = _dropout(self.dropout, x, train, dropout_key)
         return self.head(x).astype(jnp.float32)
 
 

@@ -9,7 +9,9 @@ All inputs are NHWC; kernels HWIO.
 - "xla": `lax.conv_general_dilated` and `lax.reduce_window` max (what GPUs/TPUs run well);
 - "auto": "im2col" on CPU, "xla" on every other platform, chosen with
   `lax.platform_dependent` when the function is *lowered*, not when it is traced: a function
-  traced on a CPU host and exported for GPU/TPU (`jax.export`) gets XLA's convolutions there.
+  traced on a CPU host and exported for GPU/TPU (`jax.export`) gets XLA's convolutions there;
+- "portable": XLA's convolutions with `max_pool_2x2`'s reshape-and-max pooling: plain Conv,
+  Reshape and ReduceMax nodes, what the ONNX export converts (fkd_jax.inference.onnx_model).
 
 Why hand-written gradients: XLA's CPU backend lowers convolution gradients and
 `reduce_window`'s select-and-scatter slowly, and even the autodiff of an im2col matmul picks
@@ -29,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-CONV_IMPLS = ("xla", "im2col", "auto")
+CONV_IMPLS = ("xla", "im2col", "auto", "portable")
 
 # NHWC / HWIO / NHWC, as `nnx.Conv` passes them (lax's canonical form).
 _NHWC_HWIO = lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
@@ -176,9 +178,11 @@ def conv_auto(lhs, rhs, *args, **kwargs):
 def get_conv(impl: str) -> Callable:
     """A function with `lax.conv_general_dilated`'s signature, as `nnx.Conv` expects.
 
-    "xla": lax itself. "im2col": `conv_im2col`. "auto": `conv_auto` (per lowering platform).
+    "xla" and "portable": lax itself. "im2col": `conv_im2col`. "auto": `conv_auto` (per
+    lowering platform).
     """
-    convs = {"xla": lax.conv_general_dilated, "im2col": conv_im2col, "auto": conv_auto}
+    convs = {"xla": lax.conv_general_dilated, "im2col": conv_im2col, "auto": conv_auto,
+             "portable": lax.conv_general_dilated}
     if impl not in convs:
         raise ValueError(f"unknown conv_impl {impl!r}; expected one of {CONV_IMPLS}")
     return convs[impl]
@@ -247,7 +251,8 @@ def max_pool_2x2_auto(x: jax.Array) -> jax.Array:
 
 def get_max_pool(impl: str) -> Callable[[jax.Array], jax.Array]:
     """The 2x2 max-pool that goes with convolution implementation `impl` (see `get_conv`)."""
-    pools = {"xla": max_pool_2x2_xla, "im2col": max_pool_2x2, "auto": max_pool_2x2_auto}
+    pools = {"xla": max_pool_2x2_xla, "im2col": max_pool_2x2, "auto": max_pool_2x2_auto,
+             "portable": max_pool_2x2}
     if impl not in pools:
         raise ValueError(f"unknown conv_impl {impl!r}; expected one of {CONV_IMPLS}")
     return pools[impl]
