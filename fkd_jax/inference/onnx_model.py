@@ -29,6 +29,7 @@ from fkd_jax import models
 from fkd_jax.data import augment
 from fkd_jax.errors import UserError
 from fkd_jax.geometry import keypoints
+from fkd_jax.inference.exported import check_keypoint_model
 from fkd_jax.inference.predictor import EVAL_BATCH, Predictor, Run, apply_members
 
 SUFFIX = ".onnx"
@@ -80,18 +81,12 @@ def load_onnx_predictor(path: str | Path, batch_size: int = EVAL_BATCH) -> Predi
         raise UserError(f"--model {path}: not a readable ONNX model ({type(e).__name__}: "
                         f"{' '.join(str(e).split())[:160]})") from None
     ins, outs = session.get_inputs(), session.get_outputs()
-    shape_in, shape_out = ins[0].shape, outs[0].shape
-    ok = (len(ins) == 1 and len(outs) == 1 and len(shape_in) == 4 and shape_in[3] == 1
-          and isinstance(shape_in[1], int) and shape_in[1] == shape_in[2]
-          and len(shape_out) == 2 and isinstance(shape_out[1], int))
-    if not ok:
-        raise UserError(f"--model {path}: not a keypoint model (takes {shape_in}, returns "
-                        f"{shape_out}; expected float32 (B, S, S, 1) -> (B, 2K))")
-    name = ins[0].name
-    keypoint_set = keypoints.set_for_width(shape_out[1], f"--model {path}")
+    keypoint_set = check_keypoint_model([i.shape for i in ins], [o.shape for o in outs], path,
+                                        float32=all(i.type == "tensor(float)" for i in ins))
+    name, image_size = ins[0].name, int(ins[0].shape[1])
     offset = float(session.get_modelmeta().custom_metadata_map.get("flip_label_offset_px", 0.0))
 
     def run(images) -> np.ndarray:
         return session.run(None, {name: np.asarray(images, np.float32)})[0]
 
-    return Predictor(run, batch_size, int(shape_in[1]), keypoint_set.flip_permutation, offset)
+    return Predictor(run, batch_size, image_size, keypoint_set.flip_permutation, offset)
