@@ -29,20 +29,89 @@ def outer_eye_distance(true_px: np.ndarray) -> np.ndarray:
     return np.linalg.norm(p[..., _LEFT_OUTER, :] - p[..., _RIGHT_OUTER, :], axis=-1)
 
 
+def point_errors(pred_px: np.ndarray, true_px: np.ndarray) -> np.ndarray:
+    """(..., 15) each keypoint's distance from the truth / the true outer-eye-corner distance."""
+    p = keypoints.as_points(np.asarray(pred_px, np.float64))
+    t = keypoints.as_points(np.asarray(true_px, np.float64))
+    return np.linalg.norm(p - t, axis=-1) / outer_eye_distance(true_px)[..., None]
+
+
 def nme(pred_px: np.ndarray, true_px: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """(...,) NME of predictions against truth (..., 30), both in the same pixels.
 
     `mask` (..., 30) marks labelled coordinates; a keypoint counts where both of its
     coordinates are labelled (the outer eye corners must be labelled)."""
-    p = keypoints.as_points(np.asarray(pred_px, np.float64))
-    t = keypoints.as_points(np.asarray(true_px, np.float64))
-    dist = np.linalg.norm(p - t, axis=-1)  # (..., 15)
+    err = point_errors(pred_px, true_px)  # (..., 15)
     if mask is None:
-        mean = dist.mean(axis=-1)
-    else:
-        m = keypoints.as_points(np.asarray(mask, bool)).all(axis=-1)
-        mean = np.where(m, dist, 0.0).sum(axis=-1) / np.maximum(m.sum(axis=-1), 1)
-    return mean / outer_eye_distance(true_px)
+        return err.mean(axis=-1)
+    m = keypoints.as_points(np.asarray(mask, bool)).all(axis=-1)
+    return np.where(m, err, 0.0).sum(axis=-1) / np.maximum(m.sum(axis=-1), 1)
+
+
+# Each eye's centre sits about this far round the head from the face's midline: what turns
+# the ratio of the two eyes' widths into a yaw angle (`estimated_yaw_deg`).
+_EYE_ANGLE_DEG = 30.0
+TURN_BINS_DEG = (0.0, 15.0, 30.0, 45.0, 90.0)
+
+
+def estimated_yaw_deg(true_px: np.ndarray) -> np.ndarray:
+    """(...,) how far a face is turned (degrees, 0 = frontal, unsigned), from its labels: on a
+    head turned by y, eyes at +-a round it show widths in the ratio r = cos(y + a) / cos(y - a),
+    so y = atan((1 - r) / ((1 + r) tan a)) with r the narrower eye's width over the wider's."""
+    p = keypoints.as_points(np.asarray(true_px, np.float64))
+    idx = {n: i for i, n in enumerate(keypoints.KEYPOINT_NAMES)}
+    widths = [np.linalg.norm(p[..., idx[f"{side}_eye_inner_corner"], :]
+                             - p[..., idx[f"{side}_eye_outer_corner"], :], axis=-1)
+              for side in ("left", "right")]
+    r = np.minimum(*widths) / np.maximum(np.maximum(*widths), 1e-9)
+    return np.degrees(np.arctan((1 - r) / ((1 + r) * np.tan(np.radians(_EYE_ANGLE_DEG)))))
+
+
+def by_turn(nmes: Sequence[float], yaw_deg: Sequence[float],
+            bins: Sequence[float] = TURN_BINS_DEG) -> list[dict]:
+    """`summarise` of the faces in each bin of estimated yaw (degrees, [low, high))."""
+    v, yaw = np.asarray(nmes, np.float64), np.asarray(yaw_deg, np.float64)
+    out = []
+    for low, high in zip(bins[:-1], bins[1:]):
+        sel = (yaw >= low) & (yaw < high)
+        if sel.any():
+            out.append({"yaw_deg": [low, high], **summarise(v[sel]).as_dict()})
+    return out
+
+
+def auroc(score: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve of `score` for telling `positive` cases from the rest: the
+    chance a random positive scores above a random negative (ties half). NaN if a class is
+    empty."""
+    from scipy.stats import rankdata
+
+    score, positive = np.asarray(score, np.float64).ravel(), np.asarray(positive, bool).ravel()
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(score)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+# Points at or above this confidence count as sure (reports; hollow markers in overlays below).
+SURE_CONFIDENCE = 0.5
+
+
+def confidence_report(confidence: np.ndarray, errors: np.ndarray, sure: float = SURE_CONFIDENCE,
+                      wrong: float = FAILURE_NME) -> dict:
+    """How well per-point confidences (any shape) rank per-point errors (same shape, in eye
+    distances): AUROC of 1 - confidence for the points off by more than `wrong`, and the mean
+    error of the points at or above `sure` against all points. NaN confidences are left out."""
+    c, e = np.asarray(confidence, np.float64).ravel(), np.asarray(errors, np.float64).ravel()
+    ok = np.isfinite(c) & np.isfinite(e)
+    c, e = c[ok], e[ok]
+    kept = c >= sure
+    return {"points": int(c.size), "wrong_share": float(np.mean(e > wrong)) if c.size else None,
+            "auroc_wrong": auroc(1.0 - c, e > wrong),
+            "sure_threshold": sure, "sure_share": float(kept.mean()) if c.size else None,
+            "error_all": float(e.mean()) if c.size else None,
+            "error_sure": float(e[kept].mean()) if kept.any() else None,
+            "wrong_share_sure": float(np.mean(e[kept] > wrong)) if kept.any() else None}
 
 
 def ced(nmes: Sequence[float], limit: float = FAILURE_NME, steps: int = 1001

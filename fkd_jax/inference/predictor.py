@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -58,10 +59,13 @@ class Predictor:
     def __init__(self, fn: Callable[[jax.Array], jax.Array], batch_size: int = EVAL_BATCH,
                  image_size: int = keypoints.IMAGE_SIZE,
                  flip_permutation: np.ndarray = keypoints.FLIP_PERMUTATION,
-                 flip_label_offset_px: float = 0.0):
+                 flip_label_offset_px: float = 0.0,
+                 spread_fn: Callable[[jax.Array], tuple] | None = None):
         self._fn, self.batch_size, self.image_size = fn, batch_size, image_size
         self.flip_permutation = flip_permutation
         self.flip_label_offset_px = flip_label_offset_px
+        # images -> ((B, 2K) normalised keypoints, (B, K) normalised spread); None: no spread
+        self._spread_fn = spread_fn
 
     @classmethod
     def from_params(cls, apply: Callable, params, batch_size: int = EVAL_BATCH,
@@ -78,35 +82,75 @@ class Predictor:
     def from_run(cls, run: Run, batch_size: int = EVAL_BATCH) -> "Predictor":
         keypoint_set = keypoints.KEYPOINT_SETS[run.config.data.keypoints]
         offset = augment.read_settings(run.config.get("augment")).flip_label_offset_px
-        return cls.from_params(model_apply(run.graphdef, run.members), run.params, batch_size,
-                               flip_permutation=keypoint_set.flip_permutation,
-                               flip_label_offset_px=offset)
+        apply = model_apply(run.graphdef, run.members)
+        spread = jax.jit(functools.partial(apply_members_with_spread, run.graphdef, run.members))
+        # one model that regresses coordinates directly has no spread to tell
+        tells = run.members > 1 or models.has_heatmaps(run.config.model.name)
+        return cls(lambda x: apply(run.params, x), batch_size,
+                   flip_permutation=keypoint_set.flip_permutation, flip_label_offset_px=offset,
+                   spread_fn=(lambda x: spread(run.params, x)) if tells else None)
 
     def __call__(self, images: np.ndarray, tta: bool = False) -> np.ndarray:
         """(N, 2K) pixels; with `tta`, averaged with the (un-mirrored) mirror-image prediction."""
-        pred = self._predict(images)
+        pred = self._predict(self._fn, images)[0]
         if tta:
-            mirrored = self._predict(np.asarray(images)[:, :, ::-1, :])
-            pred = 0.5 * (pred + keypoints.flip_keypoints_px(mirrored, None, self.image_size,
-                                                              self.flip_permutation,
-                                                              self.flip_label_offset_px))
+            pred = 0.5 * (pred + self._unmirror(self._predict(self._fn, _mirror(images))[0]))
         return pred
 
-    def _predict(self, images: np.ndarray) -> np.ndarray:
+    def with_spread(self, images: np.ndarray, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Keypoints (N, 2K) and each one's spread (N, K), both in crop pixels: how far the
+        model's belief about a point reaches (its heatmap's RMS radius; an ensemble's also
+        counts its members' disagreement, and with `tta` the plain and mirrored views'). NaN
+        spreads from a model that gives none (an exported one). The keypoints equal
+        `__call__`'s (to float rounding)."""
+        if self._spread_fn is None:
+            pred = self(images, tta)
+            return pred, np.full((len(pred), pred.shape[1] // 2), np.nan, np.float32)
+        pred, spread = self._predict(self._spread_fn, images)
+        if tta:
+            m_pred, m_spread = self._predict(self._spread_fn, _mirror(images))
+            m_pred = self._unmirror(m_pred)
+            m_spread = m_spread[:, self.flip_permutation[0::2] // 2]
+            mean = 0.5 * (pred + m_pred)
+            gap2 = 0.25 * ((pred - m_pred) ** 2).reshape(len(pred), -1, 2).sum(-1)
+            spread = np.sqrt(0.5 * (spread ** 2 + m_spread ** 2) + gap2).astype(np.float32)
+            pred = mean
+        return pred, spread
+
+    def _unmirror(self, mirrored: np.ndarray) -> np.ndarray:
+        return keypoints.flip_keypoints_px(mirrored, None, self.image_size,
+                                           self.flip_permutation, self.flip_label_offset_px)
+
+    def _predict(self, fn: Callable, images: np.ndarray) -> tuple[np.ndarray, ...]:
+        """`fn`'s outputs for every image, batch by batch; the first (keypoints) and the second
+        if any (spread) turned from normalised units into crop pixels."""
         images = np.asarray(images, np.float32)
         n, b = len(images), self.batch_size
         if images.shape[1:] != (self.image_size, self.image_size, 1):
             raise ValueError(f"expected images (N, {self.image_size}, {self.image_size}, 1), "
                              f"got {images.shape}")
-        out = []
+        parts = []
         for start in range(0, n, b):
             chunk = images[start:start + b]
             padded = np.zeros((b,) + images.shape[1:], np.float32)
             padded[: len(chunk)] = chunk
-            out.append(np.asarray(self._fn(padded))[: len(chunk)])
-        if not out:
-            return np.zeros((0, len(self.flip_permutation)), np.float32)
-        return np.asarray(keypoints.to_pixels(np.concatenate(out), self.image_size), np.float32)
+            out = fn(padded)
+            out = out if isinstance(out, tuple) else (out,)
+            parts.append([np.asarray(o)[: len(chunk)] for o in out])
+        width = len(self.flip_permutation)
+        if not parts:
+            return (np.zeros((0, width), np.float32), np.zeros((0, width // 2), np.float32))
+        pred = np.asarray(keypoints.to_pixels(np.concatenate([p[0] for p in parts]),
+                                              self.image_size), np.float32)
+        if len(parts[0]) == 1:
+            return (pred,)
+        # a spread of d normalised units is d * S / 2 pixels (normalised spans [-1, 1])
+        spread = np.concatenate([p[1] for p in parts]) * (self.image_size / 2.0)
+        return pred, spread.astype(np.float32)
+
+
+def _mirror(images: np.ndarray) -> np.ndarray:
+    return np.asarray(images)[:, :, ::-1, :]
 
 
 def model_apply(graphdef, members: int = 1) -> Callable:
@@ -121,3 +165,14 @@ def apply_members(graphdef, members: int, params, images: jax.Array) -> jax.Arra
     if members == 1:
         return models.apply_model(graphdef, params, images)
     return sum(models.apply_model(graphdef, p, images) for p in params) / members
+
+
+def apply_members_with_spread(graphdef, members: int, params, images: jax.Array):
+    """`apply_members`' keypoints (B, 2K) and their spread (B, K), normalised: the RMS radius
+    of the members' beliefs taken together (law of total variance: the mean of their heatmaps'
+    variances plus the variance of their answers)."""
+    outs = [models.apply_with_spread(graphdef, p, images)
+            for p in (params if members > 1 else (params,))]
+    mean = sum(m for m, _ in outs) / members
+    var = (sum(s * s for _, s in outs) + sum(((m - mean) ** 2).sum(-1) for m, _ in outs)) / members
+    return mean.reshape(images.shape[0], -1), jnp.sqrt(var)

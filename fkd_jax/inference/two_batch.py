@@ -43,11 +43,19 @@ class TwoBatchPredictor:
 
     def __call__(self, images: np.ndarray, tta: bool = False) -> np.ndarray:
         """(N, 2K) crop pixels; with `tta`, averaged with the mirror image's prediction."""
+        return self._split(lambda p, x: (p(x, tta=tta),), images)[0]
+
+    def with_spread(self, images: np.ndarray, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Keypoints (N, 2K) and spreads (N, K) in crop pixels (`Predictor.with_spread`)."""
+        return self._split(lambda p, x: p.with_spread(x, tta=tta), images)
+
+    def _split(self, run: Callable, images: np.ndarray) -> tuple[np.ndarray, ...]:
+        """`run(predictor, images)` on whole bulk batches, then the rest one by one."""
         images = np.asarray(images, np.float32)
         whole = len(images) // BULK_BATCH * BULK_BATCH
         parts = []
         if whole:
-            parts.append(self._get(BULK_BATCH)(images[:whole], tta=tta))
-        if len(images) > whole:
-            parts.append(self._get(SMALL_BATCH)(images[whole:], tta=tta))
-        return np.concatenate(parts) if parts else np.zeros((0, self.width), np.float32)
+            parts.append(run(self._get(BULK_BATCH), images[:whole]))
+        if len(images) > whole or not parts:
+            parts.append(run(self._get(SMALL_BATCH), images[whole:]))
+        return tuple(np.concatenate(outs) for outs in zip(*parts))

@@ -286,14 +286,27 @@ def soft_argmax(logits):
     centre is at normalised ((j + 0.5) / W * 2 - 1, (i + 0.5) / H * 2 - 1); the expectation is
     differentiable (integral regression), so the net is trained with the same coordinate loss.
     """
+    return heatmap_moments(logits)[0]  # (jit drops the unused spread)
+
+
+def heatmap_moments(logits):
+    """Mean (B, K, 2) and spread (B, K) of each heatmap's softmax, in normalised coordinates.
+
+    The spread is the RMS distance of the softmax's mass from its mean, sqrt(var_x + var_y):
+    a sharp single peak gives about a cell's width, a flat or two-peaked map (a point the net
+    cannot place) much more. The mean is exactly `soft_argmax`'s.
+    """
     b, h, w, k = logits.shape
     probs = jax.nn.softmax(logits.reshape(b, h * w, k).astype(jnp.float32), axis=1)
     probs = probs.reshape(b, h, w, k)
     xs = (jnp.arange(w) + 0.5) / w * 2.0 - 1.0
     ys = (jnp.arange(h) + 0.5) / h * 2.0 - 1.0
-    x = jnp.einsum("bhwk,w->bk", probs, xs)
-    y = jnp.einsum("bhwk,h->bk", probs, ys)
-    return jnp.stack([x, y], axis=-1)
+    mx = jnp.einsum("bhwk,w->bk", probs, xs)
+    my = jnp.einsum("bhwk,h->bk", probs, ys)
+    ex2 = jnp.einsum("bhwk,w->bk", probs, xs * xs)
+    ey2 = jnp.einsum("bhwk,h->bk", probs, ys * ys)
+    var = jnp.maximum(ex2 - mx * mx, 0.0) + jnp.maximum(ey2 - my * my, 0.0)
+    return jnp.stack([mx, my], axis=-1), jnp.sqrt(var)
 
 
 class HeatmapRegressor(nnx.Module):

@@ -13,6 +13,7 @@ import dataclasses
 from typing import Any, Callable, Mapping
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from fkd_jax.errors import UserError
@@ -28,6 +29,7 @@ from fkd_jax.models.networks import (
     _check_heatmap_unet,
     _check_nouri,
     _check_resnet,
+    heatmap_moments,
     nouri,
     simple_cnn,
 )
@@ -142,3 +144,15 @@ def apply_model(graphdef: nnx.GraphDef, params, images, *, train: bool = False, 
     """Predicted keypoints (B, 2K) in normalised coordinates, from a model's structure and
     parameters (a plain dict: what checkpoints and the training state hold)."""
     return nnx.merge(graphdef, params)(images, train=train, dropout_key=dropout_key)
+
+
+def apply_with_spread(graphdef: nnx.GraphDef, params, images) -> tuple[jax.Array, jax.Array]:
+    """Keypoints (B, K, 2) and each one's spread (B, K), normalised coordinates, in inference
+    mode. A heatmap model's spread is its heatmap's (`networks.heatmap_moments`); a model that
+    regresses coordinates directly has none of its own (zeros: an ensemble of such models
+    still has its members' disagreement)."""
+    model = nnx.merge(graphdef, params)
+    if hasattr(model, "heatmap_logits"):
+        return heatmap_moments(model.heatmap_logits(images))
+    points = model(images).reshape(images.shape[0], -1, 2)
+    return points, jnp.zeros(points.shape[:2], points.dtype)

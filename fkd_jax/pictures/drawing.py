@@ -7,6 +7,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from fkd_jax.evaluation.metrics import SURE_CONFIDENCE
 from fkd_jax.geometry import keypoints
 from fkd_jax.geometry.framing import _SQUARE_WIDTH, kaggle15
 from fkd_jax.pictures.location import Face
@@ -21,9 +22,14 @@ _POINT_COLOURS = [(_LEFT if ("left" in n) else _RIGHT if ("right" in n) else _MI
                   for n in keypoints.KEYPOINT_NAMES]
 
 
+# Keypoints less sure than this are drawn as hollow rings instead of dots.
+UNSURE_BELOW = SURE_CONFIDENCE
+
+
 def draw_faces(picture: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
     """A colour copy (RGB uint8 (H, W, 3)) of the picture with each face's box, number and
-    keypoints drawn (marks scale with the picture's size)."""
+    keypoints drawn (marks scale with the picture's size): a point whose confidence is below
+    UNSURE_BELOW is a hollow ring, the others dots."""
     out = np.array(picture, dtype=np.uint8)
     if out.ndim == 2:
         out = cv2.cvtColor(out, cv2.COLOR_GRAY2RGB)
@@ -37,11 +43,15 @@ def draw_faces(picture: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
                     cv2.FONT_HERSHEY_SIMPLEX, 0.4 * unit, _BOX, unit, cv2.LINE_AA)
         kp = np.asarray(f.keypoints_px, np.float64)
         # A square model's square points are a framing aid: the face's 15 are drawn.
-        pts = keypoints.as_points(kaggle15(kp) if kp.shape[-1] == _SQUARE_WIDTH else kp)
+        square = kp.shape[-1] == _SQUARE_WIDTH
+        pts = keypoints.as_points(kaggle15(kp) if square else kp)
+        conf = f.kaggle15_confidence if square else f.confidence
+        sure = ~(conf < UNSURE_BELOW)  # NaN (no confidence): drawn as sure
         colours = _POINT_COLOURS if len(pts) == len(_POINT_COLOURS) else [_MID] * len(pts)
-        for (px, py), colour in zip(pts, colours):
+        for (px, py), colour, filled in zip(pts, colours, sure):
             if np.isfinite(px) and np.isfinite(py):
                 # continuous coordinates -> OpenCV's pixel-centre-at-integer convention
                 centre = (round((px - 0.5) * (1 << shift)), round((py - 0.5) * (1 << shift)))
-                cv2.circle(out, centre, (unit + 1) << shift, colour, -1, cv2.LINE_AA, shift)
+                cv2.circle(out, centre, (unit + 1) << shift, colour,
+                           -1 if filled else max(1, unit // 2), cv2.LINE_AA, shift)
     return out

@@ -60,6 +60,9 @@ class Face:
     # Keypoints after each pass (the last equals keypoints_px): to measure what a pass gains.
     history: tuple[np.ndarray, ...] = field(default=(), compare=False, repr=False)
     shape_error: float = float("nan")  # see MAX_SHAPE_ERROR
+    # (K,) each keypoint's spread in picture pixels (`Predictor.with_spread`, from the crop
+    # its keypoints came from); None or NaN where the model gives none (exported models)
+    spread_px: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def keypoints(self) -> np.ndarray:
@@ -67,9 +70,43 @@ class Face:
         return keypoints.as_points(np.asarray(self.keypoints_px, np.float64))
 
     @property
+    def confidence(self) -> np.ndarray:
+        """(K,) in [0, 1] for each keypoint, NaN where the model gives no spread:
+        `confidence_from_spread` of its spread against this face's eye distance."""
+        k = len(self.keypoints_px) // 2
+        if self.spread_px is None:
+            return np.full(k, np.nan)
+        return confidence_from_spread(self.spread_px, _centre_and_size(self.keypoints_px)[1])
+
+    @property
+    def kaggle15_confidence(self) -> np.ndarray:
+        """(15,) the confidence of Kaggle's 15 keypoints (`kaggle15`): for a 68-point model
+        the points averaged into one (eye centres) average their spreads."""
+        if self.spread_px is None:
+            return np.full(keypoints.NUM_KEYPOINTS, np.nan)
+        spread = kaggle15(np.repeat(np.asarray(self.spread_px, np.float64), 2, axis=-1))[0::2]
+        return confidence_from_spread(spread, _centre_and_size(self.keypoints_px)[1])
+
+    @property
     def names(self) -> tuple[str, ...]:
         """The K keypoint names (the model's keypoint set, known by its 2K outputs)."""
         return keypoint_names(len(self.keypoints_px))
+
+
+# The error a keypoint must stay under to count as right: this fraction of the face's outer
+# eye-corner distance (the failure threshold of NME scoring, applied to one point).
+CONFIDENT_WITHIN = 0.1
+
+
+def confidence_from_spread(spread_px: np.ndarray, eye_distance_px: float) -> np.ndarray:
+    """Confidence in [0, 1] of keypoints whose model spreads its belief `spread_px` (RMS
+    radius, picture pixels): the chance that a 2-D Gaussian of that radius falls within
+    CONFIDENT_WITHIN of the eye distance of its mean, 1 - exp(-r^2 / spread^2). Monotone in
+    the spread, so it ranks points as the spread does; how well that matches real errors is
+    measured by `scoring.confidence_scores`. NaN spreads stay NaN."""
+    r = CONFIDENT_WITHIN * float(eye_distance_px)
+    spread = np.maximum(np.asarray(spread_px, np.float64), 1e-9)
+    return 1.0 - np.exp(-(r * r) / (spread * spread))
 
 
 def keypoint_names(width: int) -> tuple[str, ...]:
@@ -106,12 +143,24 @@ def locate(grays: Sequence[np.ndarray], picture_index: Sequence[int],
     as the rule says): the model follows a mis-framed face only part of the way (about half
     on unet_pair), so plain re-framing converges geometrically and slowly on far-off boxes.
     """
+    return locate_with_spread(grays, picture_index, framings, predict, passes, tta, rotate,
+                              relax, settle)[0]
+
+
+def locate_with_spread(grays: Sequence[np.ndarray], picture_index: Sequence[int],
+                       framings: Sequence[Framing], predict: PredictFn,
+                       passes: int = DEFAULT_PASSES, tta: bool = False, rotate: bool = True,
+                       relax: float = 1.0, settle: float = DEFAULT_SETTLE
+                       ) -> tuple[list[np.ndarray], np.ndarray]:
+    """`locate`'s history, and (N, K) each face's keypoint spreads in picture pixels from the
+    pass its final keypoints came from (NaN when `predict` has no `with_spread`)."""
     if passes < 1:
         raise ValueError("passes must be >= 1")
     framings = list(framings)
     size = int(getattr(predict, "image_size", CROP))
     active = np.ones(len(framings), bool)
     history: list[np.ndarray] = []
+    spread = np.full((len(framings), 0), np.nan)
     for p in range(passes):
         if p > 0:
             current = history[-1].copy()
@@ -127,13 +176,16 @@ def locate(grays: Sequence[np.ndarray], picture_index: Sequence[int],
         rows = np.flatnonzero(active) if p > 0 else np.arange(len(framings))
         crops = _crops(grays, [picture_index[i] for i in rows], [framings[i] for i in rows],
                        size)
-        pred = _predict(predict, crops, tta)
+        pred, pred_spread = _predict(predict, crops, tta)
         out = (current if p > 0 else
                np.zeros((len(framings), pred.shape[1] if len(pred) else keypoints.NUM_COORDS)))
+        if p == 0:
+            spread = np.full((len(framings), out.shape[1] // 2), np.nan)
         for k, i in enumerate(rows):
             out[i] = framings[i].to_picture(pred[k], size)
+            spread[i] = pred_spread[k] * (framings[i].side / size)
         history.append(out)
-    return history
+    return history, spread
 
 
 def _step(old: Framing, new: Framing, relax: float) -> Framing:
@@ -154,11 +206,16 @@ def _crops(grays, picture_index, framings, size: int = CROP) -> np.ndarray:
     return out
 
 
-def _predict(predict: PredictFn, crops: np.ndarray, tta: bool) -> np.ndarray:
+def _predict(predict: PredictFn, crops: np.ndarray, tta: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Keypoints (N, 2K) and spreads (N, K) in crop pixels (NaN from a bare function)."""
     if len(crops) == 0:
-        return np.zeros((0, keypoints.NUM_COORDS), np.float64)
-    out = predict(crops, tta=True) if tta else predict(crops)
-    return np.asarray(out, np.float64)
+        return np.zeros((0, keypoints.NUM_COORDS)), np.zeros((0, keypoints.NUM_COORDS // 2))
+    if hasattr(predict, "with_spread"):
+        out, spread = predict.with_spread(crops, tta=tta)
+    else:
+        out = predict(crops, tta=True) if tta else predict(crops)
+        spread = np.full((len(out), np.shape(out)[1] // 2), np.nan)
+    return np.asarray(out, np.float64), np.asarray(spread, np.float64)
 
 
 def find_faces(grays: Sequence[np.ndarray], predict: PredictFn,
@@ -201,7 +258,8 @@ def find_faces(grays: Sequence[np.ndarray], predict: PredictFn,
     index = [i for i, bs in enumerate(boxes) for _ in bs]
     dets = [d for bs in boxes for d in bs]
     framings = [framing_from_box(d.box, d.angle) for d in dets]
-    history = locate(grays, index, framings, predict, passes, tta, rotate, settle=settle)
+    history, spread = locate_with_spread(grays, index, framings, predict, passes, tta, rotate,
+                                         settle=settle)
 
     def looks(j: int) -> tuple[bool, bool]:  # (shaped, seen by a cascade) of face j
         kp = history[-1][j]
@@ -212,15 +270,16 @@ def find_faces(grays: Sequence[np.ndarray], predict: PredictFn,
     checks = [looks(j) for j in range(len(dets))] if confirm else []
     if retry_tta and not tta and settle > 0 and passes > 1:
         unconfirmed = np.array([not all(c) for c in checks] if confirm else [], bool)
-        history, redone = _retry_unsettled(grays, index, framings, predict, history, rotate,
-                                           settle, unconfirmed)
+        history, spread, redone = _retry_unsettled(grays, index, framings, predict, history,
+                                                   spread, rotate, settle, unconfirmed)
         for j in redone if confirm else ():
             checks[j] = looks(j)
     faces: list[list[Face]] = [[] for _ in grays]
     candidates: dict[int, list[tuple[int, float, float, Face]]] = {}
     for j, (pic, det) in enumerate(zip(index, dets)):
         kp = history[-1][j]
-        face = Face(det.bounds(), det.score, kp, tuple(h[j] for h in history), shape_error(kp))
+        face = Face(det.bounds(), det.score, kp, tuple(h[j] for h in history), shape_error(kp),
+                    spread[j])
         if not confirm:
             faces[pic].append(face)
             continue
@@ -236,27 +295,30 @@ def find_faces(grays: Sequence[np.ndarray], predict: PredictFn,
     return [merge_duplicates(fs) for fs in faces]
 
 
-def _retry_unsettled(grays, index, framings, predict, history, rotate, settle, also=None):
+def _retry_unsettled(grays, index, framings, predict, history, spread, rotate, settle,
+                     also=None):
     """find_faces' retry: faces still moving at the last pass (and those marked in `also`),
-    located again with flip TTA; a retry that settles replaces the face's history. Returns the
-    history and the faces replaced."""
+    located again with flip TTA; a retry that settles replaces the face's history and spread.
+    Returns the history, the spreads and the faces replaced."""
     redo = np.any(history[-1] != history[-2], axis=1)
     if also is not None and len(also):
         redo |= also
     redo = np.flatnonzero(redo)
     if len(redo) == 0:
-        return history, []
-    again = locate(grays, [index[i] for i in redo], [framings[i] for i in redo], predict,
-                   len(history), True, rotate, settle=settle)
+        return history, spread, []
+    again, again_spread = locate_with_spread(
+        grays, [index[i] for i in redo], [framings[i] for i in redo], predict, len(history),
+        True, rotate, settle=settle)
     settled = np.all(again[-1] == again[-2], axis=1)
-    history = [h.copy() for h in history]
+    history, spread = [h.copy() for h in history], spread.copy()
     replaced = []
     for k, i in enumerate(redo):
         if settled[k]:
             replaced.append(int(i))
+            spread[i] = again_spread[k]
             for h, a in zip(history, again):
                 h[i] = a[k]
-    return history, replaced
+    return history, spread, replaced
 
 
 def merge_duplicates(faces: Sequence[Face], overlap: float = 0.5) -> list[Face]:
@@ -286,13 +348,14 @@ def refine_faces(gray: np.ndarray, previous: Sequence[np.ndarray], predict: Pred
     `detector`) `FaceDetector.confirms` fails. The box is the square the face was framed by;
     the score is 1 - shape error (tracked, not detected)."""
     framings = [framing_from_keypoints(k, rotate) for k in previous]
-    history = locate([gray], [0] * len(framings), framings, predict, passes, tta, rotate)
+    history, spread = locate_with_spread([gray], [0] * len(framings), framings, predict, passes,
+                                         tta, rotate)
     out: list[Face | None] = []
     for j, f in enumerate(framings):
         kp = history[-1][j]
         err = shape_error(kp)
         ok = err <= max_shape_error and (detector is None or detector.confirms(gray, kp))
-        out.append(Face(f.box(), 1.0 - err, kp, tuple(h[j] for h in history), err)
+        out.append(Face(f.box(), 1.0 - err, kp, tuple(h[j] for h in history), err, spread[j])
                    if ok else None)
     return out
 

@@ -2,8 +2,12 @@
 
 OUT receives (every file written atomically, fkd_jax.files):
   keypoints.csv  one row per face: file, frame (0 for photos), face, box_x, box_y, box_w, box_h,
-                 score, then the 30 Kaggle keypoint columns in the picture's own pixels; a
-                 picture (or video frame) with no face has one row with empty face cells
+                 score, then the 30 Kaggle keypoint columns in the picture's own pixels, then
+                 each keypoint's confidence in [0, 1] (NAME_confidence; empty for a model that
+                 gives none); a picture (or video frame) with no face has one row with empty
+                 face cells
+  landmarks.csv  for a model of another keypoint set (e.g. the 68 iBUG landmarks): the same
+                 rows with all of its points (NAME_x, NAME_y) and their confidences
   overlays/      each photo (and video) with boxes and keypoints drawn, mirroring the inputs'
                  folders (`inputs.assign_overlay_names`)
   summary.json   files, faces, files with no face, failed files, settings, timings
@@ -32,13 +36,22 @@ from fkd_jax.pictures.inputs import Item
 from fkd_jax.pictures.location import Face
 
 EXIT_SOME_FAILED = 1
-CSV_COLUMNS = ("file", "frame", "face", "box_x", "box_y", "box_w", "box_h", "score",
-               *keypoints.COLUMNS)
+FACE_COLUMNS = ("file", "frame", "face", "box_x", "box_y", "box_w", "box_h", "score")
+CSV_COLUMNS = (*FACE_COLUMNS, *keypoints.COLUMNS,
+               *(f"{n}_confidence" for n in keypoints.KEYPOINT_NAMES))
 
 
-def face_rows(name: str, frame: int, faces: Sequence[Face]) -> list[dict]:
+def landmark_columns(keypoint_set: keypoints.KeypointSet) -> tuple[str, ...]:
+    """landmarks.csv's columns for a model of `keypoint_set`."""
+    return (*FACE_COLUMNS, *keypoint_set.columns,
+            *(f"{n}_confidence" for n in keypoint_set.names))
+
+
+def face_rows(name: str, frame: int, faces: Sequence[Face], all_points: bool = False
+              ) -> list[dict]:
     """keypoints.csv rows of one picture (or video frame): one per face, numbered by its
-    place in `faces` (a tracked face by its track), or one row of empty cells for none."""
+    place in `faces` (a tracked face by its track), or one row of empty cells for none.
+    `all_points`: landmarks.csv's rows instead, every point of the model's set."""
     if not faces:
         return [{"file": name, "frame": frame}]
     rows = []
@@ -46,16 +59,23 @@ def face_rows(name: str, frame: int, faces: Sequence[Face]) -> list[dict]:
         row = {"file": name, "frame": frame, "face": getattr(f, "track", i),
                "box_x": f.box[0], "box_y": f.box[1], "box_w": f.box[2], "box_h": f.box[3],
                "score": f.score}
-        row.update(zip(keypoints.COLUMNS, kaggle15(f.keypoints_px)))
+        if all_points:
+            names = f.names
+            row.update(zip((f"{n}_{a}" for n in names for a in "xy"), f.keypoints_px))
+            row.update(zip((f"{n}_confidence" for n in names), f.confidence))
+        else:
+            row.update(zip(keypoints.COLUMNS, kaggle15(f.keypoints_px)))
+            row.update(zip(CSV_COLUMNS[-keypoints.NUM_KEYPOINTS:], f.kaggle15_confidence))
         rows.append(row)
     return rows
 
 
-def rows_to_csv(rows: list[dict]) -> str:
-    """keypoints.csv text: fixed columns, 2 decimals for pixels, empty cells where no face."""
+def rows_to_csv(rows: list[dict], columns: Sequence[str] = CSV_COLUMNS) -> str:
+    """keypoints.csv text: fixed columns, 2 decimals for pixels (and confidences), empty
+    cells where no face."""
     import pandas as pd
 
-    table = pd.DataFrame(rows, columns=list(CSV_COLUMNS))
+    table = pd.DataFrame(rows, columns=list(columns))
     table["face"] = table["face"].astype("Int64")
     buf = io.StringIO()
     table.to_csv(buf, index=False, float_format="%.2f")
@@ -79,6 +99,8 @@ class Results:
     def __init__(self, out: Path, overlays: bool = True):
         self.out, self.overlays = Path(out), overlays
         self.rows: list[dict] = []
+        self.landmark_rows: list[dict] = []  # landmarks.csv, for a model of another set
+        self.landmark_set: keypoints.KeypointSet | None = None
         self.failed: list[dict] = []
         self.no_face: list[str] = []
         self.photo_faces: dict[str, list[Face]] = {}  # name -> faces, for scoring
@@ -100,6 +122,9 @@ class Results:
             if name not in self.no_face:
                 self.no_face.append(name)
         self.rows.extend(face_rows(name, frame, faces))
+        if faces and len(faces[0].keypoints_px) != keypoints.NUM_COORDS:
+            self.landmark_set = keypoints.set_for_width(len(faces[0].keypoints_px))
+        self.landmark_rows.extend(face_rows(name, frame, faces, all_points=True))
         self.n_faces += len(faces)
 
     def photo(self, item: Item, picture: np.ndarray, faces: list[Face]) -> None:
@@ -123,6 +148,7 @@ class Results:
             self.fail(item, e)
             return
         rows, faces, no_face, n = len(self.rows), self.n_faces, list(self.no_face), 0
+        landmark_rows = len(self.landmark_rows)
         try:
             tracked = detector.track(frames, boxes=boxes, fps=fps, with_frames=True)
             if not self.overlays:
@@ -137,6 +163,7 @@ class Results:
                         n += 1
         except (UserError, KeyboardInterrupt) as e:
             del self.rows[rows:]
+            del self.landmark_rows[landmark_rows:]
             self.n_faces, self.no_face = faces, no_face
             if isinstance(e, KeyboardInterrupt):
                 raise
@@ -153,6 +180,9 @@ class Results:
         Ctrl-C stopped the run; what was done is written and summary.json says so."""
         t = time.perf_counter()
         files.write_text(self.out / "keypoints.csv", rows_to_csv(self.rows))
+        if self.landmark_set is not None:
+            files.write_text(self.out / "landmarks.csv",
+                             rows_to_csv(self.landmark_rows, landmark_columns(self.landmark_set)))
         scores = None
         if labels is not None:
             scores = scoring.score(self.photo_faces, labels, self.out, passes)
@@ -183,6 +213,12 @@ class Results:
                   f"NME {final['nme_mean']:.2%} (median {final['nme_median']:.2%}), "
                   f"failures (NME > 10%) {final['failure_rate']:.1%}, "
                   f"AUC@10% {final['auc_10']:.3f}; wrote scores.json, scores.csv, ced.png")
+            conf = scores.get("confidence")
+            if conf and conf["points"] and conf["sure_share"] is not None:
+                print(f"confidence: AUROC {conf['auroc_wrong']:.3f} for points off by > 10%; "
+                      f"{conf['sure_share']:.1%} of points sure (>= {conf['sure_threshold']}), "
+                      f"their error {conf['error_sure'] or float('nan'):.2%} against "
+                      f"{conf['error_all']:.2%} for all")
         if self.failed:
             print(f"some files failed: {len(self.failed)} of {n_files}", file=sys.stderr)
             return EXIT_SOME_FAILED

@@ -1,6 +1,7 @@
 """Scoring located faces against true keypoints: a labels CSV (file + Kaggle's 30 columns, in
 the pictures' own pixels), each labelled face matched to a found one, NME per pass and final
-(fkd_jax.evaluation.metrics: error / outer-eye-corner distance), CED figure."""
+(fkd_jax.evaluation.metrics: error / outer-eye-corner distance), by how far the face is turned,
+how well the keypoints' confidences rank their errors, CED figure."""
 
 from __future__ import annotations
 
@@ -61,6 +62,7 @@ def score(photo_faces: dict[str, list[Face]], labels: dict, out: Path, passes: i
     from fkd_jax.evaluation import metrics as pm
 
     per_face, per_pass = [], [[] for _ in range(passes)]
+    confidences, point_errors = [], []  # (15,) of each found face
     extra = 0
     for name, fs in photo_faces.items():
         key = match_label(name, labels)
@@ -78,17 +80,19 @@ def score(photo_faces: dict[str, list[Face]], labels: dict, out: Path, passes: i
                 errs = [float(pm.nme(kaggle15(h), truth[t])) for h in hist]
                 errs += [errs[-1]] * (passes - len(errs))
                 final = float(pm.nme(kaggle15(f.keypoints_px), truth[t]))
+                confidences.append(f.kaggle15_confidence)
+                point_errors.append(pm.point_errors(kaggle15(f.keypoints_px), truth[t]))
             else:
                 errs, final = [float("nan")] * passes, float("nan")
             for p in range(passes):
                 per_pass[p].append(errs[p])
-            per_face.append({"file": name, "label_row": t,
-                             "face": pairs.get(t, None), "nme": final})
+            per_face.append({"file": name, "label_row": t, "face": pairs.get(t, None),
+                             "nme": final, "yaw_deg": float(pm.estimated_yaw_deg(truth[t]))})
     if not per_face:
         raise UserError("--labels: none of the processed photos has labels in the CSV "
                         "(its `file` names must end the photos' paths)")
     finals = [r["nme"] for r in per_face]
-    table = pd.DataFrame(per_face, columns=["file", "label_row", "face", "nme"])
+    table = pd.DataFrame(per_face, columns=["file", "label_row", "face", "nme", "yaw_deg"])
     table["face"] = table["face"].astype("Int64")
     files.write_text(out / "scores.csv", table.to_csv(index=False, float_format="%.5f"))
     curves = {f"pass {p + 1}": per_pass[p] for p in range(passes)}
@@ -98,6 +102,10 @@ def score(photo_faces: dict[str, list[Face]], labels: dict, out: Path, passes: i
         "final": pm.summarise(finals).as_dict(),
         "per_pass": {f"pass {p + 1}": pm.summarise(v).as_dict() for p, v in enumerate(per_pass)},
         "extra_faces": extra,
+        # yaw estimated from the labels' eye widths (fkd_jax.evaluation.metrics)
+        "by_turn": pm.by_turn(finals, table["yaw_deg"].to_numpy()),
+        "confidence": (pm.confidence_report(np.stack(confidences), np.stack(point_errors))
+                       if confidences else None),
         "worst": table.sort_values("nme", ascending=False, na_position="first")
                       .head(10)[["file", "nme"]].to_dict("records"),
     }

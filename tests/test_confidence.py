@@ -1,0 +1,207 @@
+"""Per-keypoint confidence: a heatmap's spread, an ensemble's disagreement, the pipeline's
+confidences in picture units, keypoints.csv and overlays, how well confidences rank errors,
+and faces' estimated turn."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import face_scene
+
+from fkd_jax.evaluation import metrics as pm
+from fkd_jax.geometry import face_shape_stats
+from fkd_jax.geometry import framing as geo
+from fkd_jax.geometry import keypoints
+from fkd_jax.pictures import location
+
+
+def test_heatmap_moments_mean_is_soft_argmax_and_spread_is_the_maps_radius():
+    from fkd_jax.models.networks import heatmap_moments, soft_argmax
+
+    h = w = 8
+    logits = np.full((2, h, w, 3), -1e4, np.float32)
+    logits[0, 2, 5, 0] = 0.0  # one sharp cell: the cell's centre, no spread
+    logits[0, :, :, 1] = 0.0  # flat: the centre, the grid's RMS radius
+    logits[0, 1, 1, 2] = logits[0, 1, 6, 2] = 0.0  # two cells apart: spread half the gap
+    logits[1] = np.random.default_rng(0).normal(size=(h, w, 3))
+    mean, spread = map(np.asarray, heatmap_moments(logits))
+    np.testing.assert_allclose(mean, np.asarray(soft_argmax(logits)), atol=1e-6)
+    cell = 2.0 / w  # normalised width of a cell
+    np.testing.assert_allclose(mean[0, 0], [-1 + 5.5 * cell, -1 + 2.5 * cell], atol=1e-6)
+    np.testing.assert_allclose(spread[0, 0], 0.0, atol=1e-3)
+    centres = (np.arange(w) + 0.5) * cell - 1
+    np.testing.assert_allclose(spread[0, 1], np.sqrt(2 * np.mean(centres ** 2)), rtol=1e-5)
+    np.testing.assert_allclose(spread[0, 2], 2.5 * cell, rtol=1e-4)
+
+
+def _random_unet_run(members: int):
+    from flax import nnx
+
+    from configs import unet_pair
+    from fkd_jax import models
+    from fkd_jax.inference.predictor import Run
+
+    c = unet_pair.get_config()
+    c.model.widths = (4, 8, 16, 32)
+    params = [nnx.split(models.create_model(c.model, 15, seed))[1] for seed in range(members)]
+    graphdef = nnx.split(models.create_model(c.model, 15, 0))[0]
+    return Run(c, graphdef, params[0] if members == 1 else tuple(params), {}, members)
+
+
+@pytest.mark.parametrize("members", [1, 2])
+def test_with_spread_gives_the_same_keypoints_and_a_spread_in_crop_pixels(members):
+    from fkd_jax.data import synthetic
+    from fkd_jax.inference.predictor import Predictor
+
+    predictor = Predictor.from_run(_random_unet_run(members), batch_size=4)
+    images = synthetic.generate_faces(5, 0)[0][..., None].astype(np.float32) / 255
+    for tta in (False, True):
+        pred, spread = predictor.with_spread(images, tta=tta)
+        np.testing.assert_allclose(pred, predictor(images, tta=tta), atol=1e-4)
+        assert spread.shape == (5, 15) and np.all(spread > 0)
+        # an untrained net's maps are near flat: about the 96-px square's RMS radius (39.2 px),
+        # never beyond its corners' distance from the centre
+        assert np.all(spread < 48 * np.sqrt(2)) and np.all(spread > 25)
+
+
+def test_an_ensembles_spread_counts_its_members_disagreement():
+    import jax.numpy as jnp
+
+    from fkd_jax.inference import predictor
+
+    def fake_member(points):  # a regression model's (B, K, 2) answer and no spread of its own
+        return points, jnp.zeros(points.shape[:2])
+
+    a, b = jnp.zeros((1, 2, 2)), jnp.array([[[0.2, 0.0], [0.0, 0.0]]])
+    answers = iter([fake_member(a), fake_member(b)])
+    original = predictor.models.apply_with_spread
+    predictor.models.apply_with_spread = lambda graphdef, p, images: next(answers)
+    try:
+        mean, spread = predictor.apply_members_with_spread(None, 2, ("p0", "p1"),
+                                                           jnp.zeros((1, 96, 96, 1)))
+    finally:
+        predictor.models.apply_with_spread = original
+    np.testing.assert_allclose(np.asarray(mean), [[0.1, 0.0, 0.0, 0.0]], atol=1e-7)
+    np.testing.assert_allclose(np.asarray(spread), [[0.1, 0.0]], atol=1e-7)  # half the gap
+
+
+def test_confidence_falls_with_the_spread_and_is_one_minus_1_over_e_at_the_threshold():
+    eye = 50.0
+    r = location.CONFIDENT_WITHIN * eye
+    conf = location.confidence_from_spread(np.array([0.0, r / 2, r, 2 * r, np.nan]), eye)
+    assert conf[0] == 1.0 and np.all(np.diff(conf[:4]) < 0)
+    assert conf[2] == pytest.approx(1 - np.exp(-1))
+    assert np.isnan(conf[4])
+
+
+class SpreadModel:
+    """A stand-in predictor: the mean face where its training square is the crop, each
+    point's spread in crop pixels given; `with_spread` as Predictor has it."""
+    image_size = 96
+
+    def __init__(self, spread_px):
+        mean = np.asarray(face_shape_stats.MEAN_SHAPE, np.float64)
+        self.rest = geo.framing_from_keypoints(mean, rotate=True).to_crop(mean)
+        self.spread_px = np.asarray(spread_px, np.float32)
+
+    def __call__(self, crops, tta=False):
+        return np.tile(self.rest, (len(crops), 1))
+
+    def with_spread(self, crops, tta=False):
+        return self(crops), np.tile(self.spread_px, (len(crops), 1))
+
+
+def test_located_faces_carry_spreads_in_picture_pixels_and_confidences():
+    rgb, _ = face_scene(0)
+    gray = rgb[..., 1]
+    spread = np.full(15, 2.0, np.float32)
+    spread[3] = 40.0  # one point the model cannot place
+    faces = location.find_faces([gray], SpreadModel(spread), boxes=[[
+        location.Detection((60, 20, 192, 192), 1.0)]], confirm=False)[0]
+    face = faces[0]
+    side = geo.framing_from_keypoints(face.history[-2], rotate=True).side
+    np.testing.assert_allclose(face.spread_px, spread * side / 96, rtol=1e-4)
+    conf = face.confidence
+    assert conf.shape == (15,) and conf[3] < 0.1 and np.all(np.delete(conf, 3) > 0.9)
+    np.testing.assert_allclose(face.kaggle15_confidence, conf)
+    # a bare function gives no spread: NaN confidences, keypoints as before
+    bare = location.find_faces([gray], SpreadModel(spread).__call__, boxes=[[
+        location.Detection((60, 20, 192, 192), 1.0)]], confirm=False)[0][0]
+    assert np.all(np.isnan(bare.confidence))
+    np.testing.assert_array_equal(bare.keypoints_px, face.keypoints_px)
+
+
+def test_keypoints_csv_has_confidences_and_a_68_point_model_also_writes_landmarks(tmp_path):
+    import pandas as pd
+
+    from fkd_jax.pictures import outputs
+
+    spread = np.linspace(1, 30, 15)
+    kp = np.asarray(face_shape_stats.MEAN_SHAPE, np.float64) * 3
+    face = location.Face((0, 0, 300, 300), 0.9, kp, spread_px=spread)
+    rows = outputs.face_rows("a.jpg", 0, [face]) + outputs.face_rows("b.jpg", 0, [])
+    table = pd.read_csv(__import__("io").StringIO(outputs.rows_to_csv(rows)))
+    conf = table.loc[0, [f"{n}_confidence" for n in keypoints.KEYPOINT_NAMES]].to_numpy(float)
+    np.testing.assert_allclose(conf, np.round(face.confidence, 2))
+    assert table.loc[1, "file"] == "b.jpg" and np.isnan(table.loc[1, "face"])
+
+    ibug = keypoints.IBUG68
+    kp68 = np.random.default_rng(0).uniform(50, 250, 136)
+    results = outputs.Results(tmp_path, overlays=False)
+    results.add("c.jpg", 0, [location.Face((0, 0, 300, 300), 0.9, kp68,
+                                           spread_px=np.full(68, 3.0))])
+    results.add("d.jpg", 0, [])
+    results.finish(2, {}, None, 8, 0.0)
+    landmarks = pd.read_csv(tmp_path / "landmarks.csv")
+    assert list(landmarks.columns) == list(outputs.landmark_columns(ibug))
+    np.testing.assert_allclose(landmarks.loc[0, list(ibug.columns)].to_numpy(float), kp68,
+                               atol=0.005)
+    kaggle = pd.read_csv(tmp_path / "keypoints.csv")
+    np.testing.assert_allclose(kaggle.loc[0, list(keypoints.COLUMNS)].to_numpy(float),
+                               keypoints.kaggle15_from_ibug68(kp68), atol=0.005)
+    assert len(landmarks) == len(kaggle) == 2
+
+
+def test_unsure_points_are_drawn_hollow():
+    from fkd_jax.pictures import drawing
+
+    kp = np.asarray(face_shape_stats.MEAN_SHAPE, np.float64) * 12
+    spread = np.full(15, 0.5)
+    spread[10] = 100.0  # the nose tip: unsure
+    picture = np.zeros((1200, 1200), np.uint8)  # markers of radius 5 px
+    out = drawing.draw_faces(picture, [location.Face((0, 0, 1, 1), 1.0, kp, spread_px=spread)])
+    pts = keypoints.as_points(kp)
+    at = [out[int(y), int(x)].max() for x, y in pts]  # the marker's centre pixel
+    assert at[10] == 0 and all(v > 0 for i, v in enumerate(at) if i != 10)
+    nose = pts[10]
+    ring = out[int(nose[1]) - 8:int(nose[1]) + 9, int(nose[0]) - 8:int(nose[0]) + 9]
+    assert ring.max() > 0  # its ring is drawn
+
+
+def test_auroc_and_confidence_report():
+    assert pm.auroc([0.1, 0.4, 0.35, 0.8], [False, False, True, True]) == pytest.approx(0.75)
+    assert pm.auroc([1, 2, 3], [True, True, True]) != pm.auroc([1, 2, 3], [True, True, True])
+    err = np.array([0.01, 0.02, 0.5, 0.03, 0.3])
+    conf = np.array([0.9, 0.8, 0.1, 0.7, 0.2])
+    report = pm.confidence_report(conf, err)
+    assert report["auroc_wrong"] == 1.0 and report["sure_share"] == 0.6
+    assert report["error_sure"] == pytest.approx(0.02) and report["wrong_share_sure"] == 0.0
+    assert pm.confidence_report(1 - conf, err)["auroc_wrong"] == 0.0
+
+
+@pytest.mark.parametrize("yaw", [0.0, 20.0, 40.0, 60.0])
+def test_estimated_yaw_inverts_the_eye_width_model(yaw):
+    a = np.radians(30.0)
+    ratio = np.cos(np.radians(yaw) + a) / np.cos(np.radians(yaw) - a)
+    kp = np.asarray(face_shape_stats.MEAN_SHAPE, np.float64).copy()
+    p = keypoints.as_points(kp)
+    names = keypoints.KEYPOINT_NAMES
+    inner, outer = names.index("right_eye_inner_corner"), names.index("right_eye_outer_corner")
+    p[outer] = p[inner] + (p[outer] - p[inner]) * ratio * (
+        np.linalg.norm(p[names.index("left_eye_inner_corner")]
+                       - p[names.index("left_eye_outer_corner")])
+        / np.linalg.norm(p[outer] - p[inner]))
+    assert float(pm.estimated_yaw_deg(p.reshape(-1))) == pytest.approx(yaw, abs=1e-6)
+    bins = pm.by_turn([0.03, 0.2], [5.0, 50.0])
+    assert [b["yaw_deg"] for b in bins] == [[0.0, 15.0], [45.0, 90.0]]
+    assert bins[1]["failure_rate"] == 1.0
