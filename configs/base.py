@@ -44,6 +44,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.synthetic_n = 3000  # number of faces
     c.data.synthetic_seed = 0  # seed of the faces themselves (not of the run)
     c.data.synthetic_kaggle_missing = True  # impose Kaggle's missing-label pattern
+    # Photo-like levers of the procedural faces (fkd_jax/data/synthetic.py), each off = the
+    # original faces: heads turned in 3D (yaw to ~45, pitch ~25, roll ~20 degrees), value-noise
+    # texture at several scales, camera effects (exposure, low resolution, motion blur, sensor
+    # noise, JPEG blocks).
+    c.data.synthetic_pose = False
+    c.data.synthetic_texture = False
+    c.data.synthetic_camera = False
 
     c.model = ml_collections.ConfigDict()
     # simple_cnn, nouri, resnet, heatmap or heatmap_unet (fkd_jax/models/registry.py).

@@ -38,6 +38,8 @@ from pathlib import Path
 import numpy as np
 
 from fkd_jax import files
+from fkd_jax.data import synthetic_photo as photo
+from fkd_jax.data import synthetic_pose
 from fkd_jax.data.synthetic_render import APPEARANCE, render
 from fkd_jax.errors import UserError
 from fkd_jax.geometry import face_shape_stats as stats
@@ -61,13 +63,27 @@ _MEAN = np.array(stats.MEAN_SHAPE, dtype=np.float64)
 _COMP = np.array(stats.COMPONENTS, dtype=np.float64) * np.array(stats.COMPONENT_STD)[:, None]
 _RESID = np.array(stats.RESIDUAL_STD, dtype=np.float64)
 _NUM_COMP = len(_COMP)
+# spawn-key tails of the photo-like levers' own random streams (see generate_faces)
+_POSE_STREAM, _TEXTURE_STREAM, _CAMERA_STREAM = 1, 2, 3
 
-def generate_faces(n: int, seed: int, *, plain: bool = False) -> tuple[np.ndarray, np.ndarray]:
+
+def _stream(seed: int, block: int, lever: int) -> np.random.Generator:
+    """The random stream of one lever for one block of faces."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(block, lever)))
+
+
+def generate_faces(n: int, seed: int, *, plain: bool = False, pose: bool = False,
+                   texture: bool = False, camera: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """`n` synthetic faces: images uint8 (n, 96, 96) and keypoints float32 (n, 30) in pixels,
-    Kaggle column order, all present. A pure function of (n, seed).
+    Kaggle column order, all present. A pure function of (n, seed) and the switches.
 
-    `plain=True` draws the same faces without glasses, blur and noise (same keypoints); tests
-    use it to check that features sit where their keypoints say.
+    `plain=True` draws the same faces without glasses, blur, noise, texture and camera effects
+    (same keypoints); tests use it to check that features sit where their keypoints say.
+    Photo-like levers, each from its own random stream (so switching one leaves the others'
+    draws alone; all off gives the original faces): `pose` turns the heads in 3D
+    (synthetic_pose), `texture` lays value noise at several scales over face and background,
+    `camera` adds exposure, low resolution, motion blur, sensor noise and JPEG blocks
+    (synthetic_photo).
     """
     n, seed = _check_count(n, "n"), _check_seed(seed)
     images = np.empty((n, S, S), dtype=np.uint8)
@@ -80,8 +96,23 @@ def generate_faces(n: int, seed: int, *, plain: bool = False) -> tuple[np.ndarra
         p = {name: (lo + (hi - lo) * u[:m, i]).astype(_F)
              for i, (name, lo, hi) in enumerate(APPEARANCE)}
         noise = None if plain else rng.standard_normal((_BLOCK, S, S), dtype=_F)[:m]
+        block = start // _BLOCK
+        if pose:
+            turn = _stream(seed, block, _POSE_STREAM).random((_BLOCK, synthetic_pose.POSE_DRAWS))
+            kp = np.round(synthetic_pose.turn_shapes(
+                kp[:m], synthetic_pose.half_tangents(turn[:m])), _KP_DECIMALS)
+        field = look = None
+        if texture and not plain:
+            r = _stream(seed, block, _TEXTURE_STREAM)
+            grids = [r.random((_BLOCK, g + 1, g + 1))[:m] for g, _ in photo.TEXTURE_LAYERS]
+            field = photo.texture_field(grids, r.random((_BLOCK, len(grids)))[:m])
+        if camera and not plain:
+            r = _stream(seed, block, _CAMERA_STREAM)
+            u_cam = r.random((_BLOCK, len(photo.CAMERA)))[:m]
+            cam_noise = r.standard_normal((_BLOCK, S, S), dtype=_F)[:m]
+            look = lambda img: photo.camera(img, u_cam, cam_noise)  # noqa: E731
         keypoints[start:start + m] = kp[:m]
-        images[start:start + m] = render(kp[:m].astype(_F), p, noise, plain)
+        images[start:start + m] = render(kp[:m].astype(_F), p, noise, plain, field, look)
     return images, keypoints
 
 
@@ -103,20 +134,20 @@ def kaggle_missing_mask(n: int, seed: int) -> np.ndarray:
 
 
 def write_kaggle_files(out_dir, n: int, seed: int, kaggle_missing: bool = False,
-                       n_test: int = 0) -> dict[str, Path]:
+                       n_test: int = 0, **levers: bool) -> dict[str, Path]:
     """Write `n` synthetic faces as Kaggle's training.csv (and, with n_test > 0, test.csv and
     IdLookupTable.csv) into out_dir; returns {"training": path, ...}.
 
     Test images are faces n .. n + n_test - 1 of the same seed, so never training faces. Like
     Kaggle's lookup table, the leading block of test images asks for all 30 coordinates and the
-    rest for the 8 of SPARSE_SET only. Files are byte-identical for the same arguments and are
-    written atomically.
+    rest for the 8 of SPARSE_SET only. `levers` (pose, texture, camera) go to generate_faces.
+    Files are byte-identical for the same arguments and are written atomically.
     """
     n, n_test, seed = _check_count(n, "n"), _check_count(n_test, "n_test", 0), _check_seed(seed)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir}: exists and is not a directory")
-    images, keypoints = generate_faces(n + n_test, seed)
+    images, keypoints = generate_faces(n + n_test, seed, **levers)
     mask = kaggle_missing_mask(n, seed) if kaggle_missing else np.ones((n, len(COLUMNS)), bool)
     image_text = _image_text(images)
 

@@ -154,8 +154,13 @@ class _Face:
         return (left + right) / 2, axis, length / 2, np.where(a_right, 1.0, -1.0).astype(_F)
 
 
-def render(kp: np.ndarray, p: dict, noise, plain: bool) -> np.ndarray:
-    """uint8 images (B, 96, 96) of the faces with keypoints kp (B, 30) px."""
+def render(kp: np.ndarray, p: dict, noise, plain: bool, texture=None,
+           camera=None) -> np.ndarray:
+    """uint8 images (B, 96, 96) of the faces with keypoints kp (B, 30) px.
+
+    texture: an optional multiplicative field (B, 96, 96) laid over face and background before
+    the photometry; camera: an optional function of the float image (B, 96, 96) in [0, 1],
+    applied last (synthetic_photo)."""
     face = _Face(kp)
     img = _background(p)
     _head(img, face, p)
@@ -167,6 +172,8 @@ def render(kp: np.ndarray, p: dict, noise, plain: bool) -> np.ndarray:
     _mouth(img, face, p)
     if not plain:
         _glasses(img, face, p)
+    if texture is not None:
+        img *= texture
     X, Y = _grid()
     img *= 1.0 + _c(p["grad_x"]) * (X - S / 2) / S + _c(p["grad_y"]) * (Y - S / 2) / S
     img = np.clip((img - 0.5) * _c(p["contrast"]) + 0.5 + _c(p["brightness"]), 0.0, 1.0)
@@ -174,6 +181,8 @@ def render(kp: np.ndarray, p: dict, noise, plain: bool) -> np.ndarray:
     if not plain:
         img = _blur(img, p["blur"])
         img += _c(p["noise"]) * noise
+    if camera is not None:
+        img = camera(np.clip(img, 0.0, 1.0))
     return np.floor(np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 

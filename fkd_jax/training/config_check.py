@@ -71,6 +71,9 @@ def _schema() -> dict[str, Key]:
         "data.synthetic_n": _at_least(2),
         "data.synthetic_seed": _at_least(0),
         "data.synthetic_kaggle_missing": Key("bool"),
+        "data.synthetic_pose": Key("bool"),
+        "data.synthetic_texture": Key("bool"),
+        "data.synthetic_camera": Key("bool"),
         # model
         "model.name": Key("str"),  # with its sizes, checked by models.model_sizes
         "model.dropout": _in_range(0.0, 1.0, closed_high=False),

@@ -76,7 +76,14 @@ def synthetic_dir(config, workdir: Path) -> Path:
     """Where the run keeps its embedded procedural faces (a name that says how they were made)."""
     d = config.data
     name = f"n{d.synthetic_n}-seed{d.synthetic_seed}"
+    name += "".join(f"-{lever}" for lever, on in synthetic_levers(config).items() if on)
     return workdir / "synthetic" / (name + ("-kaggle-missing" if d.synthetic_kaggle_missing else ""))
+
+
+def synthetic_levers(config) -> dict[str, bool]:
+    """The photo-like levers of the procedural faces (off in configs written before them)."""
+    return {lever: bool(config.data.get(f"synthetic_{lever}", False))
+            for lever in ("pose", "texture", "camera")}
 
 
 def split_path(workdir: str | Path) -> Path:
@@ -111,7 +118,8 @@ def read_run_data(config, workdir: Path) -> RunData:
         if not path.exists():
             new_synthetic = Path(tempfile.mkdtemp(prefix="fkd-synthetic-"))
             synthetic.write_kaggle_files(new_synthetic, d.synthetic_n, d.synthetic_seed,
-                                         kaggle_missing=d.synthetic_kaggle_missing)
+                                         kaggle_missing=d.synthetic_kaggle_missing,
+                                         **synthetic_levers(config))
             path = new_synthetic / "training.csv"
     try:
         full = kaggle.load_training(path, keypoints.KEYPOINT_SETS[d.keypoints], d.keypoints_path)
