@@ -15,9 +15,11 @@ from fkd_jax.geometry.framing import kaggle15
 from fkd_jax.pictures.location import Face
 
 
-def read_labels(path: str | Path, option: str = "--labels") -> dict[str, np.ndarray]:
-    """{file name in the CSV: (T, 30) true keypoints, NaN where missing} of a CSV with a
-    `file` column and Kaggle's 30 keypoint columns. Mistakes name `option` and the file."""
+def read_labels(path: str | Path, option: str = "--labels",
+                columns: tuple[str, ...] = keypoints.COLUMNS) -> dict[str, np.ndarray]:
+    """{file name in the CSV: (T, 2K) true keypoints, NaN where missing} of a CSV with a
+    `file` column and the keypoint `columns` (Kaggle's 30; IBUG68.columns for
+    landmarks68.csv). Mistakes name `option` and the file."""
     import pandas as pd
 
     p = Path(path)
@@ -28,11 +30,11 @@ def read_labels(path: str | Path, option: str = "--labels") -> dict[str, np.ndar
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise UserError(f"{option} {path}: not a readable CSV "
                         f"({' '.join(str(e).split())})") from None
-    missing = [c for c in ("file",) + keypoints.COLUMNS if c not in table.columns]
+    missing = [c for c in ("file",) + tuple(columns) if c not in table.columns]
     if missing:
         raise UserError(f"{option} {path}: missing column(s) {', '.join(missing[:4])}"
                         f"{' ...' if len(missing) > 4 else ''}")
-    values = table[list(keypoints.COLUMNS)].apply(pd.to_numeric, errors="coerce").to_numpy()
+    values = table[list(columns)].apply(pd.to_numeric, errors="coerce").to_numpy()
     labels: dict[str, list[np.ndarray]] = {}
     for name, row in zip(table["file"].astype(str), values):
         labels.setdefault(name, []).append(row)
@@ -56,8 +58,15 @@ def score(photo_faces: dict[str, list[Face]], labels: dict, out: Path, passes: i
     """Match each labelled face to a predicted one and score: NME per pass and final, found
     share, failure rate, AUC; writes scores.csv (one row per labelled face), ced.png and
     scores.json under `out`, and returns what scores.json holds."""
-    import pandas as pd
+    return write_scores(out, *match_labelled(photo_faces, labels, passes))
 
+
+def match_labelled(photo_faces: dict[str, list[Face]], labels: dict, passes: int
+                ) -> tuple[list[dict], list[list[float]], int]:
+    """(one record per labelled face of the photos: file, label_row, face (index into the
+    photo's faces, None when none matched), nme (NaN when none); NMEs per pass, each face's
+    last pass repeated to `passes`; predicted faces matched to no label). A photo given with
+    no faces counts its labelled faces as missed."""
     from fkd_jax.evaluation import metrics as pm
 
     per_face, per_pass = [], [[] for _ in range(passes)]
@@ -87,6 +96,18 @@ def score(photo_faces: dict[str, list[Face]], labels: dict, out: Path, passes: i
     if not per_face:
         raise UserError("--labels: none of the processed photos has labels in the CSV "
                         "(its `file` names must end the photos' paths)")
+    return per_face, per_pass, extra
+
+
+def write_scores(out: Path, per_face: list[dict], per_pass: list[list[float]], extra: int
+                 ) -> dict:
+    """scores.csv, ced.png and scores.json of `match_labelled`' results under `out`; returns
+    what scores.json holds."""
+    import pandas as pd
+
+    from fkd_jax.evaluation import metrics as pm
+
+    passes = len(per_pass)
     finals = [r["nme"] for r in per_face]
     table = pd.DataFrame(per_face, columns=["file", "label_row", "face", "nme"])
     table["face"] = table["face"].astype("Int64")
