@@ -1,4 +1,4 @@
-"""Keypoints of a peer (dlib or MediaPipe Face Mesh) on photos, in fkd-jax's keypoints.csv format.
+r"""Keypoints of a peer (dlib or MediaPipe Face Mesh) on photos, in fkd-jax's keypoints.csv format.
   benchmarks/.peers/dlib/bin/python benchmarks/peer_landmarks.py --peer dlib --out OUT PHOTO...
   benchmarks/.peers/mediapipe/bin/python benchmarks/peer_landmarks.py --peer mediapipe \
       --out OUT --list photos.txt

@@ -1,4 +1,4 @@
-"""Peer benchmark: fkd-jax's predict.py beside dlib and MediaPipe Face Mesh on the same photos,
+r"""Peer benchmark: fkd-jax's predict.py beside dlib and MediaPipe Face Mesh on the same photos,
 each run as a whole process in alternation and all scored by fkd-jax's own scoring.
   bash benchmarks/setup_peers.sh          # once: the peers' environments in benchmarks/.peers/
   uv run python benchmarks/peers.py --workdir=RUN_DIR --photos=photos.txt \
@@ -146,7 +146,10 @@ def score_pipeline(folder: Path, names: list[str], labels: dict, labels68: dict 
     return result
 
 
-def commands(photos_file: Path, names: list[str]) -> tuple[dict[str, Callable[[Path], list[str]]], list[str]]:
+Command = Callable[[Path], list[str]]  # a pipeline's command line for an output folder
+
+
+def commands(photos_file: Path, names: list[str]) -> tuple[dict[str, Command], list[str]]:
     """({pipeline: folder -> its command line}, notes on the peers skipped)."""
     model = ([f"--workdir={FLAGS.workdir}", f"--checkpoint={FLAGS.checkpoint}"]
              if FLAGS.workdir else [f"--model={FLAGS.model}"])
@@ -195,11 +198,11 @@ def fkd_latency(photos: list[str], n: int) -> float | None:
     if n == 0:
         return None
     detector = Detector.load(FLAGS.workdir or FLAGS.model, checkpoint=FLAGS.checkpoint)
-    detector.detect_files([photos[0]])  # compiles
+    list(detector.detect_files([photos[0]]))  # compiles (detect_files is lazy)
     seconds = []
     for p in (photos * n)[:n]:
         t = time.perf_counter()
-        detector.detect_files([p])
+        list(detector.detect_files([p]))
         seconds.append(time.perf_counter() - t)
     return statistics.median(seconds)
 
@@ -219,7 +222,7 @@ def table(report: dict) -> str:
         s, rates = p["scores"], [r["photos_per_s"] for r in p["rounds"]]
         row = [name, f"{100 * s['found']:.1f}%", f"{pct(s['nme_mean'])} ({pct(s['nme_median'])})",
                f"{100 * s['failure_rate']:.1f}%", f"{s['auc_10']:.3f}",
-               f"{p['photos_per_s']:.1f} ({', '.join(f'{r:.1f}' for r in rates)})",
+               f"{p['photos_per_s']:.3g} ({', '.join(f'{r:.3g}' for r in rates)})",
                "-" if p["latency_s"] is None else f"{1000 * p['latency_s']:.0f} ms"]
         if with68:
             n68 = p["nme68"]
@@ -227,7 +230,7 @@ def table(report: dict) -> str:
                        f"{pct(n68['nme_mean'])} ({pct(n68['nme_median'])})")
         lines.append("| " + " | ".join(row) + " |")
     notes = [f"{report['photos']} photos, {report['labelled_faces']} labelled faces, "
-             f"{report['rounds']} rounds; {report['machine']['cpus']} CPUs."] + report["notes"]
+             f"rounds: {report['rounds']}; {report['machine']['cpus']} CPUs."] + report["notes"]
     return "\n".join(lines + [""] + [f"- {n}" for n in notes]) + "\n"
 
 

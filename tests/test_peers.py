@@ -143,7 +143,7 @@ def test_table_has_a_row_per_pipeline():
     text = peers.table(report)
     lines = text.splitlines()
     assert lines[0].count("|") == 9 and len([x for x in lines if x.startswith("| ")]) == 3
-    assert "| fkd-jax | 75.0% | 5.00% (4.00%) | 25.0% | 0.500 | 20.0 (19.0, 20.0, 21.0) | " \
+    assert "| fkd-jax | 75.0% | 5.00% (4.00%) | 25.0% | 0.500 | 20 (19, 20, 21) | " \
            "31 ms | - |" in text
     assert "| dlib |" in text and "7.00% (4.00%)" in text
     assert "- mediapipe: not installed; skipped" in text
