@@ -14,10 +14,12 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SKIPPED_DIRS = {".venv", ".torch-venv", ".git", "runs", "__pycache__"}
+SKIPPED_DIRS = {".venv", ".torch-venv", ".peers", ".git", "runs", "__pycache__"}
 # Imported on purpose without being a dependency, and why.
 NOT_DEPENDENCIES = {
     "torch": "benchmarks/torch_reference.py runs in its own venv (benchmarks/setup_torch.sh)",
+    "dlib": "benchmarks/peer_landmarks.py runs in a peer's venv (benchmarks/setup_peers.sh)",
+    "mediapipe": "benchmarks/peer_landmarks.py runs in a peer's venv (benchmarks/setup_peers.sh)",
 }
 
 

@@ -19,29 +19,36 @@ import numpy as np
 from fkd_jax.geometry import keypoints
 
 FAILURE_NME = 0.10
-_LEFT_OUTER = keypoints.KEYPOINT_NAMES.index("left_eye_outer_corner")
-_RIGHT_OUTER = keypoints.KEYPOINT_NAMES.index("right_eye_outer_corner")
+# The outer eye corners (left, right) by keypoint index: Kaggle's 15, and iBUG's 68 (300-W).
+KAGGLE_OUTER_EYES = (keypoints.KEYPOINT_NAMES.index("left_eye_outer_corner"),
+                     keypoints.KEYPOINT_NAMES.index("right_eye_outer_corner"))
+IBUG68_OUTER_EYES = (45, 36)
 
 
-def outer_eye_distance(true_px: np.ndarray) -> np.ndarray:
-    """(...,) distance between the outer eye corners of keypoints (..., 30), same units."""
+def outer_eye_distance(true_px: np.ndarray, eyes: tuple[int, int] = KAGGLE_OUTER_EYES
+                       ) -> np.ndarray:
+    """(...,) distance between the outer eye corners (keypoints `eyes`) of keypoints (..., 2K),
+    same units."""
     p = keypoints.as_points(np.asarray(true_px, np.float64))
-    return np.linalg.norm(p[..., _LEFT_OUTER, :] - p[..., _RIGHT_OUTER, :], axis=-1)
+    return np.linalg.norm(p[..., eyes[0], :] - p[..., eyes[1], :], axis=-1)
 
 
-def point_errors(pred_px: np.ndarray, true_px: np.ndarray) -> np.ndarray:
-    """(..., 15) each keypoint's distance from the truth / the true outer-eye-corner distance."""
+def point_errors(pred_px: np.ndarray, true_px: np.ndarray,
+                 eyes: tuple[int, int] = KAGGLE_OUTER_EYES) -> np.ndarray:
+    """(..., K) each keypoint's distance from the truth / the true outer-eye-corner distance."""
     p = keypoints.as_points(np.asarray(pred_px, np.float64))
     t = keypoints.as_points(np.asarray(true_px, np.float64))
-    return np.linalg.norm(p - t, axis=-1) / outer_eye_distance(true_px)[..., None]
+    return np.linalg.norm(p - t, axis=-1) / outer_eye_distance(true_px, eyes)[..., None]
 
 
-def nme(pred_px: np.ndarray, true_px: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """(...,) NME of predictions against truth (..., 30), both in the same pixels.
+def nme(pred_px: np.ndarray, true_px: np.ndarray, mask: np.ndarray | None = None,
+        eyes: tuple[int, int] = KAGGLE_OUTER_EYES) -> np.ndarray:
+    """(...,) NME of predictions against truth (..., 2K: Kaggle's 30 by default; iBUG's 136
+    with eyes=IBUG68_OUTER_EYES), both in the same pixels.
 
-    `mask` (..., 30) marks labelled coordinates; a keypoint counts where both of its
+    `mask` (..., 2K) marks labelled coordinates; a keypoint counts where both of its
     coordinates are labelled (the outer eye corners must be labelled)."""
-    err = point_errors(pred_px, true_px)  # (..., 15)
+    err = point_errors(pred_px, true_px, eyes)  # (..., K)
     if mask is None:
         return err.mean(axis=-1)
     m = keypoints.as_points(np.asarray(mask, bool)).all(axis=-1)

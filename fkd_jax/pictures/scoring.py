@@ -16,9 +16,11 @@ from fkd_jax.geometry.framing import kaggle15
 from fkd_jax.pictures.location import Face
 
 
-def read_labels(path: str | Path, option: str = "--labels") -> dict[str, np.ndarray]:
-    """{file name in the CSV: (T, 30) true keypoints, NaN where missing} of a CSV with a
-    `file` column and Kaggle's 30 keypoint columns. Mistakes name `option` and the file."""
+def read_labels(path: str | Path, option: str = "--labels",
+                columns: tuple[str, ...] = keypoints.COLUMNS) -> dict[str, np.ndarray]:
+    """{file name in the CSV: (T, 2K) true keypoints, NaN where missing} of a CSV with a
+    `file` column and the keypoint `columns` (Kaggle's 30; IBUG68.columns for
+    landmarks68.csv). Mistakes name `option` and the file."""
     import pandas as pd
 
     p = Path(path)
@@ -29,11 +31,11 @@ def read_labels(path: str | Path, option: str = "--labels") -> dict[str, np.ndar
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise UserError(f"{option} {path}: not a readable CSV "
                         f"({' '.join(str(e).split())})") from None
-    missing = [c for c in ("file",) + keypoints.COLUMNS if c not in table.columns]
+    missing = [c for c in ("file",) + tuple(columns) if c not in table.columns]
     if missing:
         raise UserError(f"{option} {path}: missing column(s) {', '.join(missing[:4])}"
                         f"{' ...' if len(missing) > 4 else ''}")
-    values = table[list(keypoints.COLUMNS)].apply(pd.to_numeric, errors="coerce").to_numpy()
+    values = table[list(columns)].apply(pd.to_numeric, errors="coerce").to_numpy()
     labels: dict[str, list[np.ndarray]] = {}
     for name, row in zip(table["file"].astype(str), values):
         labels.setdefault(name, []).append(row)
@@ -57,12 +59,19 @@ def score(photo_faces: dict[str, list[Face]], labels: dict, out: Path, passes: i
     """Match each labelled face to a predicted one and score: NME per pass and final, found
     share, failure rate, AUC; writes scores.csv (one row per labelled face), ced.png and
     scores.json under `out`, and returns what scores.json holds."""
-    import pandas as pd
+    return write_scores(out, *match_labelled(photo_faces, labels, passes))
 
+
+def match_labelled(photo_faces: dict[str, list[Face]], labels: dict, passes: int
+                ) -> tuple[list[dict], list[list[float]], int]:
+    """(one record per labelled face of the photos: file, label_row, face (index into the
+    photo's faces, None when none matched), nme (NaN when none), yaw_deg (estimated from the
+    labels), and for a found face its 15 points' confidence and point_errors; NMEs per pass, each face's
+    last pass repeated to `passes`; predicted faces matched to no label). A photo given with
+    no faces counts its labelled faces as missed."""
     from fkd_jax.evaluation import metrics as pm
 
     per_face, per_pass = [], [[] for _ in range(passes)]
-    confidences, point_errors = [], []  # (15,) of each found face
     extra = 0
     for name, fs in photo_faces.items():
         key = match_label(name, labels)
@@ -80,18 +89,32 @@ def score(photo_faces: dict[str, list[Face]], labels: dict, out: Path, passes: i
                 errs = [float(pm.nme(kaggle15(h), truth[t])) for h in hist]
                 errs += [errs[-1]] * (passes - len(errs))
                 final = float(pm.nme(kaggle15(f.keypoints_px), truth[t]))
-                confidences.append(f.kaggle15_confidence)
-                point_errors.append(pm.point_errors(kaggle15(f.keypoints_px), truth[t]))
+                found = {"confidence": f.kaggle15_confidence,
+                         "point_errors": pm.point_errors(kaggle15(f.keypoints_px), truth[t])}
             else:
-                errs, final = [float("nan")] * passes, float("nan")
+                errs, final, found = [float("nan")] * passes, float("nan"), {}
             for p in range(passes):
                 per_pass[p].append(errs[p])
             per_face.append({"file": name, "label_row": t, "face": pairs.get(t, None),
-                             "nme": final, "yaw_deg": float(pm.estimated_yaw_deg(truth[t]))})
+                             "nme": final, "yaw_deg": float(pm.estimated_yaw_deg(truth[t])),
+                             **found})
     if not per_face:
         raise UserError("--labels: none of the processed photos has labels in the CSV "
                         "(its `file` names must end the photos' paths)")
+    return per_face, per_pass, extra
+
+
+def write_scores(out: Path, per_face: list[dict], per_pass: list[list[float]], extra: int
+                 ) -> dict:
+    """scores.csv, ced.png and scores.json of `match_labelled`' results under `out`; returns
+    what scores.json holds."""
+    import pandas as pd
+
+    from fkd_jax.evaluation import metrics as pm
+
+    passes = len(per_pass)
     finals = [r["nme"] for r in per_face]
+    found = [r for r in per_face if "confidence" in r]
     table = pd.DataFrame(per_face, columns=["file", "label_row", "face", "nme", "yaw_deg"])
     table["face"] = table["face"].astype("Int64")
     files.write_text(out / "scores.csv", table.to_csv(index=False, float_format="%.5f"))
@@ -104,8 +127,9 @@ def score(photo_faces: dict[str, list[Face]], labels: dict, out: Path, passes: i
         "extra_faces": extra,
         # yaw estimated from the labels' eye widths (fkd_jax.evaluation.metrics)
         "by_turn": pm.by_turn(finals, table["yaw_deg"].to_numpy()),
-        "confidence": (pm.confidence_report(np.stack(confidences), np.stack(point_errors))
-                       if confidences else None),
+        "confidence": (pm.confidence_report(np.stack([r["confidence"] for r in found]),
+                                            np.stack([r["point_errors"] for r in found]))
+                       if found else None),
         "worst": table.sort_values("nme", ascending=False, na_position="first")
                       .head(10)[["file", "nme"]].to_dict("records"),
     }
