@@ -88,7 +88,9 @@ def test_an_ensembles_spread_counts_its_members_disagreement():
 def test_confidence_falls_with_the_spread_and_is_one_minus_1_over_e_at_the_threshold():
     eye = 50.0
     r = location.CONFIDENT_WITHIN * eye
-    conf = location.confidence_from_spread(np.array([0.0, r / 2, r, 2 * r, np.nan]), eye)
+    at_r = r / location.SPREAD_SCALE  # a spread that, scaled, is the threshold's radius
+    conf = location.confidence_from_spread(np.array([0.0, at_r / 2, at_r, 2 * at_r, np.nan]),
+                                           eye)
     assert conf[0] == 1.0 and np.all(np.diff(conf[:4]) < 0)
     assert conf[2] == pytest.approx(1 - np.exp(-1))
     assert np.isnan(conf[4])
@@ -115,7 +117,7 @@ def test_located_faces_carry_spreads_in_picture_pixels_and_confidences():
     rgb, _ = face_scene(0)
     gray = rgb[..., 1]
     spread = np.full(15, 2.0, np.float32)
-    spread[3] = 40.0  # one point the model cannot place
+    spread[3] = 90.0  # one point the model cannot place
     faces = location.find_faces([gray], SpreadModel(spread), boxes=[[
         location.Detection((60, 20, 192, 192), 1.0)]], confirm=False)[0]
     face = faces[0]
@@ -167,7 +169,7 @@ def test_unsure_points_are_drawn_hollow():
 
     kp = np.asarray(face_shape_stats.MEAN_SHAPE, np.float64) * 12
     spread = np.full(15, 0.5)
-    spread[10] = 100.0  # the nose tip: unsure
+    spread[10] = 400.0  # the nose tip: unsure
     picture = np.zeros((1200, 1200), np.uint8)  # markers of radius 5 px
     out = drawing.draw_faces(picture, [location.Face((0, 0, 1, 1), 1.0, kp, spread_px=spread)])
     pts = keypoints.as_points(kp)
@@ -176,6 +178,15 @@ def test_unsure_points_are_drawn_hollow():
     nose = pts[10]
     ring = out[int(nose[1]) - 8:int(nose[1]) + 9, int(nose[0]) - 8:int(nose[0]) + 9]
     assert ring.max() > 0  # its ring is drawn
+
+
+def test_fit_scale_matches_the_mean_confidence_to_the_share_within():
+    rng = np.random.default_rng(0)
+    spread = rng.uniform(0.05, 0.6, 2000)
+    within = rng.random(2000) < 0.9
+    c = pm.fit_spread_scale(spread, within, 0.1)
+    assert np.mean(1 - np.exp(-0.01 / (c * spread) ** 2)) == pytest.approx(within.mean(),
+                                                                          abs=1e-6)
 
 
 def test_auroc_and_confidence_report():

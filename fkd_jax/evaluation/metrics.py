@@ -100,6 +100,19 @@ def auroc(score: np.ndarray, positive: np.ndarray) -> float:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def fit_spread_scale(spread: np.ndarray, within: np.ndarray, radius: float) -> float:
+    """The factor c that calibrates spreads (any unit, `radius` in the same): the mean of
+    1 - exp(-radius^2 / (c * spread)^2) equals the share of points `within` the radius.
+    Bisection in log c (the mean falls as c grows)."""
+    spread, target = np.asarray(spread, np.float64), float(np.mean(within))
+    lo, hi = -6.0, 6.0
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        conf = 1.0 - np.exp(-(radius * radius) / (np.exp(mid) * spread) ** 2)
+        lo, hi = (mid, hi) if conf.mean() > target else (lo, mid)
+    return float(np.exp(0.5 * (lo + hi)))
+
+
 # Points at or above this confidence count as sure (reports; hollow markers in overlays below).
 SURE_CONFIDENCE = 0.5
 

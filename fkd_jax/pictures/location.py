@@ -98,14 +98,21 @@ class Face:
 CONFIDENT_WITHIN = 0.1
 
 
+# Soft-argmax heatmaps are broader than the model's real error: spreads are scaled by this
+# before they become confidences, so that on photos the mean confidence equals the share of
+# points within CONFIDENT_WITHIN. Fitted for unet_pair on the training people's 420 photos by
+# scripts/fit_confidence.py (raw spreads: mean confidence 0.43 where 0.99 of points are right).
+SPREAD_SCALE = 0.3278
+
+
 def confidence_from_spread(spread_px: np.ndarray, eye_distance_px: float) -> np.ndarray:
     """Confidence in [0, 1] of keypoints whose model spreads its belief `spread_px` (RMS
-    radius, picture pixels): the chance that a 2-D Gaussian of that radius falls within
-    CONFIDENT_WITHIN of the eye distance of its mean, 1 - exp(-r^2 / spread^2). Monotone in
-    the spread, so it ranks points as the spread does; how well that matches real errors is
-    measured by `scoring.confidence_scores`. NaN spreads stay NaN."""
+    radius, picture pixels): the chance that a 2-D Gaussian of radius SPREAD_SCALE * spread
+    falls within CONFIDENT_WITHIN of the eye distance of its mean, 1 - exp(-r^2 / (s *
+    spread)^2). Monotone in the spread, so it ranks points as the spread does; how well that
+    matches real errors is measured by `metrics.confidence_report`. NaN spreads stay NaN."""
     r = CONFIDENT_WITHIN * float(eye_distance_px)
-    spread = np.maximum(np.asarray(spread_px, np.float64), 1e-9)
+    spread = np.maximum(SPREAD_SCALE * np.asarray(spread_px, np.float64), 1e-9)
     return 1.0 - np.exp(-(r * r) / (spread * spread))
 
 
