@@ -159,5 +159,9 @@ def test_a_square_run_trains_evaluates_and_predicts_on_a_photo(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     table = pd.read_csv(out / "keypoints.csv")
-    assert len(table) == 1 and list(table.columns[8:]) == list(keypoints.COLUMNS)
+    assert len(table) == 1 and list(table.columns[8:38]) == list(keypoints.COLUMNS)
+    assert list(table.columns[38:]) == [f"{n}_confidence" for n in keypoints.KEYPOINT_NAMES]
     assert np.isfinite(table[list(keypoints.COLUMNS)].to_numpy()).all()
+    # all 19 points (the square's too) in landmarks.csv
+    square = pd.read_csv(out / "landmarks.csv")
+    assert list(square.columns[8:46]) == list(keypoints.KAGGLE15_SQUARE.columns)
