@@ -22,7 +22,6 @@ flags.DEFINE_string("labels", None, "CSV of the photos' keypoints (file + Kaggle
 def main(argv):
     from fkd_jax.api import Detector
     from fkd_jax.evaluation import metrics as pm
-    from fkd_jax.geometry.framing import kaggle15
     from fkd_jax.pictures import location, scoring
 
     paths = argv[1:]
@@ -30,21 +29,17 @@ def main(argv):
     labels = scoring.read_labels(FLAGS.labels)
     faces = {str(r.path): r.faces for r in detector.detect_files(paths) if r.error is None}
     per_face = scoring.match_labelled(faces, labels, detector.options.passes)[0]
-    spread_rel, errors = [], []
+    spread_rel, errors = [], []  # spreads in eye distances, errors likewise (15 per face)
     for rec in per_face:
-        if rec["face"] is None:
-            continue
-        face = faces[rec["file"]][rec["face"]]
-        kp15 = kaggle15(face.keypoints_px)
-        eye = float(pm.outer_eye_distance(kp15))
-        spread = kaggle15(np.repeat(face.spread_px, 2))[0::2]
-        spread_rel.append(spread / eye)
-        errors.append(rec["point_errors"])
+        if rec["face"] is not None:
+            face = faces[rec["file"]][rec["face"]]
+            spread_rel.append(face.kaggle15_spread_px / face.eye_distance_px)
+            errors.append(rec["point_errors"])
     spread_rel, errors = np.concatenate(spread_rel), np.concatenate(errors)
     within = errors <= location.CONFIDENT_WITHIN
     c = pm.fit_spread_scale(spread_rel, within, location.CONFIDENT_WITHIN)
     for name, scale in (("raw", 1.0), ("in force", location.SPREAD_SCALE), ("fitted", c)):
-        conf = 1.0 - np.exp(-location.CONFIDENT_WITHIN ** 2 / (scale * spread_rel) ** 2)
+        conf = location.confidence_from_spread(spread_rel, 1.0, scale)
         print(f"{name} (scale {scale:.4f}): mean confidence {conf.mean():.3f} against "
               f"{within.mean():.3f} of points within; AUROC {pm.auroc(1 - conf, ~within):.3f}; "
               f"{np.mean(conf >= pm.SURE_CONFIDENCE):.1%} of points sure")

@@ -149,7 +149,7 @@ def test_keypoints_csv_has_confidences_and_a_68_point_model_also_writes_landmark
 
     ibug = keypoints.IBUG68
     kp68 = np.random.default_rng(0).uniform(50, 250, 136)
-    results = outputs.Results(tmp_path, overlays=False)
+    results = outputs.Results(tmp_path, overlays=False, keypoint_set=ibug)
     results.add("c.jpg", 0, [location.Face((0, 0, 300, 300), 0.9, kp68,
                                            spread_px=np.full(68, 3.0))])
     results.add("d.jpg", 0, [])

@@ -100,6 +100,13 @@ def auroc(score: np.ndarray, positive: np.ndarray) -> float:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def chance_within(radius, spread) -> np.ndarray:
+    """The chance that a 2-D isotropic Gaussian of RMS radius `spread` lands within `radius`
+    of its mean, 1 - exp(-radius^2 / spread^2) (same units; arrays broadcast)."""
+    spread = np.maximum(np.asarray(spread, np.float64), 1e-9)
+    return 1.0 - np.exp(-np.square(radius) / (spread * spread))
+
+
 def fit_spread_scale(spread: np.ndarray, within: np.ndarray, radius: float) -> float:
     """The factor c that calibrates spreads (any unit, `radius` in the same): the mean of
     1 - exp(-radius^2 / (c * spread)^2) equals the share of points `within` the radius.
@@ -108,7 +115,7 @@ def fit_spread_scale(spread: np.ndarray, within: np.ndarray, radius: float) -> f
     lo, hi = -6.0, 6.0
     for _ in range(60):
         mid = 0.5 * (lo + hi)
-        conf = 1.0 - np.exp(-(radius * radius) / (np.exp(mid) * spread) ** 2)
+        conf = chance_within(radius, np.exp(mid) * spread)
         lo, hi = (mid, hi) if conf.mean() > target else (lo, mid)
     return float(np.exp(0.5 * (lo + hi)))
 

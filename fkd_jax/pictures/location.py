@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from fkd_jax.evaluation import metrics
 from fkd_jax.geometry import keypoints
 from fkd_jax.geometry.framing import (
     _IDX,
@@ -70,22 +71,30 @@ class Face:
         return keypoints.as_points(np.asarray(self.keypoints_px, np.float64))
 
     @property
+    def eye_distance_px(self) -> float:
+        """Distance between the predicted outer eye corners, picture pixels: the face's size."""
+        return _centre_and_size(self.keypoints_px)[1]
+
+    @property
     def confidence(self) -> np.ndarray:
         """(K,) in [0, 1] for each keypoint, NaN where the model gives no spread:
         `confidence_from_spread` of its spread against this face's eye distance."""
-        k = len(self.keypoints_px) // 2
         if self.spread_px is None:
-            return np.full(k, np.nan)
-        return confidence_from_spread(self.spread_px, _centre_and_size(self.keypoints_px)[1])
+            return np.full(len(self.keypoints_px) // 2, np.nan)
+        return confidence_from_spread(self.spread_px, self.eye_distance_px)
+
+    @property
+    def kaggle15_spread_px(self) -> np.ndarray:
+        """(15,) the spreads of Kaggle's 15 keypoints (`kaggle15`): for a 68-point model the
+        points averaged into one (eye centres) average their spreads; NaN without spreads."""
+        if self.spread_px is None:
+            return np.full(keypoints.NUM_KEYPOINTS, np.nan)
+        return kaggle15(np.repeat(np.asarray(self.spread_px, np.float64), 2, axis=-1))[0::2]
 
     @property
     def kaggle15_confidence(self) -> np.ndarray:
-        """(15,) the confidence of Kaggle's 15 keypoints (`kaggle15`): for a 68-point model
-        the points averaged into one (eye centres) average their spreads."""
-        if self.spread_px is None:
-            return np.full(keypoints.NUM_KEYPOINTS, np.nan)
-        spread = kaggle15(np.repeat(np.asarray(self.spread_px, np.float64), 2, axis=-1))[0::2]
-        return confidence_from_spread(spread, _centre_and_size(self.keypoints_px)[1])
+        """(15,) the confidence of Kaggle's 15 keypoints, from `kaggle15_spread_px`."""
+        return confidence_from_spread(self.kaggle15_spread_px, self.eye_distance_px)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -105,15 +114,15 @@ CONFIDENT_WITHIN = 0.1
 SPREAD_SCALE = 0.3278
 
 
-def confidence_from_spread(spread_px: np.ndarray, eye_distance_px: float) -> np.ndarray:
+def confidence_from_spread(spread_px: np.ndarray, eye_distance_px: float,
+                           scale: float = SPREAD_SCALE) -> np.ndarray:
     """Confidence in [0, 1] of keypoints whose model spreads its belief `spread_px` (RMS
-    radius, picture pixels): the chance that a 2-D Gaussian of radius SPREAD_SCALE * spread
-    falls within CONFIDENT_WITHIN of the eye distance of its mean, 1 - exp(-r^2 / (s *
-    spread)^2). Monotone in the spread, so it ranks points as the spread does; how well that
-    matches real errors is measured by `metrics.confidence_report`. NaN spreads stay NaN."""
-    r = CONFIDENT_WITHIN * float(eye_distance_px)
-    spread = np.maximum(SPREAD_SCALE * np.asarray(spread_px, np.float64), 1e-9)
-    return 1.0 - np.exp(-(r * r) / (spread * spread))
+    radius, picture pixels): the chance that a 2-D Gaussian of radius `scale` * spread
+    falls within CONFIDENT_WITHIN of the eye distance of its mean (`metrics.chance_within`).
+    Monotone in the spread, so it ranks points as the spread does; how well that matches real
+    errors is measured by `metrics.confidence_report`. NaN spreads stay NaN."""
+    return metrics.chance_within(CONFIDENT_WITHIN * float(eye_distance_px),
+                                 scale * np.asarray(spread_px, np.float64))
 
 
 def keypoint_names(width: int) -> tuple[str, ...]:
@@ -167,7 +176,6 @@ def locate_with_spread(grays: Sequence[np.ndarray], picture_index: Sequence[int]
     size = int(getattr(predict, "image_size", CROP))
     active = np.ones(len(framings), bool)
     history: list[np.ndarray] = []
-    spread = np.full((len(framings), 0), np.nan)
     for p in range(passes):
         if p > 0:
             current = history[-1].copy()
@@ -186,7 +194,7 @@ def locate_with_spread(grays: Sequence[np.ndarray], picture_index: Sequence[int]
         pred, pred_spread = _predict(predict, crops, tta)
         out = (current if p > 0 else
                np.zeros((len(framings), pred.shape[1] if len(pred) else keypoints.NUM_COORDS)))
-        if p == 0:
+        if p == 0:  # (N, K) picture pixels, rows replaced as their faces are re-cropped
             spread = np.full((len(framings), out.shape[1] // 2), np.nan)
         for k, i in enumerate(rows):
             out[i] = framings[i].to_picture(pred[k], size)

@@ -96,11 +96,13 @@ def write_picture(path: Path, rgb: np.ndarray) -> None:
 class Results:
     """Rows, failures, counts and timings of one command, written by `finish`."""
 
-    def __init__(self, out: Path, overlays: bool = True):
+    def __init__(self, out: Path, overlays: bool = True,
+                 keypoint_set: keypoints.KeypointSet = keypoints.KAGGLE15):
         self.out, self.overlays = Path(out), overlays
         self.rows: list[dict] = []
-        self.landmark_rows: list[dict] = []  # landmarks.csv, for a model of another set
-        self.landmark_set: keypoints.KeypointSet | None = None
+        # landmarks.csv's rows, kept only for a model of another set than Kaggle's 15
+        self.landmark_rows: list[dict] = []
+        self.landmark_set = None if keypoint_set is keypoints.KAGGLE15 else keypoint_set
         self.failed: list[dict] = []
         self.no_face: list[str] = []
         self.photo_faces: dict[str, list[Face]] = {}  # name -> faces, for scoring
@@ -122,9 +124,8 @@ class Results:
             if name not in self.no_face:
                 self.no_face.append(name)
         self.rows.extend(face_rows(name, frame, faces))
-        if faces and len(faces[0].keypoints_px) != keypoints.NUM_COORDS:
-            self.landmark_set = keypoints.set_for_width(len(faces[0].keypoints_px))
-        self.landmark_rows.extend(face_rows(name, frame, faces, all_points=True))
+        if self.landmark_set is not None:
+            self.landmark_rows.extend(face_rows(name, frame, faces, all_points=True))
         self.n_faces += len(faces)
 
     def photo(self, item: Item, picture: np.ndarray, faces: list[Face]) -> None:
@@ -249,7 +250,8 @@ def process(detector, items: list[Item], out: Path, *, boxes=None, overlays: boo
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"--out {out}: cannot create it ({e.strerror or e})") from None
-    results = Results(out, overlays)
+    results = Results(out, overlays,
+                      keypoints.set_for_width(2 * len(detector.keypoint_names)))
     results.timings.update(timings or {})
     photos = [it for it in items if it.kind == "photo"]
     finish = dict(n_files=len(items), settings=settings_of(detector, boxes), labels=labels,
