@@ -34,6 +34,9 @@ def get_config() -> ml_collections.ConfigDict:
     # predict.py frames from keypoints (data/preparation.py), for models used on photos.
     c.data.framing = "as_given"
     c.data.val_fraction = 0.2  # share of rows (or of groups) held out for validation
+    # Share of the training groups (rows without groups_path) kept, seeded and nested (10% of
+    # the people lie within 30%): learning curves over the amount of data. Validation unchanged.
+    c.data.train_fraction = 1.0
     # Seed of the data's draws (the split, and missing_pattern_path's imposed labels); None =
     # `seed`. Fix it to vary only init, shuffling, dropout and augmentation across seeds.
     c.data.split_seed = config_dict.placeholder(int)
@@ -78,6 +81,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.weight_decay = 0.0  # > 0 switches Adam to AdamW (decays every parameter)
     c.train.grad_clip = 0.0  # global-norm clipping; 0 disables
     c.train.early_stop_patience = 0  # epochs without validation improvement; 0 disables
+    # A run directory whose best (averaged) parameters start this run, e.g. a model pretrained
+    # on procedural faces fine-tuned on real ones; same model and keypoints. The optimiser
+    # starts afresh; a resume continues from this run's own checkpoint.
+    c.train.init_from = config_dict.placeholder(str)
     # Coordinate loss, averaged over the labelled coordinates only (normalised units
     # u = x / 48 - 1): "mse", "l1" or "wing" (Feng et al. 2018; its width wing_w and
     # curvature wing_epsilon are in pixels). L1 and wing gradients do not shrink with the

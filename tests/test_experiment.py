@@ -119,3 +119,26 @@ def test_keypoint_framing_reframes_training_and_validation_rows_alike(tmp_path):
         np.testing.assert_array_equal(b.images, want.images)
         np.testing.assert_array_equal(b.keypoints, want.keypoints)
         assert not np.array_equal(a.keypoints, b.keypoints)
+
+
+def test_train_fraction_keeps_nested_whole_groups_and_the_same_validation(tmp_path):
+    path = _full_file(tmp_path, n=60)
+    groups = tmp_path / "groups.txt"
+    groups.write_text("".join(f"{i // 3}\n" for i in range(60)))  # 20 people, 3 rows each
+    data = {}
+    for frac in (1.0, 0.5, 0.25):
+        workdir = tmp_path / f"f{frac}"
+        workdir.mkdir()
+        cfg = _config(path, groups_path=str(groups), train_fraction=frac)
+        rd = run_dir.read_run_data(cfg, workdir)
+        run_dir.save_run_data(rd, cfg, workdir)
+        data[frac] = rd
+        again = run_dir.read_run_data(cfg, workdir)  # a resume reads the kept rows back
+        np.testing.assert_array_equal(again.train.row_ids, rd.train.row_ids)
+    full, half, quarter = (set(data[f].train.row_ids) for f in (1.0, 0.5, 0.25))
+    assert quarter < half < full
+    people = lambda rows: {r // 3 for r in rows}  # noqa: E731
+    assert len(people(full)) == 15 and len(people(half)) == 8 and len(people(quarter)) == 4
+    assert all({3 * p, 3 * p + 1, 3 * p + 2} <= half for p in people(half))  # whole people
+    for frac in (0.5, 0.25):
+        np.testing.assert_array_equal(data[frac].val.row_ids, data[1.0].val.row_ids)

@@ -129,6 +129,24 @@ def split_indices(
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 
+def keep_fraction(train_idx: np.ndarray, fraction: float, seed: int,
+                  groups: np.ndarray | None = None) -> np.ndarray:
+    """The training indices of a seeded `fraction` of the training groups (rows without
+    `groups`), sorted: for learning curves over the amount of real data.
+
+    Groups are taken in one seeded order, so a smaller fraction's rows are a subset of a larger
+    one's (10% within 30% within 100%); fraction 1 returns `train_idx` unchanged. At least one
+    group is kept.
+    """
+    if fraction >= 1.0:
+        return train_idx
+    units = np.asarray(groups)[train_idx] if groups is not None else train_idx
+    ids = np.unique(units)
+    order = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,))).permutation(len(ids))
+    kept = ids[order[:max(1, round(fraction * len(ids)))]]
+    return np.sort(train_idx[np.isin(units, kept)])
+
+
 def save_split(path, train_row_ids, val_row_ids) -> None:
     """Write the split's source-CSV row ids as JSON, atomically (temp file + rename)."""
     path = Path(path)

@@ -68,6 +68,8 @@ def _schema() -> dict[str, Key]:
         "data.split_seed": _at_least(0, optional=True),
         "data.val_fraction": Key("float", ok=lambda v: 0.0 < v < 1.0,
                                  why="must be between 0 and 1 (exclusive)"),
+        "data.train_fraction": Key("float", ok=lambda v: 0.0 < v <= 1.0,
+                                   why="must be in (0, 1]"),
         "data.synthetic_n": _at_least(2),
         "data.synthetic_seed": _at_least(0),
         "data.synthetic_kaggle_missing": Key("bool"),
@@ -99,6 +101,7 @@ def _schema() -> dict[str, Key]:
         "train.swa_start_epoch": _at_least(0),
         "train.heatmap_loss_weight": _at_least(0, "float"),
         "train.heatmap_sigma_px": Key("float", ok=lambda v: v > 0, why="must be > 0 (pixels)"),
+        "train.init_from": _PATH,
         "train.members": _at_least(1),
         "train.members_mode": _choice(*ensemble.MODES),
         # augment

@@ -152,6 +152,7 @@ def _set_up(config, workdir: Path, members: list[Member]) -> Run:
     log = print if parallel.is_main_process() else (lambda *a, **k: None)
     keypoint_set = keypoints.KEYPOINT_SETS[config.data.keypoints]
     first = members[0]
+    start = restore.start_params(config.train.get("init_from"))  # before any writing
     data = parallel.main_first("run data", lambda: _read_and_save_data(first.config,
                                                                        first.workdir))
     for m in members[1:]:
@@ -167,6 +168,9 @@ def _set_up(config, workdir: Path, members: list[Member]) -> Run:
     seeds = [m.config.seed for m in members]
     inits = [steps.init_state(config.model, tx, seed, keypoint_set.num_keypoints, t.image_size,
                               averaging) for seed in seeds]
+    if start is not None:
+        inits = [(g, restore.start_from(start, config.train.init_from, s, tx, i, averaging))
+                 for i, (g, s) in enumerate(inits)]
     graphdef, state = inits[0]
     train_arrays = layout.put_replicated({"images": t.images, "keypoints": t.keypoints,
                                           "mask": t.mask})

@@ -1,7 +1,8 @@
 """Restore a trained run from its directory: the one restore path (eval, predict, export, API).
 
 An ensemble's directory (fkd_jax.training.ensemble) restores as one `Run` whose parameters are
-a tuple, one entry per member, predicting the members' mean.
+a tuple, one entry per member, predicting the members' mean. `start_params`/`start_from`
+start a new run from a trained one's parameters (`train.init_from`: fine-tuning).
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 
 from fkd_jax.errors import UserError
@@ -51,3 +54,28 @@ def load_run(workdir: str | Path, which: str = "best") -> Run:
     return Run(config, graphdef, state.get("avg_params", state["params"]), meta)
 
 
+def start_params(source: str | None):
+    """The best (averaged) parameters of run directory `source`, a tuple for an ensemble."""
+    if not source:
+        return None
+    if not (Path(source) / "config.json").is_file():
+        raise UserError(f"--config.train.init_from {source}: not a run directory (no "
+                        "config.json); give a directory train.py wrote")
+    return load_run(source).params
+
+
+def start_from(params, source: str, state: dict, tx, member: int, averaging) -> dict:
+    """`state` with run `source`'s `params` (its member `member` mod its members, for an
+    ensemble) and a fresh optimiser; the model must be the same."""
+    if isinstance(params, tuple):
+        params = params[member % len(params)]
+    ours, theirs = jax.tree.structure(state["params"]), jax.tree.structure(params)
+    shapes = lambda t: [x.shape for x in jax.tree.leaves(t)]  # noqa: E731
+    if ours != theirs or shapes(state["params"]) != shapes(params):
+        raise UserError(f"--config.train.init_from {source}: its model differs from this "
+                        "config's (model name, sizes and keypoints must match)")
+    params = jax.tree.map(jnp.asarray, params)
+    state = {**state, "params": params, "opt_state": tx.init(params)}
+    if averaging is not None:
+        state["avg_params"] = jax.tree.map(jnp.copy, params)
+    return state

@@ -135,6 +135,8 @@ def read_run_data(config, workdir: Path) -> RunData:
             groups = preparation.load_groups(d.groups_path, len(full)) if d.groups_path else None
             train_idx, val_idx = preparation.split_indices(len(full), d.val_fraction, data_seed,
                                                      groups=groups)
+            train_idx = preparation.keep_fraction(train_idx, d.get("train_fraction", 1.0),
+                                                  data_seed, groups)
             new_split = (full.row_ids[train_idx], full.row_ids[val_idx])
         train = full.subset(train_idx)
         if d.missing_pattern_path:
