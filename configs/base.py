@@ -50,10 +50,12 @@ def get_config() -> ml_collections.ConfigDict:
     # Photo-like levers of the procedural faces (fkd_jax/data/synthetic.py), each off = the
     # original faces: heads turned in 3D (yaw to ~45, pitch ~25, roll ~20 degrees), value-noise
     # texture at several scales, camera effects (exposure, low resolution, motion blur, sensor
-    # noise, JPEG blocks).
+    # noise, JPEG blocks); anatomy: wider heads, deep eye sockets, soft brows, a large dark nose
+    # base, as filmed faces show.
     c.data.synthetic_pose = False
     c.data.synthetic_texture = False
     c.data.synthetic_camera = False
+    c.data.synthetic_anatomy = False
 
     c.model = ml_collections.ConfigDict()
     # simple_cnn, nouri, resnet, heatmap or heatmap_unet (fkd_jax/models/registry.py).

@@ -11,7 +11,7 @@ from fkd_jax.data import synthetic, synthetic_photo, synthetic_pose
 from fkd_jax.geometry import face_shape_stats as stats
 from fkd_jax.geometry.keypoints import IMAGE_SIZE, KEYPOINT_NAMES
 
-ALL = dict(pose=True, texture=True, camera=True)
+ALL = dict(pose=True, texture=True, camera=True, anatomy=True)
 
 
 def pts(kp: np.ndarray, name: str) -> np.ndarray:
@@ -27,7 +27,8 @@ def nose_offset(kp: np.ndarray) -> np.ndarray:
     return ((nose - (le + re) / 2) * e).sum(axis=1) / d ** 2
 
 
-@pytest.mark.parametrize("levers", [dict(pose=True), dict(texture=True), dict(camera=True), ALL])
+@pytest.mark.parametrize("levers", [dict(pose=True), dict(texture=True), dict(camera=True),
+                                    dict(anatomy=True), ALL])
 def test_levers_are_seeded_and_face_i_depends_only_on_seed_and_i(levers):
     a_img, a_kp = synthetic.generate_faces(70, seed=2, **levers)
     b_img, b_kp = synthetic.generate_faces(3, seed=2, **levers)
@@ -43,7 +44,8 @@ def test_levers_are_seeded_and_face_i_depends_only_on_seed_and_i(levers):
 
 def test_levers_off_are_the_original_faces():
     img, kp = synthetic.generate_faces(5, seed=1)
-    img_off, kp_off = synthetic.generate_faces(5, seed=1, pose=False, texture=False, camera=False)
+    img_off, kp_off = synthetic.generate_faces(5, seed=1, pose=False, texture=False, camera=False,
+                                               anatomy=False)
     np.testing.assert_array_equal(img, img_off)
     np.testing.assert_array_equal(kp, kp_off)
 
@@ -135,3 +137,26 @@ def test_texture_field_is_centred_on_one():
     assert field.shape == (16, IMAGE_SIZE, IMAGE_SIZE)
     assert abs(field.mean() - 1.0) < 0.05
     assert 0.2 < field.min() and field.max() < 1.8
+
+
+def test_anatomy_keeps_features_on_their_keypoints_and_darkens_the_nose_base():
+    from test_synthetic import check_pupils_on_eye_centres
+
+    images, kp = synthetic.generate_faces(150, seed=6, plain=True, anatomy=True)
+    check_pupils_on_eye_centres(images, kp, 0.93)
+    plain, kp_plain = synthetic.generate_faces(150, seed=6, plain=True)
+    np.testing.assert_array_equal(kp, kp_plain)
+    # Mean level in a window just below the nose tip (nostrils, shadow under the nose), relative
+    # to the level between the eyes: darker with the larger, darker nose base.
+    def base_contrast(img, kp):
+        out = []
+        for im, k in zip(img.astype(float), kp):
+            nose = pts(k[None], "nose_tip")[0]
+            d = np.hypot(*(pts(k[None], "left_eye_center") - pts(k[None], "right_eye_center"))[0])
+            x, y = int(nose[0]), int(nose[1] + 0.12 * d)
+            mid = (pts(k[None], "left_eye_center") + pts(k[None], "right_eye_center"))[0] / 2
+            bridge = im[int(mid[1]) - 1:int(mid[1]) + 2, int(mid[0]) - 1:int(mid[0]) + 2].mean()
+            out.append(im[y - 2:y + 3, x - 3:x + 4].mean() / bridge)
+        return np.median(out)
+
+    assert base_contrast(images, kp) < base_contrast(plain, kp_plain) - 0.05

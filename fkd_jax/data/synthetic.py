@@ -40,7 +40,7 @@ import numpy as np
 from fkd_jax import files
 from fkd_jax.data import synthetic_photo as photo
 from fkd_jax.data import synthetic_pose
-from fkd_jax.data.synthetic_render import APPEARANCE, render
+from fkd_jax.data.synthetic_render import ANATOMY, APPEARANCE, render
 from fkd_jax.errors import UserError
 from fkd_jax.geometry import face_shape_stats as stats
 from fkd_jax.geometry.keypoints import (
@@ -64,7 +64,7 @@ _COMP = np.array(stats.COMPONENTS, dtype=np.float64) * np.array(stats.COMPONENT_
 _RESID = np.array(stats.RESIDUAL_STD, dtype=np.float64)
 _NUM_COMP = len(_COMP)
 # spawn-key tails of the photo-like levers' own random streams (see generate_faces)
-_POSE_STREAM, _TEXTURE_STREAM, _CAMERA_STREAM = 1, 2, 3
+_POSE_STREAM, _TEXTURE_STREAM, _CAMERA_STREAM, _ANATOMY_STREAM = 1, 2, 3, 4
 
 
 def _stream(seed: int, block: int, lever: int) -> np.random.Generator:
@@ -73,7 +73,8 @@ def _stream(seed: int, block: int, lever: int) -> np.random.Generator:
 
 
 def generate_faces(n: int, seed: int, *, plain: bool = False, pose: bool = False,
-                   texture: bool = False, camera: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                   texture: bool = False, camera: bool = False,
+                   anatomy: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """`n` synthetic faces: images uint8 (n, 96, 96) and keypoints float32 (n, 30) in pixels,
     Kaggle column order, all present. A pure function of (n, seed) and the switches.
 
@@ -83,7 +84,8 @@ def generate_faces(n: int, seed: int, *, plain: bool = False, pose: bool = False
     draws alone; all off gives the original faces): `pose` turns the heads in 3D
     (synthetic_pose), `texture` lays value noise at several scales over face and background,
     `camera` adds exposure, low resolution, motion blur, sensor noise and JPEG blocks
-    (synthetic_photo).
+    (synthetic_photo), `anatomy` redraws some appearance ranges closer to filmed faces (wider
+    heads, deep sockets, soft brows, a large dark nose base: synthetic_render.ANATOMY).
     """
     n, seed = _check_count(n, "n"), _check_seed(seed)
     images = np.empty((n, S, S), dtype=np.uint8)
@@ -97,6 +99,10 @@ def generate_faces(n: int, seed: int, *, plain: bool = False, pose: bool = False
              for i, (name, lo, hi) in enumerate(APPEARANCE)}
         noise = None if plain else rng.standard_normal((_BLOCK, S, S), dtype=_F)[:m]
         block = start // _BLOCK
+        if anatomy:
+            u_a = _stream(seed, block, _ANATOMY_STREAM).random((_BLOCK, len(ANATOMY)))[:m]
+            p.update({name: (lo + (hi - lo) * u_a[:, i]).astype(_F)
+                      for i, (name, lo, hi) in enumerate(ANATOMY)})
         if pose:
             turn = _stream(seed, block, _POSE_STREAM).random((_BLOCK, synthetic_pose.POSE_DRAWS))
             kp = np.round(synthetic_pose.turn_shapes(
@@ -140,7 +146,7 @@ def write_kaggle_files(out_dir, n: int, seed: int, kaggle_missing: bool = False,
 
     Test images are faces n .. n + n_test - 1 of the same seed, so never training faces. Like
     Kaggle's lookup table, the leading block of test images asks for all 30 coordinates and the
-    rest for the 8 of SPARSE_SET only. `levers` (pose, texture, camera) go to generate_faces.
+    rest for the 8 of SPARSE_SET only. `levers` (pose, texture, camera, anatomy) go to generate_faces.
     Files are byte-identical for the same arguments and are written atomically.
     """
     n, n_test, seed = _check_count(n, "n"), _check_count(n_test, "n_test", 0), _check_seed(seed)

@@ -55,6 +55,19 @@ APPEARANCE: tuple[tuple[str, float, float], ...] = (
     ("brightness", -0.08, 0.08), ("gamma", -0.35, 0.35), ("blur", 0.0, 1.2),
     ("noise", 0.0, 0.035),
 )
+# The `anatomy` lever (fkd_jax.data.synthetic): ranges closer to filmed faces, redrawn over
+# APPEARANCE's on their own random stream. Heads as wide as real jaws (jaw width / interocular
+# distance of the YouTube-Faces 68-point labels: 2.2-2.6, median 2.37; APPEARANCE's oval gives
+# 1.9-2.24), deep eye sockets and shadowed upper lids (a dark band just above the eye, which a
+# net must not take for the brow), brows from faint to dark with soft edges, a duller sclera,
+# and a nose base as large and dark as a photo's (nostrils, alae and the shadow under the nose
+# scaled by nose_scale: a dark blob above the mouth that is not the mouth).
+ANATOMY: tuple[tuple[str, float, float], ...] = (
+    ("head_w", 1.1, 1.3), ("k_socket", 0.25, 0.6), ("sclera", 0.9, 1.15), ("k_iris", 0.2, 0.55),
+    ("k_brow", 0.1, 0.6), ("brow_soft", 0.9, 3.5), ("k_subnasal", 0.2, 0.5),
+    ("k_alae", 0.15, 0.4), ("k_nostril", 0.35, 0.75), ("nose_scale", 1.2, 2.0),
+    ("k_bridge", 0.1, 0.3),
+)
 _GLASSES_P = 0.12  # share of faces with glasses
 _LONG_HAIR_P = 0.35
 _TEETH_P = 0.5
@@ -323,7 +336,8 @@ def _brow(img, face: _Face, p: dict, side: str) -> None:
     s = -u * _c(inner_right)  # -1 at the inner end, +1 at the outer end
     thick = _c(p["brow_t"] * face.d) * (1.0 - _c(1.0 - p["brow_taper"]) * (s + 1.0) / 2)
     centre_line = -_c(p["brow_arch"]) * h * (1.0 - u * u) * (1.0 + 0.3 * s)
-    alpha = _inside(np.abs(v - centre_line) - thick / 2, 0.9) * _inside((np.abs(u) - 1.0) * h, 0.9)
+    soft = _c(p["brow_soft"]) if "brow_soft" in p else 0.9  # edge width, px
+    alpha = _inside(np.abs(v - centre_line) - thick / 2, soft) * _inside((np.abs(u) - 1.0) * h, 0.9)
     _darken(patch, alpha, p["k_brow"])
     img[index] = patch
 
@@ -337,16 +351,18 @@ def _nose(img, face: _Face, p: dict) -> None:
     across = np.stack([down[:, 1], -down[:, 0]], axis=1)  # to the image's right
     patch, X, Y, index = _patch(img, (root + tip) / 2 + 0.1 * face.d[:, None] * down, 44)
     w, s = _local(X, Y, tip, across)  # w across the nose, s down it (0 at the tip)
-    d, ln = _c(face.d), _c(length)
+    ln = _c(length)
+    d = _c(face.d)
+    n = d * _c(p["nose_scale"]) if "nose_scale" in p else d  # size of the nose base's shadows
     along = np.clip((s + 0.8 * ln) / (0.4 * ln), 0.0, 1.0) * _inside(s + 0.05 * d, 2.0)  # root..tip
     side = _c(np.where(p["light_x"] > 0, -1.0, 1.0))
     _darken(patch, _bump(((w - side * 0.12 * d) / (0.1 * d)) ** 2) * along, p["k_bridge"])
     _darken(patch, _bump((w * w + s * s) / (0.09 * d) ** 2), -p["k_tip"])
     wa = np.abs(w)
-    _darken(patch, _bump(((wa - 0.19 * d) / (0.08 * d)) ** 2 + (s / (0.11 * d)) ** 2), p["k_alae"])
-    _darken(patch, _bump(((wa - 0.1 * d) / (0.055 * d)) ** 2 + ((s - 0.06 * d) / (0.032 * d)) ** 2),
+    _darken(patch, _bump(((wa - 0.19 * d) / (0.08 * n)) ** 2 + (s / (0.11 * n)) ** 2), p["k_alae"])
+    _darken(patch, _bump(((wa - 0.1 * d) / (0.055 * n)) ** 2 + ((s - 0.06 * d) / (0.032 * n)) ** 2),
             p["k_nostril"])
-    _darken(patch, _bump((w / (0.13 * d)) ** 2 + ((s - 0.14 * d) / (0.05 * d)) ** 2),
+    _darken(patch, _bump((w / (0.13 * n)) ** 2 + ((s - 0.14 * d) / (0.05 * n)) ** 2),
             p["k_subnasal"])
     img[index] = patch
 

@@ -83,7 +83,7 @@ def synthetic_dir(config, workdir: Path) -> Path:
 def synthetic_levers(config) -> dict[str, bool]:
     """The photo-like levers of the procedural faces (off in configs written before them)."""
     return {lever: bool(config.data.get(f"synthetic_{lever}", False))
-            for lever in ("pose", "texture", "camera")}
+            for lever in ("pose", "texture", "camera", "anatomy")}
 
 
 def split_path(workdir: str | Path) -> Path:
