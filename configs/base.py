@@ -56,6 +56,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.synthetic_texture = False
     c.data.synthetic_camera = False
     c.data.synthetic_anatomy = False
+    # Face shapes (keypoint geometry, framing, turns) from Kaggle's labels ("kaggle") or from the
+    # filmed faces' labels of the photo runs' training people ("filmed", their convention).
+    c.data.synthetic_shapes = "kaggle"
 
     c.model = ml_collections.ConfigDict()
     # simple_cnn, nouri, resnet, heatmap or heatmap_unet (fkd_jax/models/registry.py).

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from fkd_jax.data import synthetic, synthetic_photo, synthetic_pose
+from fkd_jax.errors import UserError
 from fkd_jax.geometry import face_shape_stats as stats
 from fkd_jax.geometry.keypoints import IMAGE_SIZE, KEYPOINT_NAMES
 
@@ -160,3 +161,49 @@ def test_anatomy_keeps_features_on_their_keypoints_and_darkens_the_nose_base():
         return np.median(out)
 
     assert base_contrast(images, kp) < base_contrast(plain, kp_plain) - 0.05
+
+
+def test_filmed_shapes_follow_their_own_fitted_model_with_the_same_draws():
+    from fkd_jax.geometry import filmed_shape_stats as filmed
+
+    img_k, kaggle = synthetic.generate_faces(800, seed=4)
+    img_f, shapes = synthetic.generate_faces(800, seed=4, shapes="filmed")
+    for kp, model in ((kaggle, stats), (shapes, filmed)):
+        assert np.abs(kp.mean(axis=0) - np.array(model.MEAN_SHAPE)).max() < 1.5
+        ratio = kp.std(axis=0) / np.array(model.REAL_STD)
+        assert ratio.min() > 0.75 and ratio.max() < 1.3
+    # the filmed convention puts the inner brow ends ~2 px higher than Kaggle's
+    inner = pts(shapes, "left_eyebrow_inner_end")[:, 1].mean()
+    assert inner < pts(kaggle, "left_eyebrow_inner_end")[:, 1].mean() - 1.0
+    with pytest.raises(UserError, match="unknown shapes 'x'"):
+        synthetic.generate_faces(2, seed=0, shapes="x")
+
+
+def test_fit_face_shape_writes_a_shape_model_of_the_split_training_rows(tmp_path):
+    import importlib.util
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from fkd_jax.geometry.keypoints import COLUMNS
+
+    path = synthetic.write_kaggle_files(tmp_path, 60, seed=1)["training"]
+    (tmp_path / "split.json").write_text(json.dumps({"train_row_ids": list(range(40)),
+                                                     "val_row_ids": list(range(40, 60))}))
+    out = tmp_path / "shape_stats.py"
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "scripts/fit_face_shape.py", f"--labels={path}",
+                           f"--split={tmp_path / 'split.json'}", "--shapes_only",
+                           "--components=12", f"--out={out}"],
+                          cwd=root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    spec = importlib.util.spec_from_file_location("shape_stats", out)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    import pandas as pd
+
+    rows = pd.read_csv(path)[list(COLUMNS)].to_numpy()[:40]
+    np.testing.assert_allclose(module.MEAN_SHAPE, rows.mean(axis=0), atol=1e-3)
+    assert len(module.COMPONENTS) == 12 and len(module.RESIDUAL_STD) == 30
+    assert not hasattr(module, "FRACTION_COMPLETE")  # the shape model alone

@@ -43,6 +43,7 @@ from fkd_jax.data import synthetic_pose
 from fkd_jax.data.synthetic_render import ANATOMY, APPEARANCE, render
 from fkd_jax.errors import UserError
 from fkd_jax.geometry import face_shape_stats as stats
+from fkd_jax.geometry import filmed_shape_stats
 from fkd_jax.geometry.keypoints import (
     COLUMNS,
     IMAGE_SIZE,
@@ -59,10 +60,20 @@ _MIN_LIP_GAP = 0.5  # px from the top to the bottom lip centre (real: 99% of row
 _F = np.float32
 _IDX = {name: i for i, name in enumerate(KEYPOINT_NAMES)}
 
-_MEAN = np.array(stats.MEAN_SHAPE, dtype=np.float64)
-_COMP = np.array(stats.COMPONENTS, dtype=np.float64) * np.array(stats.COMPONENT_STD)[:, None]
-_RESID = np.array(stats.RESIDUAL_STD, dtype=np.float64)
-_NUM_COMP = len(_COMP)
+
+
+def _shape_model(module) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean (30,), components scaled by their stds (K, 30), residual stds (30,)) px."""
+    comp = np.array(module.COMPONENTS, dtype=np.float64) * np.array(module.COMPONENT_STD)[:, None]
+    return (np.array(module.MEAN_SHAPE, dtype=np.float64), comp,
+            np.array(module.RESIDUAL_STD, dtype=np.float64))
+
+
+# Where face shapes come from: Kaggle's labels (the default), or the filmed faces' labels of a
+# run's training people (YouTube-Faces crops: their labelling convention, framing and turns).
+SHAPE_MODELS = {"kaggle": _shape_model(stats), "filmed": _shape_model(filmed_shape_stats)}
+_NUM_COMP = len(SHAPE_MODELS["kaggle"][1])
+assert all(len(comp) == _NUM_COMP for _, comp, _ in SHAPE_MODELS.values())  # same draws
 # spawn-key tails of the photo-like levers' own random streams (see generate_faces)
 _POSE_STREAM, _TEXTURE_STREAM, _CAMERA_STREAM, _ANATOMY_STREAM = 1, 2, 3, 4
 
@@ -74,7 +85,7 @@ def _stream(seed: int, block: int, lever: int) -> np.random.Generator:
 
 def generate_faces(n: int, seed: int, *, plain: bool = False, pose: bool = False,
                    texture: bool = False, camera: bool = False,
-                   anatomy: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                   anatomy: bool = False, shapes: str = "kaggle") -> tuple[np.ndarray, np.ndarray]:
     """`n` synthetic faces: images uint8 (n, 96, 96) and keypoints float32 (n, 30) in pixels,
     Kaggle column order, all present. A pure function of (n, seed) and the switches.
 
@@ -86,14 +97,18 @@ def generate_faces(n: int, seed: int, *, plain: bool = False, pose: bool = False
     `camera` adds exposure, low resolution, motion blur, sensor noise and JPEG blocks
     (synthetic_photo), `anatomy` redraws some appearance ranges closer to filmed faces (wider
     heads, deep sockets, soft brows, a large dark nose base: synthetic_render.ANATOMY).
+    `shapes` names the shape model (SHAPE_MODELS); the same draws map to either.
     """
+    if shapes not in SHAPE_MODELS:
+        raise UserError(f"unknown shapes {shapes!r}; expected one of {', '.join(SHAPE_MODELS)}")
     n, seed = _check_count(n, "n"), _check_seed(seed)
     images = np.empty((n, S, S), dtype=np.uint8)
     keypoints = np.empty((n, len(COLUMNS)), dtype=np.float32)
     for start in range(0, n, _BLOCK):
         m = min(_BLOCK, n - start)
         rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(start // _BLOCK,)))
-        kp = _sample_shapes(rng.standard_normal((2 * _BLOCK, _NUM_COMP + len(COLUMNS))), _BLOCK)
+        kp = _sample_shapes(rng.standard_normal((2 * _BLOCK, _NUM_COMP + len(COLUMNS))), _BLOCK,
+                            SHAPE_MODELS[shapes])
         u = rng.random((_BLOCK, len(APPEARANCE)))
         p = {name: (lo + (hi - lo) * u[:m, i]).astype(_F)
              for i, (name, lo, hi) in enumerate(APPEARANCE)}
@@ -146,7 +161,7 @@ def write_kaggle_files(out_dir, n: int, seed: int, kaggle_missing: bool = False,
 
     Test images are faces n .. n + n_test - 1 of the same seed, so never training faces. Like
     Kaggle's lookup table, the leading block of test images asks for all 30 coordinates and the
-    rest for the 8 of SPARSE_SET only. `levers` (pose, texture, camera, anatomy) go to generate_faces.
+    rest for the 8 of SPARSE_SET only. `levers` (pose, texture, camera, anatomy, shapes) go to generate_faces.
     Files are byte-identical for the same arguments and are written atomically.
     """
     n, n_test, seed = _check_count(n, "n"), _check_count(n_test, "n_test", 0), _check_seed(seed)
@@ -184,7 +199,7 @@ def write_kaggle_files(out_dir, n: int, seed: int, kaggle_missing: bool = False,
 # Shapes
 
 
-def _sample_shapes(z: np.ndarray, count: int) -> np.ndarray:
+def _sample_shapes(z: np.ndarray, count: int, model=SHAPE_MODELS["kaggle"]) -> np.ndarray:
     """`count` keypoint rows float64 (count, 30) px from standard normals z (M, K + 30), M >= count.
 
     Each row of z gives a candidate: PCA coefficients and residuals clipped at 3 sigma. A shape
@@ -194,15 +209,16 @@ def _sample_shapes(z: np.ndarray, count: int) -> np.ndarray:
     never less than closed); those are rejected, keeping the first `count` valid candidates in
     order (invalid ones only fill up should too few be valid).
     """
+    mean, comp, resid = model
     z = np.clip(z, -3.0, 3.0)
-    dev = z[:, _NUM_COMP:] * _RESID
+    dev = z[:, _NUM_COMP:] * resid
     for k in range(_NUM_COMP):  # explicit sums, not BLAS: identical bits on every machine
-        dev += z[:, k:k + 1] * _COMP[k]
-    limit = np.where(dev > 0, S - _MARGIN, _MARGIN) - _MEAN
+        dev += z[:, k:k + 1] * comp[k]
+    limit = np.where(dev > 0, S - _MARGIN, _MARGIN) - mean
     with np.errstate(divide="ignore", invalid="ignore"):
         room = np.where(dev != 0, limit / dev, np.inf)
     shrink = np.minimum(1.0, room.min(axis=1, keepdims=True))
-    kp = np.round(_MEAN + dev * shrink, _KP_DECIMALS)
+    kp = np.round(mean + dev * shrink, _KP_DECIMALS)
     pts = kp.reshape(len(kp), -1, 2)
     eye_line = pts[:, _IDX["left_eye_center"]] - pts[:, _IDX["right_eye_center"]]
     lips = pts[:, _IDX["mouth_center_bottom_lip"]] - pts[:, _IDX["mouth_center_top_lip"]]

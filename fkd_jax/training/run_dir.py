@@ -76,14 +76,20 @@ def synthetic_dir(config, workdir: Path) -> Path:
     """Where the run keeps its embedded procedural faces (a name that says how they were made)."""
     d = config.data
     name = f"n{d.synthetic_n}-seed{d.synthetic_seed}"
-    name += "".join(f"-{lever}" for lever, on in synthetic_levers(config).items() if on)
+    levers = synthetic_levers(config)
+    shapes = levers.pop("shapes")
+    name += "".join(f"-{lever}" for lever, on in levers.items() if on)
+    name += f"-{shapes}-shapes" if shapes != "kaggle" else ""
     return workdir / "synthetic" / (name + ("-kaggle-missing" if d.synthetic_kaggle_missing else ""))
 
 
-def synthetic_levers(config) -> dict[str, bool]:
-    """The photo-like levers of the procedural faces (off in configs written before them)."""
-    return {lever: bool(config.data.get(f"synthetic_{lever}", False))
-            for lever in ("pose", "texture", "camera", "anatomy")}
+def synthetic_levers(config) -> dict[str, bool | str]:
+    """The photo-like levers of the procedural faces and their shape model (off and "kaggle" in
+    configs written before them)."""
+    levers: dict[str, bool | str] = {lever: bool(config.data.get(f"synthetic_{lever}", False))
+                                     for lever in ("pose", "texture", "camera", "anatomy")}
+    levers["shapes"] = config.data.get("synthetic_shapes", "kaggle")
+    return levers
 
 
 def split_path(workdir: str | Path) -> Path:
