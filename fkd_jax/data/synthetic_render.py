@@ -55,13 +55,10 @@ APPEARANCE: tuple[tuple[str, float, float], ...] = (
     ("brightness", -0.08, 0.08), ("gamma", -0.35, 0.35), ("blur", 0.0, 1.2),
     ("noise", 0.0, 0.035),
 )
-# The `anatomy` lever (fkd_jax.data.synthetic): ranges closer to filmed faces, redrawn over
-# APPEARANCE's on their own random stream. Heads as wide as real jaws (jaw width / interocular
-# distance of the YouTube-Faces 68-point labels: 2.2-2.6, median 2.37; APPEARANCE's oval gives
-# 1.9-2.24), deep eye sockets and shadowed upper lids (a dark band just above the eye, which a
-# net must not take for the brow), brows from faint to dark with soft edges, a duller sclera,
-# and a nose base as large and dark as a photo's (nostrils, alae and the shadow under the nose
-# scaled by nose_scale: a dark blob above the mouth that is not the mouth).
+# The `anatomy` lever (fkd_jax.data.synthetic) redraws these over APPEARANCE's: heads as wide as
+# real jaws (2.2-2.6 interocular distances in the YouTube-Faces 68-point labels; APPEARANCE:
+# 1.9-2.24), deep sockets (a dark band above the eye that is not the brow), faint to dark
+# soft-edged brows, a duller sclera, a nose base as large and dark as a photo's (nose_scale).
 ANATOMY: tuple[tuple[str, float, float], ...] = (
     ("head_w", 1.1, 1.3), ("k_socket", 0.25, 0.6), ("sclera", 0.9, 1.15), ("k_iris", 0.2, 0.55),
     ("k_brow", 0.1, 0.6), ("brow_soft", 0.9, 3.5), ("k_subnasal", 0.2, 0.5),
