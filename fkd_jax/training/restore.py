@@ -19,12 +19,13 @@ from fkd_jax.inference.predictor import Run
 from fkd_jax.training import run_dir
 
 
-def read_run_config(workdir: Path) -> ml_collections.ConfigDict:
+def read_run_config(workdir: Path, option: str = "--workdir") -> ml_collections.ConfigDict:
     """The resolved config a run was trained with (its config.json), after checking that this
-    version of fkd-jax wrote the directory (`run_dir.check_run_format`)."""
+    version of fkd-jax wrote the directory (`run_dir.check_run_format`). `option` names the
+    flag the directory came from, in the error."""
     path = Path(workdir) / "config.json"
     if not path.is_file():
-        raise UserError(f"--workdir {workdir} is not a run directory (no config.json); "
+        raise UserError(f"{option} {workdir} is not a run directory (no config.json); "
                         "train one with train.py first")
     run_dir.check_run_format(workdir)
     try:
@@ -33,16 +34,16 @@ def read_run_config(workdir: Path) -> ml_collections.ConfigDict:
         raise UserError(f"{path}: not valid JSON ({e})") from None
 
 
-def load_run(workdir: str | Path, which: str = "best") -> Run:
+def load_run(workdir: str | Path, which: str = "best", option: str = "--workdir") -> Run:
     """Restore the `which` ("best" or "latest") checkpoint of a run directory (of each member's,
-    for an ensemble)."""
+    for an ensemble); `option` as for `read_run_config`."""
     from fkd_jax.training import checkpoints, ensemble, steps
 
     workdir = Path(workdir)
-    config = read_run_config(workdir)
+    config = read_run_config(workdir, option)
     n = ensemble.members(config)
     if n > 1:
-        runs = [load_run(ensemble.member_dir(workdir, i), which) for i in range(n)]
+        runs = [load_run(ensemble.member_dir(workdir, i), which, option) for i in range(n)]
         return Run(config, runs[0].graphdef, tuple(r.params for r in runs),
                    {"epoch": [r.meta["epoch"] for r in runs]}, members=n)
     graphdef, abstract = steps.abstract_state(config)
@@ -58,10 +59,7 @@ def start_params(source: str | None):
     """The best (averaged) parameters of run directory `source`, a tuple for an ensemble."""
     if not source:
         return None
-    if not (Path(source) / "config.json").is_file():
-        raise UserError(f"--config.train.init_from {source}: not a run directory (no "
-                        "config.json); give a directory train.py wrote")
-    return load_run(source).params
+    return load_run(source, option="--config.train.init_from").params
 
 
 def start_from(params, source: str, state: dict, tx, member: int, averaging) -> dict:
