@@ -6,11 +6,11 @@ The speed benchmark's net: trains at 469 images/s at batch 128 on 2 CPU cores, 0
 strongest PyTorch eager (docs/experiments/2026-12-01-pytorch-comparison.md). No accuracy figure.
 """
 
-from configs import base
+from configs import default
 
 
 def get_config():
-    c = base.get_config()
+    c = default.get_config()
     c.model.name = "nouri"
     c.train.batch_size = 128
     return c

@@ -9,11 +9,11 @@ people NME 3.55-3.58%; 43 min on 2 CPU cores at 114-115 images/s a member, one m
 Why each value: docs/experiments/2026-12-02-two-members.md and the studies it links.
 """
 
-from configs import base
+from configs import default
 
 
 def get_config():
-    c = base.get_config()
+    c = default.get_config()
     c.data.label_policy = "mask"
     c.model.name = "heatmap_unet"
     c.model.widths = (24, 48, 96, 192)

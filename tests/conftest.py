@@ -125,7 +125,7 @@ def lookup_csv(tmp_path):
 
 
 # A 1-epoch tiny run (simple_cnn): plumbing, not accuracy (predict.py, fkd_jax.Detector).
-TINY_RUN = ["--config", "configs/base.py", "--config.data.synthetic_n=32",
+TINY_RUN = ["--config", "configs/default.py", "--config.data.synthetic_n=32",
             "--config.train.batch_size=16", "--config.model.name=simple_cnn",
             "--config.model.widths=(4,8,8)", "--config.train.epochs=1"]
 

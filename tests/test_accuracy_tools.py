@@ -15,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 
-from configs import base
+from configs import default
 from fkd_jax.data import preparation
 from fkd_jax.training import config_check
 from fkd_jax.training import run_dir
@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _config(**train):
-    """base.py with a small simple_cnn (fast to compile) on 64 embedded faces."""
-    c = base.get_config()
+    """default.py with a small simple_cnn (fast to compile) on 64 embedded faces."""
+    c = default.get_config()
     c.model.name = "simple_cnn"
     c.model.widths, c.model.hidden = (4, 8), (16,)
     c.data.synthetic_n = 64
@@ -317,7 +317,7 @@ def test_split_seed_holds_the_split_fixed_across_seeds(tmp_path):
 
 
 def _seeds_cmd(workdir):
-    return [sys.executable, "scripts/seeds.py", "--config", "configs/base.py", "--seeds", "3,5",
+    return [sys.executable, "scripts/seeds.py", "--config", "configs/default.py", "--seeds", "3,5",
             "--workdir", str(workdir), "--config.data.synthetic_n=64",
             "--config.train.batch_size=16", "--config.train.epochs=2",
             "--config.model.widths=(4,8)", "--config.model.hidden=(16,)",

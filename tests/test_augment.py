@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from configs.base import get_config
+from configs.default import get_config
 from fkd_jax.data import augment as A
 from fkd_jax.geometry.keypoints import IMAGE_SIZE, KEYPOINT_NAMES, as_points, column_indices
 

@@ -7,15 +7,15 @@ import pathlib
 import ml_collections
 import pytest
 
-from configs import base
+from configs import default
 from fkd_jax.training import config_check
 from fkd_jax.errors import UserError
 
 
 def _with(**overrides):
-    """base.py's config with `section__key=value` set, bypassing ConfigDict's own type checks
+    """default.py's config with `section__key=value` set, bypassing ConfigDict's own type checks
     (as a config file that builds its own sections could)."""
-    c = base.get_config()
+    c = default.get_config()
     c.unlock()
     for dotted, value in overrides.items():
         section, key = dotted.split("__")
@@ -60,12 +60,12 @@ def test_bad_values_name_the_option_as_typed(overrides, message):
 
 
 def test_unknown_and_missing_keys_are_refused():
-    c = base.get_config()
+    c = default.get_config()
     c.unlock()
     c.train.eval_evry = 2
     with pytest.raises(UserError, match="unknown config key config.train.eval_evry"):
         config_check.check_config(c)
-    c = base.get_config()
+    c = default.get_config()
     c.unlock()
     del c.train["epochs"]
     with pytest.raises(UserError, match="--config.train.epochs is missing"):

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import base
+from configs import default
 from fkd_jax.training import ensemble
 from fkd_jax.training import run_dir
 from fkd_jax.inference import exported
@@ -24,7 +24,7 @@ from fkd_jax.inference import predictor
 from fkd_jax.training import steps
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--config", "configs/base.py", "--config.data.synthetic_n=96",
+TINY = ["--config", "configs/default.py", "--config.data.synthetic_n=96",
         "--config.train.batch_size=16", "--config.model.name=simple_cnn",
         "--config.model.widths=(4,8,8)"]
 
@@ -91,7 +91,7 @@ def _validation(workdir):
 
 
 def test_member_configs_are_single_runs_of_consecutive_seeds_on_the_ensembles_split():
-    c = base.get_config()
+    c = default.get_config()
     c.seed, c.train.members = 3, 2
     m0, m1 = ensemble.member_config(c, 0), ensemble.member_config(c, 1)
     assert (m0.seed, m1.seed) == (6, 7)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from configs import base
+from configs import default
 from fkd_jax.data import kaggle
 from fkd_jax.data import preparation
 from fkd_jax.training import run_dir
@@ -12,7 +12,7 @@ from fkd_jax.data import synthetic
 
 
 def _config(train_path, **data_overrides):
-    c = base.get_config()
+    c = default.get_config()
     c.data.train_path = str(train_path)
     c.data.val_fraction = 0.25
     for k, v in data_overrides.items():
@@ -75,7 +75,7 @@ def test_split_is_saved_only_when_asked_and_then_reused(tmp_path):
 
 
 def test_synthetic_set_is_generated_outside_the_workdir_until_saved(tmp_path):
-    cfg = base.get_config()
+    cfg = default.get_config()
     cfg.data.synthetic_n = 20
     workdir = tmp_path / "run"
     workdir.mkdir()

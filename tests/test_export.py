@@ -171,7 +171,7 @@ def _one_line_error(result: subprocess.CompletedProcess, *words: str) -> None:
 def test_export_cli_writes_a_model_that_matches_its_checkpoint(tmp_path, faces):
     """A real run directory (train.py, one tiny epoch), exported by the command, then loaded."""
     workdir = tmp_path / "run"
-    subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", "configs/base.py",
+    subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", "configs/default.py",
                     "--workdir", str(workdir), "--config.train.epochs=1",
                     "--config.data.synthetic_n=64", "--config.train.batch_size=16",
                     "--config.model.widths=(4,8,8)"],

@@ -6,14 +6,14 @@ import jax
 import numpy as np
 import pytest
 
-from configs import base
+from configs import default
 from fkd_jax.errors import UserError
 from fkd_jax.training import config_check, loop, restore
 
 
 def _config(epochs=1, **train):
-    """base.py with a small simple_cnn (fast to compile) on 64 embedded faces."""
-    c = base.get_config()
+    """default.py with a small simple_cnn (fast to compile) on 64 embedded faces."""
+    c = default.get_config()
     c.model.name = "simple_cnn"
     c.model.widths, c.model.hidden = (4, 8), (16,)
     c.data.synthetic_n = 64

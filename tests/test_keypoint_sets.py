@@ -77,7 +77,7 @@ def test_loader_reads_a_keypoint_file_row_for_row(tmp_path):
 def test_a_68_landmark_run_trains_and_evaluates(tmp_path):
     train_csv, lm, _ = _write_68_files(tmp_path)
     workdir = tmp_path / "run68"
-    args = ["--config", "configs/base.py", f"--config.data.train_path={train_csv}",
+    args = ["--config", "configs/default.py", f"--config.data.train_path={train_csv}",
             "--config.data.keypoints=ibug68", f"--config.data.keypoints_path={lm}",
             "--config.model.name=heatmap", "--config.model.widths=(4,8)",
             "--config.train.batch_size=16",
@@ -131,7 +131,7 @@ def test_a_square_run_trains_evaluates_and_predicts_on_a_photo(tmp_path):
     """train.py, eval.py and predict.py with `kaggle.keypoints=kaggle15_square`: the headline
     RMSE and NME are the 15 face points', and predict.py writes Kaggle's 30 columns."""
     workdir = tmp_path / "square"
-    args = ["--config", "configs/base.py", "--config.data.synthetic_n=32",
+    args = ["--config", "configs/default.py", "--config.data.synthetic_n=32",
             "--config.data.keypoints=kaggle15_square", "--config.model.name=simple_cnn",
             "--config.model.widths=(4,8,8)", "--config.train.batch_size=16",
             "--config.train.epochs=1", "--workdir", str(workdir)]

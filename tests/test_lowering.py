@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import base
+from configs import default
 from fkd_jax import models
 from fkd_jax.training import steps
 from conftest import uniform
@@ -31,7 +31,7 @@ XLA_OPS = ("stablehlo.convolution", "stablehlo.reduce_window", "stablehlo.select
 
 
 def _model(name: str):
-    cfg = base.get_config().model
+    cfg = default.get_config().model
     cfg.name = name
     for key, value in TINY[name].items():
         cfg[key] = value
@@ -69,7 +69,7 @@ def test_forward_lowers_for_each_platform_with_its_own_convolution(name):
 def test_training_epoch_lowers_for_each_platform_with_its_own_convolution():
     """`steps.make_train_epoch` (the scan train.py runs) for a tiny model with dropout:
     forward and gradients use im2col and the custom pool on CPU, XLA's ops elsewhere."""
-    cfg = base.get_config()
+    cfg = default.get_config()
     cfg.train.batch_size = 4
     tx = steps.make_optimizer(cfg.train, 2)
     graphdef, state = nnx.split(_model("simple_cnn"), nnx.Param)

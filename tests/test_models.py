@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import base
+from configs import default
 from fkd_jax import models
 from fkd_jax.models import networks
 from fkd_jax.data import augment
@@ -42,8 +42,8 @@ SIZES = {
 
 
 def _model_cfg(name, **overrides):
-    """`config.model` of base.py for `name` (a model, or a size of SIZES), with overrides."""
-    cfg = base.get_config().model
+    """`config.model` of default.py for `name` (a model, or a size of SIZES), with overrides."""
+    cfg = default.get_config().model
     sized = dict(SIZES.get(name, {"name": name}))
     cfg.name = sized.pop("name")
     for k, v in {**sized, **overrides}.items():

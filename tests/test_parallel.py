@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import base
+from configs import default
 from fkd_jax import models
 from fkd_jax.training import restore
 from fkd_jax.data import synthetic
@@ -52,10 +52,10 @@ def data_args(tmp_path_factory):
 
 
 SHARDING_CHECK = textwrap.dedent("""
-    from configs import base
+    from configs import default
     from fkd_jax.training import parallel, steps
     import numpy as np
-    c = base.get_config()
+    c = default.get_config()
     tx = steps.make_optimizer(c.train, 2)
     graphdef, state = steps.init_state(c.model, tx, 0)
     data = {"images": np.zeros((32, 96, 96, 1), np.float32),
@@ -149,7 +149,7 @@ def test_two_processes_match_one_and_checkpoint_together(runs, data_args, tmp_pa
 
 def _abstract_step(name: str, compute_dtype: str):
     """(jaxpr, output state shapes) of one train step of `name`, traced without any compute."""
-    c = base.get_config()
+    c = default.get_config()
     c.model.name, c.model.compute_dtype = name, compute_dtype
     tx = steps.make_optimizer(c.train, 1)
     graphdefs = []
@@ -190,7 +190,7 @@ def test_every_model_computes_in_bfloat16_with_float32_params(name):
 
 
 def test_bfloat16_training_is_finite_and_close_to_float32():
-    c = base.get_config()
+    c = default.get_config()
     c.train.learning_rate = 1e-4  # small steps: the two runs must not drift apart chaotically
     rng = np.random.default_rng(0)
     batch = {"images": jnp.asarray(rng.random((4, 96, 96, 1), np.float32)),

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--config", "configs/base.py", "--config.data.synthetic_n=96",
+TINY = ["--config", "configs/default.py", "--config.data.synthetic_n=96",
         "--config.train.batch_size=16", "--config.model.name=simple_cnn",
         "--config.model.widths=(4,8,8)"]  # 0.15M parameters: 8x fewer than the default
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import base
+from configs import default
 from fkd_jax import models
 from fkd_jax.geometry import keypoints
 from fkd_jax.training import steps
@@ -13,8 +13,8 @@ from conftest import normal
 
 
 def _config(**train):
-    """base.py's simple_cnn, narrowed (what is tested here does not depend on its size)."""
-    c = base.get_config()
+    """default.py's simple_cnn, narrowed (what is tested here does not depend on its size)."""
+    c = default.get_config()
     c.model.name, c.model.widths, c.model.hidden = "simple_cnn", (8, 16), (32,)
     for k, v in train.items():
         c.train[k] = v

@@ -2,7 +2,7 @@
 
 `augment_batch(key, images, keypoints_px, mask, cfg)` is what the training step calls; the
 per-example building blocks below it are public so they can be tested (and reused) alone.
-`cfg` is the `config.augment` block (see configs/base.py); its values are Python constants at
+`cfg` is the `config.augment` block (see configs/default.py); its values are Python constants at
 trace time, so an augmentation that is off is never traced, and all of them off returns the
 inputs themselves.
 

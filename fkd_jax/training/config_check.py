@@ -4,7 +4,7 @@
 mistake is a `UserError` that names the option as a user types it on the command line:
   --config.train.schedule='cosin' must be one of constant, cosine, onecycle
 Keys a config has but the schema lacks are refused too (a typo in a config file). What each
-key means is documented in configs/base.py; how values combine with a particular model or
+key means is documented in configs/default.py; how values combine with a particular model or
 data file is checked where that is known (models.create_model, data loading).
 """
 
@@ -165,7 +165,7 @@ def check_config(config) -> None:
     for name, key in schema.items():
         option = f"--config.{name}"
         if name not in values:
-            raise UserError(f"{option} is missing from the config (start from configs/base.py)")
+            raise UserError(f"{option} is missing from the config (start from configs/default.py)")
         value = values[name]
         if value is None:
             if key.optional:
