@@ -52,11 +52,12 @@ def get_config() -> ml_collections.ConfigDict:
     # original faces: heads turned in 3D (yaw to ~45, pitch ~25, roll ~20 degrees), value-noise
     # texture at several scales, camera effects (exposure, low resolution, motion blur, sensor
     # noise, JPEG blocks); anatomy: wider heads, deep eye sockets, soft brows, a large dark nose
-    # base, as filmed faces show.
+    # base, as filmed faces show; occluders: hands, beards and hats over some faces.
     c.data.synthetic_pose = False
     c.data.synthetic_texture = False
     c.data.synthetic_camera = False
     c.data.synthetic_anatomy = False
+    c.data.synthetic_occluders = False
     # Face shapes (keypoint geometry, framing, turns) from Kaggle's labels ("kaggle") or from the
     # filmed faces' labels of the photo runs' training people ("filmed", their convention).
     c.data.synthetic_shapes = "kaggle"

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from fkd_jax import files
+from fkd_jax.data import synthetic_occluders as occ
 from fkd_jax.data import synthetic_photo as photo
 from fkd_jax.data import synthetic_pose
 from fkd_jax.data.synthetic_render import ANATOMY, APPEARANCE, render
@@ -74,7 +75,7 @@ SHAPE_MODELS = {"kaggle": _shape_model(stats), "filmed": _shape_model(filmed_sha
 _NUM_COMP = len(SHAPE_MODELS["kaggle"][1])
 assert all(len(comp) == _NUM_COMP for _, comp, _ in SHAPE_MODELS.values())  # same draws
 # spawn-key tails of the photo-like levers' own random streams (see generate_faces)
-_POSE_STREAM, _TEXTURE_STREAM, _CAMERA_STREAM, _ANATOMY_STREAM = 1, 2, 3, 4
+_POSE_STREAM, _TEXTURE_STREAM, _CAMERA_STREAM, _ANATOMY_STREAM, _OCCLUDER_STREAM = 1, 2, 3, 4, 5
 
 
 def _stream(seed: int, block: int, lever: int) -> np.random.Generator:
@@ -84,7 +85,8 @@ def _stream(seed: int, block: int, lever: int) -> np.random.Generator:
 
 def generate_faces(n: int, seed: int, *, plain: bool = False, pose: bool = False,
                    texture: bool = False, camera: bool = False,
-                   anatomy: bool = False, shapes: str = "kaggle") -> tuple[np.ndarray, np.ndarray]:
+                   anatomy: bool = False, occluders: bool = False,
+                   shapes: str = "kaggle") -> tuple[np.ndarray, np.ndarray]:
     """`n` synthetic faces: images uint8 (n, 96, 96) and keypoints float32 (n, 30) in pixels,
     Kaggle column order, all present. A pure function of (n, seed) and the switches.
 
@@ -95,7 +97,8 @@ def generate_faces(n: int, seed: int, *, plain: bool = False, pose: bool = False
     (synthetic_pose), `texture` lays value noise at several scales over face and background,
     `camera` adds exposure, low resolution, motion blur, sensor noise and JPEG blocks
     (synthetic_photo), `anatomy` redraws some appearance ranges closer to filmed faces (wider
-    heads, deep sockets, soft brows, a large dark nose base: synthetic_render.ANATOMY).
+    heads, deep sockets, soft brows, a large dark nose base: synthetic_render.ANATOMY),
+    `occluders` covers some faces with hands, beards and hats (synthetic_occluders).
     `shapes` names the shape model (SHAPE_MODELS); the same draws map to either.
     """
     if shapes not in SHAPE_MODELS:
@@ -131,8 +134,14 @@ def generate_faces(n: int, seed: int, *, plain: bool = False, pose: bool = False
             u_cam = r.random((_BLOCK, len(photo.CAMERA)))[:m]
             cam_noise = r.standard_normal((_BLOCK, S, S), dtype=_F)[:m]
             look = lambda img: photo.camera(img, u_cam, cam_noise)  # noqa: E731
+        cover = None
+        if occluders and not plain:
+            r = _stream(seed, block, _OCCLUDER_STREAM)
+            u_occ = r.random((_BLOCK, len(occ.OCCLUDERS)))[:m]
+            grain = r.standard_normal((_BLOCK, S, S), dtype=_F)[:m]
+            cover = lambda img: occ.occlude(img, kp[:m], u_occ, grain, p["skin"])  # noqa: E731
         keypoints[start:start + m] = kp[:m]
-        images[start:start + m] = render(kp[:m].astype(_F), p, noise, plain, field, look)
+        images[start:start + m] = render(kp[:m].astype(_F), p, noise, plain, field, look, cover)
     return images, keypoints
 
 
@@ -160,7 +169,7 @@ def write_kaggle_files(out_dir, n: int, seed: int, kaggle_missing: bool = False,
 
     Test images are faces n .. n + n_test - 1 of the same seed, so never training faces. Like
     Kaggle's lookup table, the leading block of test images asks for all 30 coordinates and the
-    rest for the 8 of SPARSE_SET only. `levers` (pose, texture, camera, anatomy, shapes) go to
+    rest for the 8 of SPARSE_SET only. `levers` (pose, texture, camera, anatomy, occluders, shapes) go to
     generate_faces.
     Files are byte-identical for the same arguments and are written atomically.
     """

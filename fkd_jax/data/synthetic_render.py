@@ -164,13 +164,13 @@ class _Face:
         return (left + right) / 2, axis, length / 2, np.where(a_right, 1.0, -1.0).astype(_F)
 
 
-def render(kp: np.ndarray, p: dict, noise, plain: bool, texture=None,
-           camera=None) -> np.ndarray:
+def render(kp: np.ndarray, p: dict, noise, plain: bool, texture=None, camera=None,
+           cover=None) -> np.ndarray:
     """uint8 images (B, 96, 96) of the faces with keypoints kp (B, 30) px.
 
     texture: an optional multiplicative field (B, 96, 96) laid over face and background before
-    the photometry; camera: an optional function of the float image (B, 96, 96) in [0, 1],
-    applied last (synthetic_photo)."""
+    the photometry; cover and camera: optional functions of the float image (B, 96, 96) in
+    [0, 1], drawing occluders before the texture (synthetic_occluders) and applied last."""
     face = _Face(kp)
     img = _background(p)
     _head(img, face, p)
@@ -182,6 +182,7 @@ def render(kp: np.ndarray, p: dict, noise, plain: bool, texture=None,
     _mouth(img, face, p)
     if not plain:
         _glasses(img, face, p)
+    img = cover(img) if cover is not None else img
     if texture is not None:
         img *= texture
     X, Y = _grid()

@@ -77,6 +77,7 @@ def _schema() -> dict[str, Key]:
         "data.synthetic_texture": Key("bool"),
         "data.synthetic_camera": Key("bool"),
         "data.synthetic_anatomy": Key("bool"),
+        "data.synthetic_occluders": Key("bool"),
         "data.synthetic_shapes": _choice("kaggle", "filmed"),
         # model
         "model.name": Key("str"),  # with its sizes, checked by models.model_sizes

@@ -87,7 +87,8 @@ def synthetic_levers(config) -> dict[str, bool | str]:
     """The photo-like levers of the procedural faces and their shape model (off and "kaggle" in
     configs written before them)."""
     levers: dict[str, bool | str] = {lever: bool(config.data.get(f"synthetic_{lever}", False))
-                                     for lever in ("pose", "texture", "camera", "anatomy")}
+                                     for lever in ("pose", "texture", "camera", "anatomy",
+                                                   "occluders")}
     levers["shapes"] = config.data.get("synthetic_shapes", "kaggle")
     return levers
 
