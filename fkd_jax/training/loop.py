@@ -41,6 +41,7 @@ from fkd_jax.geometry import keypoints
 from fkd_jax.inference import predictor as inference
 from fkd_jax.training import (
     checkpoints,
+    config_check,
     ensemble,
     lock,
     parallel,
@@ -107,6 +108,7 @@ def _stack(states: list[dict]) -> dict:
 
 def train_and_evaluate(config, workdir: Path) -> dict:
     """Train (or resume) the run in `workdir`; returns the last epoch's metrics record."""
+    config_check.check_config(config)  # as train.py does: one line, before anything is written
     if ensemble.members(config) > 1:
         raise UserError(f"config.train.members={ensemble.members(config)} is an ensemble: train "
                         "it with train.py (loop.train_ensemble), not as one run")
