@@ -50,6 +50,20 @@ def test_ibug68_mirror_agrees_with_kaggle_flip_pairs():
     assert keypoints.IBUG68.columns[:2] == ("p0_x", "p0_y")
 
 
+def test_a_68_point_prediction_is_framed_from_its_15_sure_points_not_its_jaw():
+    from fkd_jax.geometry import framing
+
+    _, kp15 = synthetic.generate_faces(3, seed=5)
+    p68 = _face68(kp15, np.random.default_rng(0))
+    for row in p68:
+        own15 = keypoints.kaggle15_from_ibug68(row[None])[0]
+        expected = framing.framing_from_keypoints(own15, rotate=True)
+        assert framing.framing_from_keypoints(row, rotate=True) == expected
+        wide_jaw = row.copy().reshape(68, 2)
+        wide_jaw[:17, 0] = np.linspace(-40, 140, 17)  # a jaw far wider than the face
+        assert framing.framing_from_keypoints(wide_jaw.reshape(-1), rotate=True) == expected
+
+
 def _write_68_files(tmp_path, n=64, seed=1):
     paths = synthetic.write_kaggle_files(tmp_path / "faces", n, seed)
     kp15 = kaggle.load_training(paths["training"]).keypoints

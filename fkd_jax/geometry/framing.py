@@ -247,8 +247,9 @@ def square_axes(keypoints_px: np.ndarray, rotate: bool) -> tuple[np.ndarray, np.
 def framing_from_keypoints(keypoints_px: np.ndarray, rotate: bool = False) -> Framing:
     """The training rule applied to (predicted) keypoints (2K,) in picture pixels: centre =
     mean of the 15 Kaggle keypoints + TRAIN_CENTRE_OFFSET x side; side from
-    `side_from_keypoints` (15 keypoints) or exactly as in training, 1.1305 x the larger side of
-    the landmarks' box (68-point models). A square model's four square points say where the
+    `side_from_keypoints` on those 15 (for a 68-point model, the 15 read off its 68: training
+    used the landmarks' box, but predicted jaw points are the least sure, and a box of them
+    lets the crop drift pass by pass). A square model's four square points say where the
     training square is (`framing_from_square_points`). With `rotate` the square turns with
     the eye line (undoes in-plane roll; training crops were upright, so roll then comes out
     as 0)."""
@@ -257,11 +258,7 @@ def framing_from_keypoints(keypoints_px: np.ndarray, rotate: bool = False) -> Fr
     mean, rot, angle = square_axes(keypoints_px, rotate)
     if len(all_points) * 2 == _SQUARE_WIDTH:
         return framing_from_square_points(all_points[len(p):], angle)
-    if len(all_points) == len(p):
-        side = side_from_keypoints((p - mean) @ rot)  # coordinates in the square's own axes
-    else:
-        span = np.ptp((all_points - mean) @ rot, axis=0)
-        side = framing_stats.TRAIN_SIDE_PER_BBOX68 * float(span.max())
+    side = side_from_keypoints((p - mean) @ rot)  # coordinates in the square's own axes
     centre = mean + rot @ (np.asarray(framing_stats.TRAIN_CENTRE_OFFSET) * side)
     return Framing(float(centre[0]), float(centre[1]), side, angle)
 
