@@ -50,6 +50,9 @@ _BETA = flags.DEFINE_float("beta", OneEuroSettings.beta, "One Euro speed coeffic
 _LABELS = flags.DEFINE_string("labels", None, "CSV of true keypoints in picture pixels (file + "
                               "the 30 Kaggle columns): score the photos against it.")
 _NO_OVERLAYS = flags.DEFINE_bool("no_overlays", False, "Write no overlay pictures.")
+_CACHE = flags.DEFINE_string("compilation_cache", None, "Folder of compiled programs kept "
+                             "across runs (later runs skip compiling); default "
+                             "~/.cache/fkd-jax/jax, '' for none.")
 
 
 def main(argv: list[str]) -> int:
@@ -74,11 +77,12 @@ def main(argv: list[str]) -> int:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory")
 
-    t = time.perf_counter()
     if _WORKDIR.value and not Path(_WORKDIR.value).is_dir():
         raise UserError(f"--workdir {_WORKDIR.value}: no such folder")
     if _MODEL.value and not Path(_MODEL.value).is_file():
         raise UserError(f"--model {_MODEL.value}: no such file")
+    cli.use_compilation_cache(_CACHE.value)
+    t = time.perf_counter()
     detector = Detector.load(
         _WORKDIR.value or _MODEL.value, checkpoint=_CHECKPOINT.value, passes=_PASSES.value,
         settle=_SETTLE.value, tta=_TTA.value, retry=not _NO_RETRY.value,

@@ -125,3 +125,32 @@ def check_workdir(workdir: Path, option: str = "--workdir") -> Path:
     except OSError as e:
         raise UserError(f"{option} {workdir} is not writable ({e.strerror or e})") from None
     return workdir
+
+
+def use_compilation_cache(path: str | None, option: str = "--compilation_cache") -> bool:
+    """Keep compiled programs on disk across processes (JAX's persistent compilation cache), so
+    a command's later runs skip compiling: most of a short predict.py's time after start-up.
+    None: JAX_COMPILATION_CACHE_DIR if set, else the user cache folder ($XDG_CACHE_HOME or
+    ~/.cache, then fkd-jax/jax), skipped quietly if it cannot be made (caching only saves
+    time); "": off; a folder the user named must be usable. Returns whether the cache is on."""
+    import jax
+
+    if path == "":
+        jax.config.update("jax_enable_compilation_cache", False)
+        return False
+    default = path is None
+    if default and jax.config.jax_compilation_cache_dir:  # set by JAX's own environment variable
+        return True
+    if default:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        path = os.path.join(base, "fkd-jax", "jax")
+    try:
+        check_workdir(Path(path), option)
+    except UserError:
+        if default:
+            return False
+        raise
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # small programs too
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return True

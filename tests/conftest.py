@@ -51,6 +51,7 @@ def _shared_compilation_cache(tmp_path_factory):
     """The suite runs train.py/eval.py as subprocesses many times on the same tiny models: a
     persistent XLA cache shared by all of them saves most of each one's compile time."""
     env = {"JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
+           "XDG_CACHE_HOME": str(tmp_path_factory.mktemp("user_cache")),  # never the user's
            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
     saved = {k: os.environ.get(k) for k in env}

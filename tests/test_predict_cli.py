@@ -257,3 +257,27 @@ def test_photo_conditions_benchmark_moves_photos_and_their_labels_together(tmp_p
     x, y = pd.read_csv(out)[list(keypoints.COLUMNS[:2])].to_numpy()[0]
     i, j = np.unravel_index(np.argmin(pic), pic.shape)
     assert (j + 0.5, i + 0.5) == pytest.approx((x, y), abs=1e-6)
+
+
+def test_compiled_programs_are_kept_for_later_runs(setup, tmp_path):
+    """--compilation_cache DIR fills DIR on the first run and a second run reads it back to the
+    same rows; a DIR that cannot be a folder is one line naming the option, exit 2."""
+    tmp, photos, _, _ = setup
+    cache = tmp_path / "cache"
+    first, second = tmp_path / "first", tmp_path / "second"
+    for out in (first, second):
+        proc = run("predict.py", "--workdir", tmp / "run", "--out", out, "--no_overlays",
+                   "--compilation_cache", cache, photos / "a" / "x.png")
+        assert proc.returncode == 0, proc.stderr
+        if out == first:
+            kept = sorted(p.name for p in cache.iterdir())
+            assert kept, "nothing compiled was kept"
+    assert sorted(p.name for p in cache.iterdir()) == kept  # nothing new to compile
+    assert (first / "keypoints.csv").read_text() == (second / "keypoints.csv").read_text()
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    proc = run("predict.py", "--workdir", tmp / "run", "--out", tmp_path / "third",
+               "--compilation_cache", blocker / "sub", photos / "a" / "x.png")
+    assert proc.returncode == 2 and "--compilation_cache" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "third").exists()
