@@ -169,8 +169,8 @@ def write_kaggle_files(out_dir, n: int, seed: int, kaggle_missing: bool = False,
 
     Test images are faces n .. n + n_test - 1 of the same seed, so never training faces. Like
     Kaggle's lookup table, the leading block of test images asks for all 30 coordinates and the
-    rest for the 8 of SPARSE_SET only. `levers` (pose, texture, camera, anatomy, occluders, shapes) go to
-    generate_faces.
+    rest for the 8 of SPARSE_SET only. `levers` (pose, texture, camera, anatomy, occluders,
+    shapes) go to generate_faces.
     Files are byte-identical for the same arguments and are written atomically.
     """
     n, n_test, seed = _check_count(n, "n"), _check_count(n_test, "n_test", 0), _check_seed(seed)
