@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from fkd_jax.geometry.keypoints import IMAGE_SIZE, KEYPOINT_NAMES
+# The renderer's face frame and per-face helpers: occluders are laid out in the same frame as
+# the features they cover.
+from fkd_jax.data.synthetic_render import _c, _Face, _grid, _local
 
-S = IMAGE_SIZE
 _F = np.float32
 
 # Per-face parameters: (name, low, high), drawn uniformly in this order. Positions and sizes
@@ -31,7 +32,6 @@ OCCLUDERS: tuple[tuple[str, float, float], ...] = (
 )
 HAND_P, BEARD_P, HAT_P = 0.15, 0.15, 0.12  # share of faces with each
 _LIPS_CLEAR_P = 0.6  # share of beards that leave the lips uncovered
-_I = {name: i for i, name in enumerate(KEYPOINT_NAMES)}
 
 
 def occlude(img: np.ndarray, kp: np.ndarray, u: np.ndarray, grain: np.ndarray,
@@ -41,78 +41,57 @@ def occlude(img: np.ndarray, kp: np.ndarray, u: np.ndarray, grain: np.ndarray,
     u: uniforms (B, len(OCCLUDERS)); grain: standard normals (B, 96, 96) for the hair's and
     the hand's grain; skin: the skin level (B,) the hand takes after. Returns a new array."""
     p = {name: (lo + (hi - lo) * u[:, i]).astype(_F) for i, (name, lo, hi) in enumerate(OCCLUDERS)}
-    frame = _FaceFrame(kp.astype(_F))
+    face = _Face(kp.astype(_F))
+    d_px = _c(face.d)
+    a, b = (v / d_px for v in _local(*_grid(), face.mid, face.e))  # (B, 96, 96) in units of d
+
+    def b_of(*names: str) -> np.ndarray:  # mean `b` of the named keypoints, (B, 1, 1)
+        return _c(face.along(sum(face.pt[n] for n in names) / len(names), face.f)) / d_px
+
+    mouth = face.pt["mouth_left_corner"] - face.pt["mouth_right_corner"]
+    half_mouth = np.abs(_c((mouth * face.e).sum(axis=1))) / d_px / 2.0  # along the eyes, in d
     img = img.copy()
     hair = 1.0 + 0.25 * np.clip(grain, -2.0, 2.0)
     # Hat or fringe: everything above a line parallel to the eyes, from above the brows to
     # halfway down over them.
-    edge = frame.b_of("left_eyebrow_inner_end", "right_eyebrow_inner_end") - _c(p["hat_edge"])
-    hat = _soft((edge - frame.b) * frame.d_px) * _c(p["hat_on"] < HAT_P)
+    edge = b_of("left_eyebrow_inner_end", "right_eyebrow_inner_end") - _c(p["hat_edge"])
+    hat = _soft((edge - b) * d_px) * _c(p["hat_on"] < HAT_P)
     img = img * (1.0 - hat) + _c(p["hat_level"]) * hair * 0.9 * hat
     # Beard: an ellipse from between nose and mouth down past the chin, lips left clear or not.
-    top = frame.b_of("nose_tip") + _c(p["beard_top"]) * (
-        frame.b_of("mouth_center_top_lip") - frame.b_of("nose_tip"))
-    bottom = frame.b_of("mouth_center_bottom_lip") + 1.0
+    top = b_of("nose_tip") + _c(p["beard_top"]) * (b_of("mouth_center_top_lip") - b_of("nose_tip"))
+    bottom = b_of("mouth_center_bottom_lip") + 1.0
     centre_b, half_b = (top + bottom) / 2.0, (bottom - top) / 2.0
-    half_a = _c(p["beard_width"]) * frame.half_mouth() + 0.45
-    r = np.sqrt((frame.a / half_a) ** 2 + ((frame.b - centre_b) / half_b) ** 2)
-    beard = _soft((1.0 - r) * half_b * frame.d_px * 0.5)
-    lips_b = (frame.b_of("mouth_center_top_lip") + frame.b_of("mouth_center_bottom_lip")) / 2.0
-    r_lips = np.sqrt((frame.a / (frame.half_mouth() + 0.05)) ** 2
-                     + ((frame.b - lips_b) / 0.22) ** 2)
-    clear = _soft((1.0 - r_lips) * frame.d_px * 0.22) * _c(p["beard_lips"] < _LIPS_CLEAR_P)
+    half_a = _c(p["beard_width"]) * half_mouth + 0.45
+    r = np.sqrt((a / half_a) ** 2 + ((b - centre_b) / half_b) ** 2)
+    beard = _soft((1.0 - r) * half_b * d_px * 0.5)
+    lips_b = (b_of("mouth_center_top_lip") + b_of("mouth_center_bottom_lip")) / 2.0
+    r_lips = np.sqrt((a / (half_mouth + 0.05)) ** 2 + ((b - lips_b) / 0.22) ** 2)
+    clear = _soft((1.0 - r_lips) * d_px * 0.22) * _c(p["beard_lips"] < _LIPS_CLEAR_P)
     beard = beard * (1.0 - clear) * _c(p["beard_on"] < BEARD_P)
     img = img * (1.0 - _c(p["beard_k"]) * np.clip(beard * hair, 0.0, 1.0))
     # Hand: palm, four fingers and the arm toward the image's edge, turned about the palm.
-    hand = _hand(frame, p) * _c(p["hand_on"] < HAND_P)
+    hand = _hand(a, b, d_px, p) * _c(p["hand_on"] < HAND_P)
     level = _c(skin * p["hand_level"]) * (1.0 + 0.06 * np.clip(grain, -2.0, 2.0))
     img = img * (1.0 - hand) + level * hand
     return img.astype(_F)  # the photometry clips later
 
 
-class _FaceFrame:
-    """Each pixel's coordinates (a, b) in its face's frame, (B, 96, 96) in units of d."""
-
-    def __init__(self, kp: np.ndarray):
-        self.pts = kp.reshape(len(kp), -1, 2)
-        left, right = self.pts[:, _I["left_eye_center"]], self.pts[:, _I["right_eye_center"]]
-        e = left - right
-        self.d_px = np.sqrt((e ** 2).sum(axis=1))[:, None, None]
-        self.ex = e / self.d_px[:, 0]  # unit vector along the eye line
-        self.ey = np.stack([-self.ex[:, 1], self.ex[:, 0]], axis=1)  # down the face
-        self.origin = (left + right) / 2.0
-        x = np.arange(S, dtype=_F) + _F(0.5)
-        dx = x[None, None, :] - self.origin[:, 0, None, None]
-        dy = x[None, :, None] - self.origin[:, 1, None, None]
-        self.a = (dx * _c(self.ex[:, 0]) + dy * _c(self.ex[:, 1])) / self.d_px
-        self.b = (dx * _c(self.ey[:, 0]) + dy * _c(self.ey[:, 1])) / self.d_px
-
-    def b_of(self, *names: str) -> np.ndarray:
-        """The mean `b` of the named keypoints, (B, 1, 1)."""
-        pt = sum(self.pts[:, _I[n]] for n in names) / len(names) - self.origin
-        return _c((pt * self.ey).sum(axis=1)) / self.d_px
-
-    def half_mouth(self) -> np.ndarray:
-        """Half the mouth's width along the eye line, (B, 1, 1) in d."""
-        m = self.pts[:, _I["mouth_left_corner"]] - self.pts[:, _I["mouth_right_corner"]]
-        return np.abs(_c((m * self.ex).sum(axis=1))) / self.d_px / 2.0
-
-
-def _hand(frame: _FaceFrame, p: dict) -> np.ndarray:
+def _hand(a: np.ndarray, b: np.ndarray, d_px: np.ndarray, p: dict) -> np.ndarray:
     """Coverage (B, 96, 96) in [0, 1] of a hand whose fingers point up the face, turned by
-    hand_turn (the half-tangent of the angle) and entering from below."""
+    hand_turn (the half-tangent of the angle) and entering from below; a, b: each pixel in the
+    face's frame (units of d), d_px: d in pixels (B, 1, 1)."""
     t = _c(p["hand_turn"])
     cos, sin = (1.0 - t * t) / (1.0 + t * t), 2.0 * t / (1.0 + t * t)
     s = _c(p["hand_size"])
     # Hand frame: v along the fingers (up the face, turned), w across them; units of d.
-    da, db = frame.a - _c(p["hand_a"]), frame.b - _c(p["hand_b"])
+    da, db = a - _c(p["hand_a"]), b - _c(p["hand_b"])
     v = -(db * cos - da * sin) / s
     w = (da * cos + db * sin) / s
     cover = _capsule(v, w, (-0.1, 0.0), (0.35, 0.0), 0.42)  # palm
     cover = np.maximum(cover, _capsule(v, w, (-6.0, 0.0), (-0.1, 0.0), 0.34))  # arm
     for across, length in ((-0.3, 0.6), (-0.1, 0.75), (0.1, 0.72), (0.3, 0.55)):
         cover = np.maximum(cover, _capsule(v, w, (0.35, across), (0.35 + length, across), 0.095))
-    return _soft(cover * frame.d_px * s)
+    return _soft(cover * d_px * s)
 
 
 def _capsule(v, w, start, end, radius) -> np.ndarray:
@@ -127,8 +106,3 @@ def _capsule(v, w, start, end, radius) -> np.ndarray:
 def _soft(depth_px: np.ndarray) -> np.ndarray:
     """Coverage from a signed depth in pixels: a one-pixel antialiased edge."""
     return np.clip(depth_px + 0.5, 0.0, 1.0).astype(_F)
-
-
-def _c(x) -> np.ndarray:
-    """A per-face value (B,) as (B, 1, 1) float32, to broadcast over images."""
-    return np.asarray(x, dtype=_F).reshape(-1, 1, 1)
