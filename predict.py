@@ -81,7 +81,8 @@ def main(argv: list[str]) -> int:
         raise UserError(f"--workdir {_WORKDIR.value}: no such folder")
     if _MODEL.value and not Path(_MODEL.value).is_file():
         raise UserError(f"--model {_MODEL.value}: no such file")
-    cli.use_compilation_cache(_CACHE.value)
+    if not (_MODEL.value or "").lower().endswith(".onnx"):  # onnxruntime compiles no XLA
+        cli.use_compilation_cache(_CACHE.value)
     t = time.perf_counter()
     detector = Detector.load(
         _WORKDIR.value or _MODEL.value, checkpoint=_CHECKPOINT.value, passes=_PASSES.value,

@@ -107,21 +107,26 @@ class Detector:
         its `checkpoint`, "best" or "latest") or an exported model file (export.py: a
         .jaxexport file, or an .onnx file run by onnxruntime, the `onnx` extra).
         `options`: see `Options`. A missing or unreadable model raises UserError."""
-        from fkd_jax.inference import exported, onnx_model
+        from fkd_jax.inference import onnx_model
         from fkd_jax.inference.predictor import Predictor
-        from fkd_jax.training import restore
 
         path = Path(path)
         Options(**options)  # a bad option stops before the model is read
         if checkpoint not in ("best", "latest"):
             raise UserError(f"checkpoint={checkpoint!r} must be 'best' or 'latest'")
         if path.is_dir():
+            from fkd_jax.training import restore
+
             run = restore.load_run(path, checkpoint)
             predictor = TwoBatchPredictor(lambda b: Predictor.from_run(run, batch_size=b))
             source = f"{path} ({checkpoint})"
         elif path.is_file():
-            reader = (onnx_model.load_onnx_predictor if path.suffix.lower() == onnx_model.SUFFIX
-                      else exported.load_predictor)
+            if path.suffix.lower() == onnx_model.SUFFIX:  # onnxruntime: jax is never imported
+                reader = onnx_model.load_onnx_predictor
+            else:
+                from fkd_jax.inference import exported
+
+                reader = exported.load_predictor
             predictor = TwoBatchPredictor(lambda b: reader(path, batch_size=b))
             source = str(path)
         else:

@@ -64,9 +64,10 @@ def test_with_spread_gives_the_same_keypoints_and_a_spread_in_crop_pixels(member
         assert np.all(spread < 48 * np.sqrt(2)) and np.all(spread > 25)
 
 
-def test_an_ensembles_spread_counts_its_members_disagreement():
+def test_an_ensembles_spread_counts_its_members_disagreement(monkeypatch):
     import jax.numpy as jnp
 
+    from fkd_jax import models
     from fkd_jax.inference import predictor
 
     def fake_member(points):  # a regression model's (B, K, 2) answer and no spread of its own
@@ -74,13 +75,9 @@ def test_an_ensembles_spread_counts_its_members_disagreement():
 
     a, b = jnp.zeros((1, 2, 2)), jnp.array([[[0.2, 0.0], [0.0, 0.0]]])
     answers = iter([fake_member(a), fake_member(b)])
-    original = predictor.models.apply_with_spread
-    predictor.models.apply_with_spread = lambda graphdef, p, images: next(answers)
-    try:
-        mean, spread = predictor.apply_members_with_spread(None, 2, ("p0", "p1"),
-                                                           jnp.zeros((1, 96, 96, 1)))
-    finally:
-        predictor.models.apply_with_spread = original
+    monkeypatch.setattr(models, "apply_with_spread", lambda graphdef, p, images: next(answers))
+    mean, spread = predictor.apply_members_with_spread(None, 2, ("p0", "p1"),
+                                                       jnp.zeros((1, 96, 96, 1)))
     np.testing.assert_allclose(np.asarray(mean), [[0.1, 0.0, 0.0, 0.0]], atol=1e-7)
     np.testing.assert_allclose(np.asarray(spread), [[0.1, 0.0]], atol=1e-7)  # half the gap
 

@@ -146,10 +146,36 @@ def test_onnx_gives_the_checkpoints_keypoints_and_tta(run, faces, reference, tmp
     assert predictor.flip_label_offset_px == run.config.augment.flip_label_offset_px
     np.testing.assert_allclose(predictor(faces), reference["plain"], atol=1e-3)
     np.testing.assert_allclose(predictor(faces, tta=True), reference["tta"], atol=1e-3)
+    # a heatmap model's file carries each keypoint's spread (the confidence's input) too
+    want_points, want_spread = inference.Predictor.from_run(run, 8).with_spread(faces)
+    points, spread = predictor.with_spread(faces)
+    assert spread.shape == (11, 15) and spread.min() > 0
+    np.testing.assert_allclose(points, want_points, atol=1e-3)
+    np.testing.assert_allclose(spread, want_spread, atol=1e-3)
     with pytest.raises(UserError, match="not a readable ONNX model"):
         garbage = tmp_path / "garbage.onnx"
         garbage.write_bytes(b"\x00garbage")
         onnx_model.load_onnx_predictor(garbage)
+
+
+def test_an_onnx_model_locates_faces_without_importing_jax(run, tmp_path):
+    """The start-up of a short predict.py run is mostly importing jax: Detector.load of an
+    .onnx file, and the faces it finds with their confidences, need numpy and onnxruntime."""
+    path = tmp_path / "model.onnx"
+    path.write_bytes(onnx_model.export_onnx(run))
+    code = textwrap.dedent(f"""
+        import sys
+        import numpy as np
+        from fkd_jax.api import Detector
+        detector = Detector.load({str(path)!r})
+        faces = detector(np.full((200, 160), 128, np.uint8), boxes=[(30, 40, 100, 100)])
+        assert len(faces) == 1 and np.isfinite(faces[0].confidence).all(), faces
+        print(sorted(m for m in ("jax", "flax", "orbax", "optax") if m in sys.modules))
+        """)
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 # --------------------------------------------------------------------------- export.py

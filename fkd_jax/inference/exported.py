@@ -33,7 +33,13 @@ import jax.numpy as jnp
 
 from fkd_jax.errors import UserError
 from fkd_jax.geometry import keypoints
-from fkd_jax.inference.predictor import EVAL_BATCH, Predictor, Run, apply_members
+from fkd_jax.inference.predictor import (
+    EVAL_BATCH,
+    Predictor,
+    Run,
+    apply_members,
+    check_keypoint_model,
+)
 
 PLATFORMS = ("cpu", "cuda", "tpu")
 SUFFIX = ".jaxexport"
@@ -75,20 +81,6 @@ def _check_signature(exported: jax.export.Exported, path: Path) -> None:
     ins, outs = exported.in_avals, exported.out_avals
     check_keypoint_model([a.shape for a in ins], [a.shape for a in outs], path,
                          float32=all(a.dtype == jnp.float32 for a in ins))
-
-
-def check_keypoint_model(in_shapes: list, out_shapes: list, path: str | Path,
-                         float32: bool = True) -> keypoints.KeypointSet:
-    """The keypoint set of a model file whose one input is float32 (B, S, S, 1) and one output
-    (B, 2K) (any file format: shapes only); UserError naming the file otherwise."""
-    ok = (float32 and len(in_shapes) == 1 and len(out_shapes) == 1
-          and len(in_shapes[0]) == 4 and in_shapes[0][3] == 1
-          and isinstance(in_shapes[0][1], int) and in_shapes[0][1] == in_shapes[0][2]
-          and len(out_shapes[0]) == 2 and isinstance(out_shapes[0][1], int))
-    if not ok:
-        raise UserError(f"--model {path}: not a keypoint model (takes {list(in_shapes)}, "
-                        f"returns {list(out_shapes)}; expected float32 (B, S, S, 1) -> (B, 2K))")
-    return keypoints.set_for_width(out_shapes[0][1], f"--model {path}")
 
 
 def keypoint_set(exported: jax.export.Exported, path: str | Path = "model"

@@ -4,6 +4,9 @@ Same contract as the jax.export artefact (fkd_jax.inference.exported), as a stan
   input   "images"     float32 (B, S, S, 1), NHWC, grayscale in [0, 1], any B >= 1 (S = 96);
   output  "keypoints"  float32 (B, 2K) normalised coordinates u = x / (S / 2) - 1, x and y
           interleaved in the run's keypoint order; an ensemble's file predicts the mean;
+  output  "spread"     float32 (B, K) each keypoint's spread in the same normalised units (the
+          per-point confidence's input, `Predictor.with_spread`), for heatmap models and
+          ensembles only: a single coordinate regressor has none to give;
   metadata "keypoint_set" and "flip_label_offset_px" (the axis flip TTA un-mirrors about).
 
     import onnxruntime as ort
@@ -14,6 +17,8 @@ The graph is converted by jax2onnx from the model rebuilt with `conv_impl="porta
 Conv nodes, which every ONNX runtime optimises, instead of the im2col matmuls the CPU path
 uses, and a reshape-and-max pooling; the parameters are the same). Both packages come with the
 `onnx` extra (`pip install "fkd-jax[onnx]"`); nothing here imports them until it is used.
+Loading and running a file needs numpy and onnxruntime only: predict.py --model FILE.onnx
+starts without importing jax, the larger part of a short run's start-up.
 """
 
 from __future__ import annotations
@@ -21,19 +26,21 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-import jax
 import numpy as np
-from flax import nnx
 
-from fkd_jax import models
-from fkd_jax.data import augment
 from fkd_jax.errors import UserError
 from fkd_jax.geometry import keypoints
-from fkd_jax.inference.exported import check_keypoint_model
-from fkd_jax.inference.predictor import EVAL_BATCH, Predictor, Run, apply_members
+from fkd_jax.inference.predictor import (
+    EVAL_BATCH,
+    Predictor,
+    Run,
+    apply_members,
+    apply_members_with_spread,
+    check_keypoint_model,
+)
 
 SUFFIX = ".onnx"
-INPUT, OUTPUT = "images", "keypoints"
+INPUT, OUTPUT, SPREAD = "images", "keypoints", "spread"
 
 
 def _need(module: str):
@@ -45,8 +52,14 @@ def _need(module: str):
 
 
 def export_onnx(run: Run) -> bytes:
-    """The run's prediction function with its parameters as an ONNX model (symbolic batch)."""
+    """The run's prediction function with its parameters as an ONNX model (symbolic batch);
+    with the keypoints' spreads as a second output where the model has them."""
     jax2onnx = _need("jax2onnx")
+    from flax import nnx
+
+    from fkd_jax import models
+    from fkd_jax.data import augment
+
     model_cfg = copy.deepcopy(run.config.model)
     model_cfg.conv_impl = "portable"
     k = keypoints.KEYPOINT_SETS[run.config.data.keypoints].num_keypoints
@@ -54,11 +67,16 @@ def export_onnx(run: Run) -> bytes:
     graphdef, _ = nnx.split(nnx.eval_shape(lambda: models.create_model(model_cfg, k, 0)),
                             nnx.Param)
 
-    def predict(images: jax.Array) -> jax.Array:
+    spread = run.members > 1 or models.has_heatmaps(run.config.model.name)
+
+    def predict(images):
+        if spread:
+            return apply_members_with_spread(graphdef, run.members, run.params, images)
         return apply_members(graphdef, run.members, run.params, images)
 
     proto = jax2onnx.to_onnx(predict, [("B", size, size, 1)], model_name="fkd_jax",
-                             input_names=[INPUT], output_names=[OUTPUT])
+                             input_names=[INPUT],
+                             output_names=[OUTPUT, SPREAD] if spread else [OUTPUT])
     offset = augment.read_settings(run.config.get("augment")).flip_label_offset_px
     for key, value in {"keypoint_set": run.config.data.keypoints,
                        "flip_label_offset_px": repr(float(offset))}.items():
@@ -76,7 +94,9 @@ def load_onnx_predictor(path: str | Path, batch_size: int = EVAL_BATCH) -> Predi
         raise UserError(f"--model {path}: {'is a directory' if path.is_dir() else 'no such file'}"
                         "; write one with export.py --format onnx")
     try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: not its notes on unused initialisers
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own error types on a bad file
         raise UserError(f"--model {path}: not a readable ONNX model ({type(e).__name__}: "
                         f"{' '.join(str(e).split())[:160]})") from None
@@ -87,6 +107,11 @@ def load_onnx_predictor(path: str | Path, batch_size: int = EVAL_BATCH) -> Predi
     offset = float(session.get_modelmeta().custom_metadata_map.get("flip_label_offset_px", 0.0))
 
     def run(images) -> np.ndarray:
-        return session.run(None, {name: np.asarray(images, np.float32)})[0]
+        return session.run([outs[0].name], {name: np.asarray(images, np.float32)})[0]
 
-    return Predictor(run, batch_size, image_size, keypoint_set.flip_permutation, offset)
+    def run_with_spread(images) -> tuple[np.ndarray, np.ndarray]:
+        keypoints_, spread = session.run(None, {name: np.asarray(images, np.float32)})
+        return keypoints_, spread
+
+    return Predictor(run, batch_size, image_size, keypoint_set.flip_permutation, offset,
+                     spread_fn=run_with_spread if len(outs) == 2 else None)

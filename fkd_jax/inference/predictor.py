@@ -7,22 +7,28 @@ photo crops of any count reuse the same executable: nothing recompiles per file 
 
 Units: `Predictor` takes images float32 (N, S, S, 1) NHWC in [0, 1] and returns keypoints
 (N, 2K) in *pixels* of that S x S crop (Kaggle column order, see fkd_jax.geometry.keypoints).
+
+`Predictor` itself is numpy: jax and the model code are imported only by what builds a JAX
+model (`from_run`, `model_apply`), so an ONNX model predicts without loading jax at all.
 """
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
-import jax
-import jax.numpy as jnp
-import ml_collections
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from fkd_jax import models
-from fkd_jax.data import augment
+from fkd_jax.errors import UserError
 from fkd_jax.geometry import keypoints
+
+if TYPE_CHECKING:
+    import jax
+    import ml_collections
 
 # Prediction batch: larger ones run slower on CPU (640 faces through heatmap_unet on 2 cores:
 # 3.8 s in batches of 64, 4.9 s in batches of 256).
@@ -80,6 +86,11 @@ class Predictor:
 
     @classmethod
     def from_run(cls, run: Run, batch_size: int = EVAL_BATCH) -> "Predictor":
+        import jax
+
+        from fkd_jax import models
+        from fkd_jax.data import augment
+
         keypoint_set = keypoints.KEYPOINT_SETS[run.config.data.keypoints]
         offset = augment.read_settings(run.config.get("augment")).flip_label_offset_px
         apply = model_apply(run.graphdef, run.members)
@@ -149,6 +160,23 @@ class Predictor:
         return pred, spread.astype(np.float32)
 
 
+def check_keypoint_model(in_shapes: list, out_shapes: list, path: str | Path,
+                         float32: bool = True) -> keypoints.KeypointSet:
+    """The keypoint set of a model file whose one input is float32 (B, S, S, 1) and whose
+    outputs are (B, 2K) keypoints, optionally followed by (B, K) spreads (any file format:
+    shapes only); UserError naming the file otherwise."""
+    ok = (float32 and len(in_shapes) == 1 and len(out_shapes) in (1, 2)
+          and len(in_shapes[0]) == 4 and in_shapes[0][3] == 1
+          and isinstance(in_shapes[0][1], int) and in_shapes[0][1] == in_shapes[0][2]
+          and len(out_shapes[0]) == 2 and isinstance(out_shapes[0][1], int)
+          and all(len(o) == 2 and o[1] == out_shapes[0][1] // 2 for o in out_shapes[1:]))
+    if not ok:
+        raise UserError(f"--model {path}: not a keypoint model (takes {list(in_shapes)}, "
+                        f"returns {list(out_shapes)}; expected float32 (B, S, S, 1) -> (B, 2K)"
+                        " [and (B, K)])")
+    return keypoints.set_for_width(out_shapes[0][1], f"--model {path}")
+
+
 def _mirror(images: np.ndarray) -> np.ndarray:
     return np.asarray(images)[:, :, ::-1, :]
 
@@ -156,12 +184,16 @@ def _mirror(images: np.ndarray) -> np.ndarray:
 def model_apply(graphdef, members: int = 1) -> Callable:
     """The jitted `(params, images (B, S, S, 1)) -> (B, 2K) normalised` of a model structure;
     jit's cache compiles it once per batch shape."""
+    import jax
+
     return jax.jit(functools.partial(apply_members, graphdef, members))
 
 
 def apply_members(graphdef, members: int, params, images: jax.Array) -> jax.Array:
     """The model's normalised prediction; for an ensemble (`members` > 1, `params` a tuple) the
     members' mean, every member in the one compiled function."""
+    from fkd_jax import models
+
     if members == 1:
         return models.apply_model(graphdef, params, images)
     return sum(models.apply_model(graphdef, p, images) for p in params) / members
@@ -171,6 +203,10 @@ def apply_members_with_spread(graphdef, members: int, params, images: jax.Array)
     """`apply_members`' keypoints (B, 2K) and their spread (B, K), normalised: the RMS radius
     of the members' beliefs taken together (law of total variance: the mean of their heatmaps'
     variances plus the variance of their answers)."""
+    import jax.numpy as jnp
+
+    from fkd_jax import models
+
     outs = [models.apply_with_spread(graphdef, p, images)
             for p in (params if members > 1 else (params,))]
     mean = sum(m for m, _ in outs) / members
