@@ -3,6 +3,8 @@ each run as a whole process in alternation and all scored by fkd-jax's own scori
   bash benchmarks/setup_peers.sh          # once: the peers' environments in benchmarks/.peers/
   uv run python benchmarks/peers.py --workdir=RUN_DIR --photos=photos.txt \
       --labels=keypoints.csv [--labels68=landmarks68.csv] [--rounds=3] --out=OUT
+--workdir and --model take several models (comma-separated): each is a pipeline of its own,
+"fkd-jax NAME", alternated with the rest, to compare two setups inside one run.
 --photos: photos, folders, or .txt files listing photos one a line (comma-separated; or as
 arguments). Time it on an otherwise idle machine: every pipeline shares its cores.
 
@@ -56,9 +58,10 @@ FKD = "fkd-jax"
 PEERS = ("dlib", "mediapipe")
 
 FLAGS = flags.FlagValues()
-flags.DEFINE_string("workdir", None, "fkd-jax run directory (train.py).", flag_values=FLAGS)
-flags.DEFINE_string("model", None, "Exported fkd-jax model file, instead of --workdir.",
-                    flag_values=FLAGS)
+flags.DEFINE_list("workdir", [], "fkd-jax run directories (train.py), comma-separated.",
+                  flag_values=FLAGS)
+flags.DEFINE_list("model", [], "Exported fkd-jax model files (.jaxexport, .onnx), beside or "
+                  "instead of --workdir.", flag_values=FLAGS)
 flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint of --workdir.",
                   flag_values=FLAGS)
 flags.DEFINE_list("photos", [], "Photos, folders, or .txt files of photo paths (one a line).",
@@ -153,12 +156,24 @@ def score_pipeline(folder: Path, names: list[str], labels: dict, labels68: dict 
 Command = Callable[[Path], list[str]]  # a pipeline's command line for an output folder
 
 
+def fkd_models() -> dict[str, list[str]]:
+    """{pipeline name: predict.py's model flags} of every --workdir and --model: "fkd-jax"
+    alone, "fkd-jax NAME" (the run folder's or file's name) when several are compared."""
+    models = ([[f"--workdir={w}", f"--checkpoint={FLAGS.checkpoint}"] for w in FLAGS.workdir]
+              + [[f"--model={m}"] for m in FLAGS.model])
+    if len(models) == 1:
+        return {FKD: models[0]}
+    named = {f"{FKD} {Path(m[0].split('=', 1)[1]).name}": m for m in models}
+    if len(named) < len(models):
+        raise UserError("--workdir/--model: two models with the same name; rename one")
+    return named
+
+
 def commands(photos_file: Path, names: list[str]) -> tuple[dict[str, Command], list[str]]:
     """({pipeline: folder -> its command line}, notes on the peers skipped)."""
-    model = ([f"--workdir={FLAGS.workdir}", f"--checkpoint={FLAGS.checkpoint}"]
-             if FLAGS.workdir else [f"--model={FLAGS.model}"])
-    found = {FKD: lambda d: [sys.executable, str(ROOT / "predict.py"), *model, f"--out={d}",
-                             "--no_overlays", *names]}  # scored here, as the peers are
+    found = {name: (lambda d, model=model: [
+        sys.executable, str(ROOT / "predict.py"), *model, f"--out={d}", "--no_overlays",
+        *names]) for name, model in fkd_models().items()}  # scored here, as the peers are
     notes = []
     for peer in FLAGS.peers:
         python = Path(FLAGS.peers_dir) / peer / "bin" / "python"
@@ -194,14 +209,15 @@ def run_once(name: str, command: list[str], folder: Path, n_photos: int) -> dict
     return run
 
 
-def fkd_latency(photos: list[str], n: int) -> float | None:
-    """Median seconds of one photo alone through fkd-jax's Detector (predict.py's defaults),
-    the model loaded and compiled by a first photo; None when n is 0."""
+def fkd_latency(model: list[str], photos: list[str], n: int) -> float | None:
+    """Median seconds of one photo alone through fkd-jax's Detector (predict.py's defaults)
+    for `model` (predict.py's model flags), the model loaded and compiled by a first photo;
+    None when n is 0."""
     from fkd_jax.api import Detector
 
     if n == 0:
         return None
-    detector = Detector.load(FLAGS.workdir or FLAGS.model, checkpoint=FLAGS.checkpoint)
+    detector = Detector.load(model[0].split("=", 1)[1], checkpoint=FLAGS.checkpoint)
     list(detector.detect_files([photos[0]]))  # compiles (detect_files is lazy)
     seconds = []
     for p in (photos * n)[:n]:
@@ -242,11 +258,14 @@ def main(argv: list[str]) -> None:
     rest = cli.parse_flags(argv, FLAGS, positional=True)
     if not FLAGS.out:
         raise UserError("--out is required (the output folder)")
-    if bool(FLAGS.workdir) == bool(FLAGS.model):
-        raise UserError("give --workdir RUN_DIR or --model FILE, one of them")
-    model = Path(FLAGS.workdir or FLAGS.model)
-    if not (model.is_dir() if FLAGS.workdir else model.is_file()):
-        raise UserError(f"--{'workdir' if FLAGS.workdir else 'model'} {model}: not found")
+    if not FLAGS.workdir and not FLAGS.model:
+        raise UserError("give --workdir RUN_DIR or --model FILE (or several, comma-separated)")
+    for flag, paths, ok in (("workdir", FLAGS.workdir, Path.is_dir),
+                            ("model", FLAGS.model, Path.is_file)):
+        missing = [p for p in paths if not ok(Path(p))]
+        if missing:
+            raise UserError(f"--{flag} {missing[0]}: not found")
+    models = fkd_models()
     if not FLAGS.labels:
         raise UserError("--labels is required (true keypoints of the photos)")
     unknown = [p for p in FLAGS.peers if p not in PEERS]
@@ -270,17 +289,18 @@ def main(argv: list[str]) -> None:
                   "end to end", flush=True)
 
     report = {"photos": len(names), "rounds": FLAGS.rounds, "labels": FLAGS.labels,
-              "labels68": FLAGS.labels68, "model": str(model), "notes": notes,
+              "labels68": FLAGS.labels68, "models": models, "notes": notes,
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                           "python": platform.python_version()},
               "pipelines": {}}
-    latency = fkd_latency(names, FLAGS.latency_photos)
+    latency = {name: fkd_latency(model, names, FLAGS.latency_photos)
+               for name, model in models.items()}
     for name in pipelines:
         first = out / "round1" / name
         result = score_pipeline(first, names, labels, labels68, out / "scores" / name)
         same = all((out / f"round{r + 1}" / name / "keypoints.csv").read_bytes()
                    == (first / "keypoints.csv").read_bytes() for r in range(FLAGS.rounds))
-        lat = (latency if name == FKD else
+        lat = (latency[name] if name in models else
                statistics.median(r["latency_s"] for r in runs[name]) if runs[name][0].get(
                    "latency_s") is not None else None)
         report["pipelines"][name] = {
@@ -290,8 +310,8 @@ def main(argv: list[str]) -> None:
         if labels68 is not None and result["nme68"] is None:
             report["notes"].append(
                 f"{name}: no 68 landmarks written, no 68-point NME"
-                + (" (a 15-point model)" if name == FKD else ""))
-    report["labelled_faces"] = report["pipelines"][FKD]["scores"]["n_faces"]
+                + (" (a 15-point model)" if name in models else ""))
+    report["labelled_faces"] = report["pipelines"][next(iter(models))]["scores"]["n_faces"]
     files.write_json(out / "peers.json", scoring.jsonable(report))
     files.write_text(out / "peers.md", table(report))
     print(table(report), end="")

@@ -147,3 +147,19 @@ def test_table_has_a_row_per_pipeline():
            "31 ms | - |" in text
     assert "| dlib |" in text and "7.00% (4.00%)" in text
     assert "- mediapipe: not installed; skipped" in text
+
+
+def test_several_fkd_models_are_pipelines_named_by_their_folder_or_file():
+    """Two setups of fkd-jax (a run and its ONNX file) are compared inside one run."""
+    try:
+        peers.FLAGS(["peers.py", "--workdir=runs/unet_pair", "--model=out/small.onnx"])
+        assert peers.fkd_models() == {
+            "fkd-jax unet_pair": ["--workdir=runs/unet_pair", "--checkpoint=best"],
+            "fkd-jax small.onnx": ["--model=out/small.onnx"]}
+        peers.FLAGS(["peers.py", "--workdir=", "--model=a/small.onnx"])
+        assert peers.fkd_models() == {"fkd-jax": ["--model=a/small.onnx"]}
+        peers.FLAGS(["peers.py", "--workdir=", "--model=a/m.onnx,b/m.onnx"])
+        with pytest.raises(UserError, match="same name"):
+            peers.fkd_models()
+    finally:
+        peers.FLAGS.unparse_flags()
