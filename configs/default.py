@@ -70,6 +70,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.hidden = config_dict.placeholder(tuple)  # dense widths, e.g. "(500,500)"
     c.model.blocks = config_dict.placeholder(int)  # residual blocks per stage
     c.model.heatmap_size = config_dict.placeholder(int)  # heatmap side in cells (heatmap models)
+    # heatmap_unet only: black padding (pixels a side) that its heatmaps also cover, for points
+    # outside the crop such as iBUG's chin; heatmap_size then counts the padded square's cells
+    c.model.margin = config_dict.placeholder(int)
     c.model.dropout = 0.0  # before dense layers; heatmap models have none and refuse it
     # "xla", "im2col" or "auto" (im2col matmuls with custom gradients on CPU, XLA's own
     # convolutions on GPU/TPU; "xla" inside the CPU epoch scan is very slow); "portable" (XLA

@@ -423,6 +423,24 @@ def test_heatmap_kl_is_zero_on_the_target_gaussian_and_matches_its_formula():
     assert np.all(g[1, ..., 2:] == 0) and np.all(np.abs(g[0]).sum((0, 1)) > 0)
 
 
+def test_heatmap_kl_with_a_margin_targets_points_outside_the_crop():
+    """With margin_px the cells span (-m, 96 + m), soft-argmax's grid for a padded
+    heatmap_unet: the KL is ~0 on a Gaussian at a chin 8 px below the crop, and that map's
+    soft-argmax, scaled to the crop, returns the chin."""
+    from fkd_jax.models import networks
+
+    h, m, sigma = 32, 16, 2.0
+    chin = np.array([[48.0, 104.0]], np.float32)
+    centres = (np.arange(h) + 0.5) * (96 + 2 * m) / h - m
+    d2 = (centres[None, :, None] - chin[0, 0]) ** 2 + (centres[:, None, None] - chin[0, 1]) ** 2
+    logits = jnp.asarray((-d2 / (2 * sigma ** 2))[None])  # (1, H, W, 1)
+    mask = np.ones((1, 2), bool)
+    assert float(steps.heatmap_kl(logits, chin, mask, sigma, 96, m)) < 1e-5
+    assert float(steps.heatmap_kl(logits, chin, mask, sigma, 96)) > 0.1  # grid without margin
+    found = np.asarray(networks.soft_argmax(logits))[0, 0] * (96 + 2 * m) / 96
+    np.testing.assert_allclose((found + 1) * 48, chin[0], atol=0.05)
+
+
 def test_heatmap_loss_trains_sharper_heatmaps_and_is_refused_without_heatmaps():
     c = _config(heatmap_loss_weight=0.01, heatmap_sigma_px=4.0)
     c.model.name, c.model.widths, c.model.hidden = "heatmap", (4, 8), None

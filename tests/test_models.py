@@ -108,7 +108,7 @@ def test_tiny_models_match_a_hand_count_of_parameters():
 
 def test_model_sizes_fills_in_defaults_and_takes_overrides():
     assert models.model_sizes(_model_cfg("heatmap_unet")) == {
-        "widths": (16, 32, 64, 128), "blocks": 1, "heatmap_size": 24}
+        "widths": (16, 32, 64, 128), "blocks": 1, "heatmap_size": 24, "margin": 0}
     # a config read back from JSON has lists; an int is a 1-tuple
     cfg = ml_collections.ConfigDict({"name": "resnet", "dropout": 0.0, "widths": [8, 16],
                                      "hidden": 64, "blocks": 2, "heatmap_size": None})
@@ -209,6 +209,28 @@ def test_heatmap_unet_rejects_a_heatmap_size_that_is_no_encoder_level():
     with pytest.raises(ValueError, match="heatmap_size"):
         networks.HeatmapUNet(networks.Layers.create(), widths=(8, 8), blocks=1, heatmap_size=32,
                            num_keypoints=15, image_size=96)
+
+
+def test_a_heatmap_unet_with_a_margin_reaches_points_outside_the_crop():
+    """margin m pads the crop and its maps cover (-m, 96 + m): a map peaked on a cell of the
+    padding gives that point, beyond the crop's edge, in the crop's own coordinates."""
+    cfg = _model_cfg("heatmap_unet", widths=(8, 8, 8, 8), margin=16, heatmap_size=32)
+    model = models.create_model(cfg, 15, 0)
+    images = uniform(1, (2, 96, 96, 1))
+    logits = model.heatmap_logits(images)
+    assert logits.shape == (2, 32, 32, 15)  # 4-pixel cells of the 128-pixel padded square
+    peaked = jnp.full((1, 32, 32, 15), -1e4).at[0, 29, 16, 0].set(0.0)
+    # cell (row 29, col 16) of 32 over (-16, 112): centre (50, 102) crop pixels, below the crop
+    model.heatmap_logits = lambda x: peaked
+    points, spread = model.moments(images[:1])
+    np.testing.assert_allclose(keypoints.to_pixels(np.asarray(points[0, 0]), 96), [50, 102],
+                               atol=1e-4)
+    np.testing.assert_allclose(np.asarray(model(images[:1])).reshape(15, 2), points[0], atol=1e-6)
+    with pytest.raises(UserError, match=r"heatmap_size=24 \(the default\) must be one of "
+                                        r"64, 32, 16, 8"):
+        models.create_model(_model_cfg("heatmap_unet", margin=16), 15, 0)
+    with pytest.raises(UserError, match="margin is not used by model resnet"):
+        models.create_model(_model_cfg("resnet", margin=16), 15, 0)
 
 
 CONFIG_FILES = sorted(p for p in Path(__file__).parents[1].glob("configs/*.py")

@@ -29,7 +29,6 @@ from fkd_jax.models.networks import (
     _check_heatmap_unet,
     _check_nouri,
     _check_resnet,
-    heatmap_moments,
     nouri,
     simple_cnn,
 )
@@ -57,7 +56,8 @@ MODELS: dict[str, ModelSpec] = {
     "heatmap": ModelSpec(HeatmapRegressor, {"widths": (32, 64, 128), "blocks": 1},
                          dropout=False, check=_check_backbone),
     "heatmap_unet": ModelSpec(HeatmapUNet,
-                              {"widths": (16, 32, 64, 128), "blocks": 1, "heatmap_size": 24},
+                              {"widths": (16, 32, 64, 128), "blocks": 1, "heatmap_size": 24,
+                               "margin": 0},
                               dropout=False, check=_check_heatmap_unet),
 }
 
@@ -148,11 +148,11 @@ def apply_model(graphdef: nnx.GraphDef, params, images, *, train: bool = False, 
 
 def apply_with_spread(graphdef: nnx.GraphDef, params, images) -> tuple[jax.Array, jax.Array]:
     """Keypoints (B, K, 2) and each one's spread (B, K), normalised coordinates, in inference
-    mode. A heatmap model's spread is its heatmap's (`networks.heatmap_moments`); a model that
+    mode. A heatmap model's spread is its heatmap's (its `moments`); a model that
     regresses coordinates directly has none of its own (zeros: an ensemble of such models
     still has its members' disagreement)."""
     model = nnx.merge(graphdef, params)
-    if hasattr(model, "heatmap_logits"):
-        return heatmap_moments(model.heatmap_logits(images))
+    if hasattr(model, "moments"):
+        return model.moments(images)
     points = model(images).reshape(images.shape[0], -1, 2)
     return points, jnp.zeros(points.shape[:2], points.dtype)

@@ -88,6 +88,7 @@ def _schema() -> dict[str, Key]:
         "model.hidden": _POSITIVE_INTS,
         "model.blocks": _at_least(1, optional=True),
         "model.heatmap_size": _at_least(1, optional=True),
+        "model.margin": _at_least(1, optional=True),
         # train
         "train.epochs": _at_least(1),
         "train.batch_size": _at_least(1),

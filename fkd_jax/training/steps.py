@@ -241,10 +241,11 @@ def make_heatmap_loss(train_cfg) -> HeatmapLoss | None:
 
 
 def heatmap_kl(logits, keypoints_px, mask, sigma_px: float,
-               image_size: int = keypoints.IMAGE_SIZE):
+               image_size: int = keypoints.IMAGE_SIZE, margin_px: int = 0):
     """Mean over labelled keypoints of KL(q || p): p the softmax of logits (B, H, W, K) over
     the H x W cells, q a Gaussian of std `sigma_px` (pixels) centred on the keypoint
-    (B, 2K pixels), evaluated at the cell centres (soft_argmax's grid) and normalised.
+    (B, 2K pixels), evaluated at the cell centres (soft_argmax's grid) and normalised. The
+    cells cover the crop and `margin_px` pixels around it (a heatmap_unet's `margin`).
 
     Why: soft-argmax is trained only through the heatmap's mean, so any spread-out or
     many-peaked heatmap with the right mean is as good as a sharp one; this pulls each
@@ -253,8 +254,9 @@ def heatmap_kl(logits, keypoints_px, mask, sigma_px: float,
     """
     b, h, w, k = logits.shape
     log_p = jax.nn.log_softmax(logits.reshape(b, h * w, k).astype(jnp.float32), axis=1)
-    xs = (jnp.arange(w) + 0.5) * (image_size / w)  # cell centres, pixels
-    ys = (jnp.arange(h) + 0.5) * (image_size / h)
+    span = image_size + 2 * margin_px
+    xs = (jnp.arange(w) + 0.5) * (span / w) - margin_px  # cell centres, crop pixels
+    ys = (jnp.arange(h) + 0.5) * (span / h) - margin_px
     pts = keypoints_px.reshape(b, k, 2)
     d2 = ((xs[None, None, :, None] - pts[:, None, None, :, 0]) ** 2
           + (ys[None, :, None, None] - pts[:, None, None, :, 1]) ** 2)  # (B, H, W, K)
@@ -283,10 +285,12 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, au
             pred = models.apply_model(graphdef, params, images, train=True, dropout_key=dropout_key)
             aux = 0.0
         else:
-            logits = nnx.merge(graphdef, params).heatmap_logits(images)
-            pred = networks.soft_argmax(logits).reshape(images.shape[0], -1)
+            model = nnx.merge(graphdef, params)
+            logits, size = model.heatmap_logits(images), images.shape[1]
+            scale = (size + 2 * model.margin) / size  # maps over the crop and its margin
+            pred = (networks.soft_argmax(logits) * scale).reshape(images.shape[0], -1)
             aux = heatmap_loss.weight * heatmap_kl(logits, kp, mask, heatmap_loss.sigma_px,
-                                                   images.shape[1])
+                                                   size, model.margin)
         loss, se_sum, count = loss_fn(pred, kp, mask, images.shape[1])
         return loss + aux, (se_sum, count)
 
