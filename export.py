@@ -76,7 +76,8 @@ def main(argv: list[str]) -> None:
         raise UserError(f"--out {out}: cannot write ({e.strerror or e})") from None
     print(f"wrote {out} ({len(data) / 1e6:.1f} MB; {_CHECKPOINT.value} checkpoint, epoch "
           f"{run.meta.get('epoch')}; {platforms}; "
-          f"input (B, 96, 96, 1) float32 in [0, 1], output (B, {2 * run_k}) normalised)")
+          f"input (B, 96, 96, 1) float32 in [0, 1], output (B, {2 * run_k}) normalised"
+          + (f" and spread (B, {run_k})" if onnx and onnx_model.has_spread(run) else "") + ")")
 
 
 if __name__ == "__main__":

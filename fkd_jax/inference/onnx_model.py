@@ -67,7 +67,7 @@ def export_onnx(run: Run) -> bytes:
     graphdef, _ = nnx.split(nnx.eval_shape(lambda: models.create_model(model_cfg, k, 0)),
                             nnx.Param)
 
-    spread = run.members > 1 or models.has_heatmaps(run.config.model.name)
+    spread = has_spread(run)
 
     def predict(images):
         if spread:
@@ -83,6 +83,13 @@ def export_onnx(run: Run) -> bytes:
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     return proto.SerializeToString()
+
+
+def has_spread(run: Run) -> bool:
+    """Whether the run's ONNX file gets the "spread" output: heatmap models and ensembles."""
+    from fkd_jax import models
+
+    return run.members > 1 or models.has_heatmaps(run.config.model.name)
 
 
 def load_onnx_predictor(path: str | Path, batch_size: int = EVAL_BATCH) -> Predictor:
