@@ -124,6 +124,11 @@ def test_keypoints_pushed_out_of_the_image_lose_their_mask_and_only_those():
     np.testing.assert_allclose(moved, kp + np.tile([20.0, 0.0], 15), atol=1e-5)
     lost = set(column_indices(["nose_tip", "mouth_right_corner", "left_eye_center"]))
     np.testing.assert_array_equal(out_mask, [i not in lost for i in range(30)])
+    # within a margin of 4.5 px the nose (at 100 px) and the mouth corner stay labelled
+    _, kept = A.transform_keypoints(jnp.asarray(kp), jnp.asarray(mask), matrix, margin_px=4.5)
+    np.testing.assert_array_equal(kept, mask)
+    _, cut = A.transform_keypoints(jnp.asarray(kp), jnp.asarray(mask), matrix, margin_px=3.9)
+    assert not cut[column_indices(["nose_tip"])].any()
 
 
 def test_batch_masks_are_the_input_masks_of_keypoints_still_inside():

@@ -82,6 +82,9 @@ def test_loader_reads_a_keypoint_file_row_for_row(tmp_path):
     assert d.keypoint_set is keypoints.IBUG68 and d.keypoints.shape == (8, 136)
     assert not d.mask[0, :2].any() and d.mask[0, 2:].all() and d.mask[1:].all()
     np.testing.assert_allclose(d.keypoints[1:], p68[1:], atol=1e-3)
+    # a model whose heatmaps reach past the crop keeps labels within its margin, no further
+    assert kaggle.load_training(train_csv, keypoints.IBUG68, lm, margin_px=3.0).mask.all()
+    assert not kaggle.load_training(train_csv, keypoints.IBUG68, lm, margin_px=2.9).mask[0, 0]
     short = tmp_path / "short.csv"
     short.write_text("\n".join(lm.read_text().splitlines()[:5]) + "\n")
     with pytest.raises(DataError, match="has 4 rows but .* has 8"):

@@ -163,12 +163,14 @@ def warp_image(image: jax.Array, matrix: jax.Array) -> jax.Array:
 
 
 def transform_keypoints(keypoints_px: jax.Array, mask: jax.Array, matrix: jax.Array,
-                        size: int = IMAGE_SIZE) -> tuple[jax.Array, jax.Array]:
-    """Move keypoints (2K,) by `matrix`; a keypoint that leaves the image, x or y outside
-    [0, size), loses its mask (both coordinates); a False mask stays False."""
+                        size: int = IMAGE_SIZE, margin_px: float = 0.0
+                        ) -> tuple[jax.Array, jax.Array]:
+    """Move keypoints (2K,) by `matrix`; a keypoint that leaves the image and its margin, x or
+    y outside [-margin_px, size + margin_px), loses its mask (both coordinates); a False mask
+    stays False. `margin_px`: how far past the image the model's heatmaps reach."""
     pts = as_points(keypoints_px)  # (K, 2)
     moved = pts @ matrix[:2, :2].T + matrix[:2, 2]
-    inside = jnp.all((moved >= 0) & (moved < size), axis=-1)  # (K,)
+    inside = jnp.all((moved >= -margin_px) & (moved < size + margin_px), axis=-1)  # (K,)
     return moved.reshape(keypoints_px.shape), mask & jnp.repeat(inside, 2)
 
 
@@ -283,13 +285,14 @@ def random_erase(key: jax.Array, image: jax.Array, prob: float, max_size: float)
 
 
 def augment_example(key: jax.Array, image: jax.Array, keypoints_px: jax.Array, mask: jax.Array,
-                    cfg, flip_permutation: np.ndarray = FLIP_PERMUTATION
-                    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+                    cfg, flip_permutation: np.ndarray = FLIP_PERMUTATION,
+                    margin_px: float = 0.0) -> tuple[jax.Array, jax.Array, jax.Array]:
     """One example: image (S, S, C) in [0, 1], keypoints_px (2K,), mask (2K,) bool.
 
     Draws each augmentation's parameters from its own stream of `key` (`stream_key`) and
     applies the enabled augmentations; the keypoint values under mask False are meaningless
-    afterwards. `flip_permutation` names mirror partners (the data's `KeypointSet`).
+    afterwards. `flip_permutation` names mirror partners (the data's `KeypointSet`);
+    keypoints stay labelled up to `margin_px` outside the image (`transform_keypoints`).
     """
     s = read_settings(cfg)
     h, w = image.shape[:2]
@@ -333,7 +336,7 @@ def augment_example(key: jax.Array, image: jax.Array, keypoints_px: jax.Array, m
             fkp, fm = flip_keypoints_px(kp, m, w, flip_permutation, s.flip_label_offset_px)
             kp, m = jnp.where(do_flip, fkp, kp), jnp.where(do_flip, fm, m)
         kp, m = transform_keypoints(kp, m, affine_matrix(angle, scale, shift, centre=w / 2),
-                                    size=w)
+                                    size=w, margin_px=margin_px)
 
     if s.photometric:
         k_b, k_c, k_g = jax.random.split(k_photo, 3)
@@ -350,7 +353,7 @@ def augment_example(key: jax.Array, image: jax.Array, keypoints_px: jax.Array, m
 
 
 def augment_batch(key: jax.Array, images: jax.Array, keypoints_px: jax.Array, mask: jax.Array,
-                  cfg, flip_permutation: np.ndarray = FLIP_PERMUTATION
+                  cfg, flip_permutation: np.ndarray = FLIP_PERMUTATION, margin_px: float = 0.0
                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Augment a batch on the device: images float (B, S, S, C) NHWC in [0, 1];
     keypoints_px float32 (B, 2K) pixels; mask bool (B, 2K). Same shapes out.
@@ -363,5 +366,6 @@ def augment_batch(key: jax.Array, images: jax.Array, keypoints_px: jax.Array, ma
     if not s.any:
         return images, keypoints_px, mask
     keys = jax.random.split(key, images.shape[0])
-    return jax.vmap(lambda k, i, p, m: augment_example(k, i, p, m, s, flip_permutation))(
+    return jax.vmap(lambda k, i, p, m: augment_example(k, i, p, m, s, flip_permutation,
+                                                       margin_px))(
         keys, images, keypoints_px, mask)

@@ -98,13 +98,15 @@ class KeypointData:
 
 
 def load_training(path, keypoint_set: KeypointSet = KAGGLE15,
-                  keypoints_path=None) -> KeypointData:
+                  keypoints_path=None, margin_px: float = 0.0) -> KeypointData:
     """Kaggle training.csv (or a .zip holding it): 30 keypoint columns + Image, validated.
 
     With `keypoints_path`, the keypoints come from that CSV instead (header: the set's columns,
     e.g. `p0_x, p0_y, ..., p67_y` for iBUG's 68), row for row with the training file, in the
-    same image pixels; a coordinate outside the image counts as not labelled (as when
-    augmentation moves a keypoint out of the frame).
+    same image pixels; a coordinate more than `margin_px` outside the image counts as not
+    labelled (as when augmentation moves a keypoint out of the frame). iBUG's chin lies below
+    a Kaggle-framed crop in most faces: a model whose heatmaps reach `margin_px` past the crop
+    (heatmap_unet's `margin`) learns it from those labels.
     """
     if keypoint_set == KAGGLE15_SQUARE:
         return with_square_points(load_training(path, KAGGLE15, keypoints_path))
@@ -124,7 +126,7 @@ def load_training(path, keypoint_set: KeypointSet = KAGGLE15,
         raise DataError(kp_source, f"has {len(kp_table)} rows but {source} has {len(images)} "
                         "(expected the keypoints of every training row, in order)")
     keypoints, mask = _parse_keypoints(kp_table, kp_source, keypoint_set.columns,
-                                       outside_is_missing=True)
+                                       outside_is_missing=True, margin_px=margin_px)
     return KeypointData(images, keypoints, mask, row_ids, keypoint_set)
 
 
@@ -285,11 +287,12 @@ def _names(names, most: int = 5) -> str:
 
 
 def _parse_keypoints(table: pd.DataFrame, source: str, columns: tuple[str, ...] = COLUMNS,
-                     outside_is_missing: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                     outside_is_missing: bool = False, margin_px: float = 0.0
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """(keypoints float32 (N, 2K) pixels with 0.0 where missing, mask bool (N, 2K)).
 
     A value outside the image [0, 96] is an error, or with `outside_is_missing` makes its
-    keypoint (both coordinates) unlabelled.
+    keypoint (both coordinates) unlabelled when it lies outside [-margin_px, 96 + margin_px].
     """
     text = table[list(columns)]
     stripped = text.apply(lambda c: c.str.strip())
@@ -298,7 +301,8 @@ def _parse_keypoints(table: pd.DataFrame, source: str, columns: tuple[str, ...] 
     not_number = ~missing & np.isnan(values)
     outside = ~missing & ~not_number & ~((values >= 0) & (values <= IMAGE_SIZE))
     if outside_is_missing:
-        missing = missing | np.repeat(outside.reshape(len(values), -1, 2).any(-1), 2, axis=1)
+        beyond = outside & ~((values >= -margin_px) & (values <= IMAGE_SIZE + margin_px))
+        missing = missing | np.repeat(beyond.reshape(len(values), -1, 2).any(-1), 2, axis=1)
         outside = np.zeros_like(outside)
     bad = not_number | outside
     if bad.any():

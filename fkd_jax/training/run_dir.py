@@ -129,7 +129,8 @@ def read_run_data(config, workdir: Path) -> RunData:
                                          **synthetic_levers(config))
             path = new_synthetic / "training.csv"
     try:
-        full = kaggle.load_training(path, keypoints.KEYPOINT_SETS[d.keypoints], d.keypoints_path)
+        full = kaggle.load_training(path, keypoints.KEYPOINT_SETS[d.keypoints], d.keypoints_path,
+                                    margin_px=config.model.get("margin") or 0)
         if d.get("framing", "as_given") == "keypoints":
             full = preparation.reframe_by_keypoints(full)
         split_path = workdir / "split.json"

@@ -297,9 +297,10 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, au
     def train_step(state: State, batch: Batch, key: jax.Array):
         aug_key, drop_key = jax.random.split(key)
         images, kp, mask = batch["images"], batch["keypoints"], batch["mask"]
-        if augment_cfg is not None:
+        if augment_cfg is not None:  # labels stay as far past the crop as the maps reach
+            margin = getattr(nnx.merge(graphdef, state["params"]), "margin", 0)
             images, kp, mask = augment.augment_batch(aug_key, images, kp, mask, augment_cfg,
-                                                     flip_permutation)
+                                                     flip_permutation, margin)
         (loss, (se_sum, n)), grads = jax.value_and_grad(objective, has_aux=True)(
             state["params"], images, kp, mask, drop_key)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
