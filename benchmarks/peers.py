@@ -19,7 +19,8 @@ A peer whose environment is missing is skipped with a note. Every pipeline's key
 nearest each labelled one, NME over the outer-eye-corner distance, a photo without a match a
 failure. With --labels68, a pipeline that writes landmarks68.csv (file, face, p0_x ... p67_y:
 dlib; predict.py writes only the 15 Kaggle keypoints, also for a 68-point model) is scored
-on the 68 points too (300-W: outer eye corners 36 and 45).
+on the 68 points too (300-W: outer eye corners 36 and 45), and by part (jaw, eyebrows, nose,
+eyes, mouth) in peers.md's notes.
 
 OUT receives round<R>/<pipeline>/ (each run's output and log.txt), scores/<pipeline>/
 (scores.csv, ced.png, scores.json), peers.json (everything) and peers.md (the table).
@@ -142,14 +143,21 @@ def score_pipeline(folder: Path, names: list[str], labels: dict, labels68: dict 
                if (folder / n).is_file()]
     if labels68 is not None and found68 and "p67_y" in found68[0].read_text().split("\n")[0]:
         points = read_landmarks68(found68[0])
-        nmes = []
+        nmes, errors = [], []  # errors: (68,) per located face, for the parts' means
         for r in per_face:
             key = scoring.match_label(r["file"], labels68)
             found = points.get((r["file"], r["face"])) if r["face"] is not None else None
-            nmes.append(float("nan") if found is None or key is None else float(
-                metrics.nme(found, labels68[key][r["label_row"]],
-                            eyes=metrics.IBUG68_OUTER_EYES)))
+            if found is None or key is None:
+                nmes.append(float("nan"))
+                continue
+            errors.append(metrics.point_errors(found, labels68[key][r["label_row"]],
+                                               eyes=metrics.IBUG68_OUTER_EYES))
+            nmes.append(float(errors[-1].mean()))
         result["nme68"] = metrics.summarise(nmes).as_dict()
+        names = list(keypoints.IBUG68.names)
+        result["nme68_by_part"] = {  # mean over located faces and the part's points
+            part: float(np.mean([e[[names.index(n) for n in members]] for e in errors]))
+            for part, members in keypoints.IBUG68.groups.items()} if errors else None
     return result
 
 
@@ -307,6 +315,9 @@ def main(argv: list[str]) -> None:
             **result, "photos_per_s": statistics.median(r["photos_per_s"] for r in runs[name]),
             "latency_s": lat, "same_keypoints_every_round": same, "rounds": runs[name],
             "command": pipelines[name](out / "round1" / name)[:4] + ["..."]}
+        if result.get("nme68_by_part"):
+            report["notes"].append(f"{name}: 68-point NME by part: " + ", ".join(
+                f"{part} {100 * v:.2f}%" for part, v in result["nme68_by_part"].items()))
         if labels68 is not None and result["nme68"] is None:
             report["notes"].append(
                 f"{name}: no 68 landmarks written, no 68-point NME"

@@ -68,7 +68,8 @@ def test_68_point_nme_uses_the_300w_eye_corners(tmp_path):
     (tmp_path / "l68.csv").write_text(",".join(cols) + "\n"
                                       + ",".join(["a.jpg", *map(str, truth68)]) + "\n")
     labels68 = scoring.read_labels(tmp_path / "l68.csv", "--labels68", keypoints.IBUG68.columns)
-    pred68 = truth68 + 2.0  # every point 2*sqrt(2) px off
+    pred68 = truth68 + 2.0  # every point 2*sqrt(2) px off, the jaw's twice that
+    pred68[:34] += 2.0
     kp15 = keypoints.kaggle15_from_ibug68(truth68)
     labels = {"a.jpg": kp15[None]}
     write_keypoints(tmp_path / "run", {"a.jpg": [kp15]})
@@ -76,9 +77,14 @@ def test_68_point_nme_uses_the_300w_eye_corners(tmp_path):
           ",".join(["a.jpg", "0", *map(str, pred68)])]
     (tmp_path / "run" / "landmarks68.csv").write_text("\n".join(lm) + "\n")
     result = peers.score_pipeline(tmp_path / "run", ["a.jpg"], labels, labels68, tmp_path / "s")
-    assert result["nme68"]["nme_mean"] == pytest.approx(2 * np.sqrt(2) / 100, abs=1e-5)
+    want = (17 * 4 + 51 * 2) * np.sqrt(2) / 68 / 100
+    assert result["nme68"]["nme_mean"] == pytest.approx(want, abs=1e-5)
     assert float(metrics.nme(pred68, truth68, eyes=metrics.IBUG68_OUTER_EYES)) == \
-        pytest.approx(2 * np.sqrt(2) / 100)
+        pytest.approx(want)
+    by_part = result["nme68_by_part"]
+    assert set(by_part) == {"jaw", "eyebrows", "nose", "eyes", "mouth"}
+    assert by_part["jaw"] == pytest.approx(4 * np.sqrt(2) / 100, abs=1e-5)
+    assert by_part["mouth"] == pytest.approx(2 * np.sqrt(2) / 100, abs=1e-5)
 
 
 def test_labels68_without_the_columns_is_a_one_line_error(tmp_path):
