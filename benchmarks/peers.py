@@ -17,8 +17,8 @@ model load count for all of them; the order turns by one each round. Pipelines:
 A peer whose environment is missing is skipped with a note. Every pipeline's keypoints.csv
 (first round) is scored like `predict.py --labels` (fkd_jax.pictures.scoring): the face
 nearest each labelled one, NME over the outer-eye-corner distance, a photo without a match a
-failure. With --labels68, a pipeline that writes landmarks68.csv (file, face, p0_x ... p67_y:
-dlib; predict.py writes only the 15 Kaggle keypoints, also for a 68-point model) is scored
+failure. With --labels68, a pipeline that writes 68 points (file, face, p0_x ... p67_y: dlib's
+landmarks68.csv, predict.py's landmarks.csv for a 68-point model) is scored
 on the 68 points too (300-W: outer eye corners 36 and 45), and by part (jaw, eyebrows, nose,
 eyes, mouth) in peers.md's notes.
 
