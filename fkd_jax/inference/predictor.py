@@ -112,7 +112,7 @@ class Predictor:
         """Keypoints (N, 2K) and each one's spread (N, K), both in crop pixels: how far the
         model's belief about a point reaches (its heatmap's RMS radius; an ensemble's also
         counts its members' disagreement, and with `tta` the plain and mirrored views'). NaN
-        spreads from a model that gives none (an exported one). The keypoints equal
+        spreads from a model that gives none (a .jaxexport file, one regression model). The keypoints equal
         `__call__`'s (to float rounding)."""
         if self._spread_fn is None:
             pred = self(images, tta)
