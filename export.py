@@ -51,6 +51,7 @@ def main(argv: list[str]) -> None:
     from fkd_jax import cli
     from fkd_jax import files
     from fkd_jax.inference import exported, onnx_model
+    from fkd_jax.inference.predictor import has_spread
     from fkd_jax.training import restore
     from fkd_jax.geometry import keypoints
     from fkd_jax.errors import UserError
@@ -77,7 +78,7 @@ def main(argv: list[str]) -> None:
     print(f"wrote {out} ({len(data) / 1e6:.1f} MB; {_CHECKPOINT.value} checkpoint, epoch "
           f"{run.meta.get('epoch')}; {platforms}; "
           f"input (B, 96, 96, 1) float32 in [0, 1], output (B, {2 * run_k}) normalised"
-          + (f" and spread (B, {run_k})" if onnx and onnx_model.has_spread(run) else "") + ")")
+          + (f" and spread (B, {run_k})" if onnx and has_spread(run) else "") + ")")
 
 
 if __name__ == "__main__":

@@ -59,6 +59,7 @@ def main(argv: list[str]) -> int:
     from fkd_jax import cli
     from fkd_jax.api import Detector
     from fkd_jax.errors import UserError
+    from fkd_jax.inference import onnx_model
     from fkd_jax.pictures import inputs, outputs, scoring
 
     started = time.perf_counter()
@@ -81,7 +82,7 @@ def main(argv: list[str]) -> int:
         raise UserError(f"--workdir {_WORKDIR.value}: no such folder")
     if _MODEL.value and not Path(_MODEL.value).is_file():
         raise UserError(f"--model {_MODEL.value}: no such file")
-    if not (_MODEL.value or "").lower().endswith(".onnx"):  # onnxruntime compiles no XLA
+    if not (_MODEL.value and onnx_model.is_onnx(_MODEL.value)):  # onnxruntime compiles no XLA
         cli.use_compilation_cache(_CACHE.value)
     t = time.perf_counter()
     detector = Detector.load(

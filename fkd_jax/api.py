@@ -121,7 +121,7 @@ class Detector:
             predictor = TwoBatchPredictor(lambda b: Predictor.from_run(run, batch_size=b))
             source = f"{path} ({checkpoint})"
         elif path.is_file():
-            if path.suffix.lower() == onnx_model.SUFFIX:  # onnxruntime: jax is never imported
+            if onnx_model.is_onnx(path):  # onnxruntime: jax is never imported
                 reader = onnx_model.load_onnx_predictor
             else:
                 from fkd_jax.inference import exported

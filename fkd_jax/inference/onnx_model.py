@@ -37,10 +37,16 @@ from fkd_jax.inference.predictor import (
     apply_members,
     apply_members_with_spread,
     check_keypoint_model,
+    has_spread,
 )
 
 SUFFIX = ".onnx"
 INPUT, OUTPUT, SPREAD = "images", "keypoints", "spread"
+
+
+def is_onnx(path: str | Path) -> bool:
+    """Whether a model file is an ONNX one (by its suffix): run by onnxruntime, without jax."""
+    return Path(path).suffix.lower() == SUFFIX
 
 
 def _need(module: str):
@@ -85,13 +91,6 @@ def export_onnx(run: Run) -> bytes:
     return proto.SerializeToString()
 
 
-def has_spread(run: Run) -> bool:
-    """Whether the run's ONNX file gets the "spread" output: heatmap models and ensembles."""
-    from fkd_jax import models
-
-    return run.members > 1 or models.has_heatmaps(run.config.model.name)
-
-
 def load_onnx_predictor(path: str | Path, batch_size: int = EVAL_BATCH) -> Predictor:
     """A `Predictor` (pixels out) running an ONNX keypoint model through onnxruntime on the
     CPU; its image size and keypoint set (for flip TTA) come from the graph's shapes."""
@@ -117,8 +116,7 @@ def load_onnx_predictor(path: str | Path, batch_size: int = EVAL_BATCH) -> Predi
         return session.run([outs[0].name], {name: np.asarray(images, np.float32)})[0]
 
     def run_with_spread(images) -> tuple[np.ndarray, np.ndarray]:
-        keypoints_, spread = session.run(None, {name: np.asarray(images, np.float32)})
-        return keypoints_, spread
+        return tuple(session.run(None, {name: np.asarray(images, np.float32)}))
 
     return Predictor(run, batch_size, image_size, keypoint_set.flip_permutation, offset,
                      spread_fn=run_with_spread if len(outs) == 2 else None)

@@ -17,9 +17,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -88,18 +86,15 @@ class Predictor:
     def from_run(cls, run: Run, batch_size: int = EVAL_BATCH) -> "Predictor":
         import jax
 
-        from fkd_jax import models
         from fkd_jax.data import augment
 
         keypoint_set = keypoints.KEYPOINT_SETS[run.config.data.keypoints]
         offset = augment.read_settings(run.config.get("augment")).flip_label_offset_px
         apply = model_apply(run.graphdef, run.members)
         spread = jax.jit(functools.partial(apply_members_with_spread, run.graphdef, run.members))
-        # one model that regresses coordinates directly has no spread to tell
-        tells = run.members > 1 or models.has_heatmaps(run.config.model.name)
         return cls(lambda x: apply(run.params, x), batch_size,
                    flip_permutation=keypoint_set.flip_permutation, flip_label_offset_px=offset,
-                   spread_fn=(lambda x: spread(run.params, x)) if tells else None)
+                   spread_fn=(lambda x: spread(run.params, x)) if has_spread(run) else None)
 
     def __call__(self, images: np.ndarray, tta: bool = False) -> np.ndarray:
         """(N, 2K) pixels; with `tta`, averaged with the (un-mirrored) mirror-image prediction."""
@@ -112,8 +107,8 @@ class Predictor:
         """Keypoints (N, 2K) and each one's spread (N, K), both in crop pixels: how far the
         model's belief about a point reaches (its heatmap's RMS radius; an ensemble's also
         counts its members' disagreement, and with `tta` the plain and mirrored views'). NaN
-        spreads from a model that gives none (a .jaxexport file, one regression model). The keypoints equal
-        `__call__`'s (to float rounding)."""
+        spreads from a model that gives none (a .jaxexport file, one regression model). The
+        keypoints equal `__call__`'s (to float rounding)."""
         if self._spread_fn is None:
             pred = self(images, tta)
             return pred, np.full((len(pred), pred.shape[1] // 2), np.nan, np.float32)
@@ -158,6 +153,14 @@ class Predictor:
         # a spread of d normalised units is d * S / 2 pixels (normalised spans [-1, 1])
         spread = np.concatenate([p[1] for p in parts]) * (self.image_size / 2.0)
         return pred, spread.astype(np.float32)
+
+
+def has_spread(run: Run) -> bool:
+    """Whether a run's predictions have spreads to tell: heatmap models and ensembles (one
+    model that regresses coordinates directly has none)."""
+    from fkd_jax import models
+
+    return run.members > 1 or models.has_heatmaps(run.config.model.name)
 
 
 def check_keypoint_model(in_shapes: list, out_shapes: list, path: str | Path,
