@@ -311,6 +311,15 @@ def heatmap_moments(logits):
     return jnp.stack([mx, my], axis=-1), jnp.sqrt(var)
 
 
+def crop_moments(logits, image_size: int, margin: int = 0):
+    """`heatmap_moments` of maps that cover the crop and `margin` pixels around it, in the
+    crop's normalised coordinates: the padded square's, scaled by its side over the crop's
+    ((S + 2m) / S, same centre). What a heatmap net predicts, and what training scores."""
+    points, spread = heatmap_moments(logits)
+    scale = (image_size + 2 * margin) / image_size
+    return points * scale, spread * scale
+
+
 class HeatmapRegressor(nnx.Module):
     """Residual backbone to an S/2^n map, a 1x1 conv to K heatmaps, soft-argmax to coordinates."""
 
@@ -329,7 +338,7 @@ class HeatmapRegressor(nnx.Module):
 
     def moments(self, x):
         """Keypoints (B, K, 2) and spreads (B, K), normalised coordinates of the crop."""
-        return heatmap_moments(self.heatmap_logits(x))
+        return crop_moments(self.heatmap_logits(x), x.shape[1], self.margin)
 
     def __call__(self, x, *, train: bool = False, dropout_key=None):
         return self.moments(x)[0].reshape(x.shape[0], -1)
@@ -385,11 +394,8 @@ class HeatmapUNet(nnx.Module):
         return self.heatmaps(y)
 
     def moments(self, x):
-        """Keypoints (B, K, 2) and spreads (B, K), normalised coordinates of the crop (the
-        padded square's, scaled: its side is (S + 2m) / S of the crop's, same centre)."""
-        points, spread = heatmap_moments(self.heatmap_logits(x))
-        scale = (x.shape[1] + 2 * self.margin) / x.shape[1]
-        return points * scale, spread * scale
+        """Keypoints (B, K, 2) and spreads (B, K), normalised coordinates of the crop."""
+        return crop_moments(self.heatmap_logits(x), x.shape[1], self.margin)
 
     def __call__(self, x, *, train: bool = False, dropout_key=None):
         return self.moments(x)[0].reshape(x.shape[0], -1)

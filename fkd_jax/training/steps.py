@@ -287,8 +287,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, au
         else:
             model = nnx.merge(graphdef, params)
             logits, size = model.heatmap_logits(images), images.shape[1]
-            scale = (size + 2 * model.margin) / size  # maps over the crop and its margin
-            pred = (networks.soft_argmax(logits) * scale).reshape(images.shape[0], -1)
+            points, _ = networks.crop_moments(logits, size, model.margin)  # jit drops spread
+            pred = points.reshape(images.shape[0], -1)
             aux = heatmap_loss.weight * heatmap_kl(logits, kp, mask, heatmap_loss.sigma_px,
                                                    size, model.margin)
         loss, se_sum, count = loss_fn(pred, kp, mask, images.shape[1])
