@@ -20,7 +20,6 @@ RUN_DIR/model.onnx). The file is written atomically.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -30,21 +29,6 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by train.
 _FORMAT = flags.DEFINE_enum("format", "jaxexport", ["jaxexport", "onnx"], "File format.")
 _OUT = flags.DEFINE_string("out", None, "Output file (default: WORKDIR/model.jaxexport or .onnx).")
 _CHECKPOINT = flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint.")
-
-
-def check_out(out: Path) -> None:
-    """Say before the (seconds-long) export whether --out can be written at all."""
-    from fkd_jax.errors import UserError
-
-    if out.is_dir():
-        raise UserError(f"--out {out} is a directory; give a file name, e.g. {out}/model.jaxexport")
-    parent = out.parent
-    while not parent.exists():  # the writer creates missing folders; check the first that exists
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UserError(f"--out {out}: {parent} is a file, not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"--out {out}: {parent} is not writable")
 
 
 def main(argv: list[str]) -> None:
@@ -65,7 +49,7 @@ def main(argv: list[str]) -> None:
     onnx = _FORMAT.value == "onnx"
     suffix = onnx_model.SUFFIX if onnx else exported.SUFFIX
     out = Path(_OUT.value) if _OUT.value else workdir / f"model{suffix}"
-    check_out(out)
+    cli.check_out_file(out, "model.jaxexport")
 
     run = restore.load_run(workdir, _CHECKPOINT.value)
     data = onnx_model.export_onnx(run) if onnx else exported.export_run(run)

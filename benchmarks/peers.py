@@ -4,7 +4,8 @@ each run as a whole process in alternation and all scored by fkd-jax's own scori
   uv run python benchmarks/peers.py --workdir=RUN_DIR --photos=photos.txt \
       --labels=keypoints.csv [--labels68=landmarks68.csv] [--rounds=3] --out=OUT
 --workdir and --model take several models (comma-separated): each is a pipeline of its own,
-"fkd-jax NAME", alternated with the rest, to compare two setups inside one run.
+"fkd-jax NAME", alternated with the rest, to compare two setups inside one run. With
+--face_net=FILE each of them also runs with that learned face detector ("NAME + face_net").
 --photos: photos, folders, or .txt files listing photos one a line (comma-separated; or as
 arguments). Time it on an otherwise idle machine: every pipeline shares its cores.
 
@@ -63,6 +64,9 @@ flags.DEFINE_list("workdir", [], "fkd-jax run directories (train.py), comma-sepa
                   flag_values=FLAGS)
 flags.DEFINE_list("model", [], "Exported fkd-jax model files (.jaxexport, .onnx), beside or "
                   "instead of --workdir.", flag_values=FLAGS)
+flags.DEFINE_string("face_net", None, "A learned face detector (train_face_net.py): every "
+                    "fkd-jax model also runs as a pipeline with it (NAME + face_net).",
+                    flag_values=FLAGS)
 flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint of --workdir.",
                   flag_values=FLAGS)
 flags.DEFINE_list("photos", [], "Photos, folders, or .txt files of photo paths (one a line).",
@@ -169,11 +173,13 @@ def fkd_models() -> dict[str, list[str]]:
     alone, "fkd-jax NAME" (the run folder's or file's name) when several are compared."""
     models = ([[f"--workdir={w}", f"--checkpoint={FLAGS.checkpoint}"] for w in FLAGS.workdir]
               + [[f"--model={m}"] for m in FLAGS.model])
-    if len(models) == 1:
-        return {FKD: models[0]}
-    named = {f"{FKD} {Path(m[0].split('=', 1)[1]).name}": m for m in models}
+    named = ({FKD: models[0]} if len(models) == 1 else
+             {f"{FKD} {Path(m[0].split('=', 1)[1]).name}": m for m in models})
     if len(named) < len(models):
         raise UserError("--workdir/--model: two models with the same name; rename one")
+    if FLAGS.face_net:
+        named.update({f"{name} + face_net": [*m, f"--face_net={FLAGS.face_net}"]
+                      for name, m in list(named.items())})
     return named
 
 
@@ -225,7 +231,9 @@ def fkd_latency(model: list[str], photos: list[str], n: int) -> float | None:
 
     if n == 0:
         return None
-    detector = Detector.load(model[0].split("=", 1)[1], checkpoint=FLAGS.checkpoint)
+    options = dict(m.lstrip("-").split("=", 1) for m in model)
+    detector = Detector.load(model[0].split("=", 1)[1], checkpoint=FLAGS.checkpoint,
+                             face_net=options.get("face_net"))
     list(detector.detect_files([photos[0]]))  # compiles (detect_files is lazy)
     seconds = []
     for p in (photos * n)[:n]:
@@ -273,6 +281,8 @@ def main(argv: list[str]) -> None:
         missing = [p for p in paths if not ok(Path(p))]
         if missing:
             raise UserError(f"--{flag} {missing[0]}: not found")
+    if FLAGS.face_net and not Path(FLAGS.face_net).is_file():
+        raise UserError(f"--face_net {FLAGS.face_net}: not found")
     models = fkd_models()
     if not FLAGS.labels:
         raise UserError("--labels is required (true keypoints of the photos)")

@@ -95,18 +95,23 @@ class Detector:
     are not); `detect_files` runs its second thread with a detector of its own.
     """
 
-    def __init__(self, predictor: TwoBatchPredictor, *, source: str = "model", **options):
+    def __init__(self, predictor: TwoBatchPredictor, *, source: str = "model",
+                 face_net: str | Path | None = None, **options):
         self.predictor = predictor
         self.options = Options(**options)
         self.source = source  # what the model is, for reports: a path (and checkpoint)
+        self.face_net = face_net  # a learned face detector's file, or None: the cascade alone
         self._face_detector: detection.FaceDetector | None = None
 
     @classmethod
-    def load(cls, path: str | Path, *, checkpoint: str = "best", **options) -> "Detector":
+    def load(cls, path: str | Path, *, checkpoint: str = "best",
+             face_net: str | Path | None = None, **options) -> "Detector":
         """A run directory (train.py; an ensemble's directory predicts its members' mean, at
         its `checkpoint`, "best" or "latest") or an exported model file (export.py: a
         .jaxexport file, or an .onnx file run by onnxruntime, the `onnx` extra).
-        `options`: see `Options`. A missing or unreadable model raises UserError."""
+        `face_net`: a learned face detector (train_face_net.py's .onnx file) in front of
+        the Haar cascade. `options`: see `Options`. A missing or unreadable model raises
+        UserError."""
         from fkd_jax.inference import onnx_model
         from fkd_jax.inference.predictor import Predictor
 
@@ -132,7 +137,10 @@ class Detector:
         else:
             raise UserError(f"{path}: no such run directory or model file")
         predictor.image_size  # reads and checks the model now, not at the first picture
-        return cls(predictor, source=source, **options)
+        made = cls(predictor, source=source, face_net=face_net, **options)
+        if face_net is not None:
+            made.face_detector  # reads and checks it now
+        return made
 
     def __repr__(self) -> str:
         return f"Detector({self.source!r}, {self.options})"
@@ -177,7 +185,7 @@ class Detector:
                 yield from self._locate_files(self._read_and_find(part, boxes, None, timings),
                                               timings)
             return
-        ahead_detector = detection.FaceDetector()
+        ahead_detector = self._new_face_detector()
         with ThreadPoolExecutor(1) as pool:
             ahead = pool.submit(self._read_and_find, chunks[0], boxes, ahead_detector, timings)
             for k in range(len(chunks)):
@@ -232,10 +240,18 @@ class Detector:
 
     @property
     def face_detector(self) -> detection.FaceDetector:
-        """OpenCV's face detector (Haar cascades), loaded on first use."""
+        """The face detector, loaded on first use: OpenCV's Haar cascades, behind the
+        learned detector when there is one (`face_net`)."""
         if self._face_detector is None:
-            self._face_detector = detection.FaceDetector()
+            self._face_detector = self._new_face_detector()
         return self._face_detector
+
+    def _new_face_detector(self) -> detection.FaceDetector:
+        if self.face_net is None:
+            return detection.FaceDetector()
+        from fkd_jax.pictures.face_net_detector import NetFaceDetector
+
+        return NetFaceDetector.load(self.face_net)
 
     # ----------------------------------------------------------------------------- video
 

@@ -127,6 +127,20 @@ def check_workdir(workdir: Path, option: str = "--workdir") -> Path:
     return workdir
 
 
+def check_out_file(out: Path, example: str) -> None:
+    """Say before seconds or minutes of work whether the file --out can be written at all
+    (`example`: a file name to suggest when --out is a folder)."""
+    if out.is_dir():
+        raise UserError(f"--out {out} is a directory; give a file name, e.g. {out}/{example}")
+    parent = out.parent
+    while not parent.exists():  # the writer creates missing folders; check the first that exists
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"--out {out}: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: {parent} is not writable")
+
+
 def use_compilation_cache(path: str | None, option: str = "--compilation_cache") -> bool:
     """Keep compiled programs on disk across processes (JAX's persistent compilation cache), so
     a command's later runs skip compiling: most of a short predict.py's time after start-up.

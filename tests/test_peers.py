@@ -167,5 +167,9 @@ def test_several_fkd_models_are_pipelines_named_by_their_folder_or_file():
         peers.FLAGS(["peers.py", "--workdir=", "--model=a/m.onnx,b/m.onnx"])
         with pytest.raises(UserError, match="same name"):
             peers.fkd_models()
+        peers.FLAGS(["peers.py", "--workdir=", "--model=a/small.onnx", "--face_net=f.onnx"])
+        assert peers.fkd_models() == {  # with a learned face detector: each model twice
+            "fkd-jax": ["--model=a/small.onnx"],
+            "fkd-jax + face_net": ["--model=a/small.onnx", "--face_net=f.onnx"]}
     finally:
         peers.FLAGS.unparse_flags()

@@ -91,21 +91,49 @@ def export_onnx(run: Run) -> bytes:
     return proto.SerializeToString()
 
 
-def load_onnx_predictor(path: str | Path, batch_size: int = EVAL_BATCH) -> Predictor:
-    """A `Predictor` (pixels out) running an ONNX keypoint model through onnxruntime on the
-    CPU; its image size and keypoint set (for flip TTA) come from the graph's shapes."""
+def open_session(path: str | Path, option: str, writer: str = "train_face_net.py"):
+    """(onnxruntime CPU session, Path) of an ONNX file; mistakes name `option` and the file
+    (`writer` is the command that writes such files)."""
     ort = _need("onnxruntime")
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"--model {path}: {'is a directory' if path.is_dir() else 'no such file'}"
-                        "; write one with export.py --format onnx")
+        raise UserError(f"{option} {path}: {'is a directory' if path.is_dir() else 'no such file'}"
+                        f"; write one with {writer}")
     try:
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: not its notes on unused initialisers
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own error types on a bad file
-        raise UserError(f"--model {path}: not a readable ONNX model ({type(e).__name__}: "
+        raise UserError(f"{option} {path}: not a readable ONNX model ({type(e).__name__}: "
                         f"{' '.join(str(e).split())[:160]})") from None
+    return session, path
+
+
+def export_face_net(params) -> bytes:
+    """A face detector's parameters (`fkd_jax.models.face_net`, as `nnx.state(model,
+    nnx.Param)`) as an ONNX model: input "canvases" (B, S, S, 1), output "outputs"."""
+    jax2onnx = _need("jax2onnx")
+    from flax import nnx
+
+    from fkd_jax.data.face_scenes import INPUT_SIZE
+    from fkd_jax.models import face_net
+
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: face_net.create_face_net(0, "portable")),
+                            nnx.Param)
+
+    def detect(canvases):
+        return nnx.merge(graphdef, params)(canvases)
+
+    s = INPUT_SIZE
+    proto = jax2onnx.to_onnx(detect, [("B", s, s, 1)], model_name="fkd_jax_face_net",
+                             input_names=["canvases"], output_names=["outputs"])
+    return proto.SerializeToString()
+
+
+def load_onnx_predictor(path: str | Path, batch_size: int = EVAL_BATCH) -> Predictor:
+    """A `Predictor` (pixels out) running an ONNX keypoint model through onnxruntime on the
+    CPU; its image size and keypoint set (for flip TTA) come from the graph's shapes."""
+    session, path = open_session(path, "--model", "export.py --format onnx")
     ins, outs = session.get_inputs(), session.get_outputs()
     keypoint_set = check_keypoint_model([i.shape for i in ins], [o.shape for o in outs], path,
                                         float32=all(i.type == "tensor(float)" for i in ins))

@@ -48,11 +48,15 @@ class Detection:
 
     `angle` (radians, the box's x axis in the picture) is set when the box was found on a
     turned copy of the picture (`FaceDetector.detect_turned`): the face's square is then the
-    box turned by `angle` about its centre."""
+    box turned by `angle` about its centre. A learned detector gives the face's training
+    square itself (`framing`, the box is that square) and vouches for the face (`sure`: no
+    second look needed)."""
 
     box: tuple[float, float, float, float]
     score: float
     angle: float = 0.0
+    framing: Framing | None = None
+    sure: bool = False
 
     def bounds(self) -> tuple[float, float, float, float]:
         """The axis-aligned box around the (turned) square: what outputs report and draw."""
@@ -140,7 +144,7 @@ class FaceDetector:
         for degrees in turns:
             # the copy turned back by the tilt: a face tilted by it is upright there
             copy, rot, shift = turn_picture(gray, -degrees, border_value=fill)
-            for d in self.detect(copy):
+            for d in FaceDetector.detect(self, copy):  # the cascade's boxes, whatever self is
                 x, y, bw, bh = d.box
                 cx, cy = rot.T @ (np.array([x + bw / 2, y + bh / 2]) - shift)
                 out.append(Detection((float(cx) - bw / 2, float(cy) - bh / 2, bw, bh),

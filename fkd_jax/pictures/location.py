@@ -243,11 +243,12 @@ def find_faces(grays: Sequence[np.ndarray], predict: PredictFn,
     """Every face of each picture (grayscale uint8 (H, W)), located: one list of Faces per
     picture, best score first; an empty list when there is no face (never a guess).
 
-    Boxes come from `boxes` (one list per picture) or else from `detect_faces`. With `confirm`
+    Boxes come from `boxes` (one list per picture) or else from `detect_faces`; a face's
+    first crop is its box's `framing` where the detector gives one. With `confirm`
     (default: when the boxes come from the detector here) a face is kept if its keypoints look
     like a face (`shape_error`) and the detector finds it again, surely, in the crop they
-    frame (`FaceDetector.confirm_score` >= CONFIRM_MIN_SCORE, or SECOND_CASCADE finds it);
-    in a picture where no box is confirmed that way, one is kept unless the boxes come from
+    frame (`FaceDetector.confirm_score` >= CONFIRM_MIN_SCORE, or SECOND_CASCADE finds it),
+    or a learned detector vouched for its box (`Detection.sure`); in a picture where no box is confirmed that way, one is kept unless the boxes come from
     the loose fallback (`loose[i]`): the most face-like, first by how many of the two tests
     it passes, then the largest box (texture gives the cascade its false faces at small sizes,
     where its windows are many), then the detector's score.
@@ -272,13 +273,14 @@ def find_faces(grays: Sequence[np.ndarray], predict: PredictFn,
     loose = [False] * len(grays) if loose is None else list(loose)
     index = [i for i, bs in enumerate(boxes) for _ in bs]
     dets = [d for bs in boxes for d in bs]
-    framings = [framing_from_box(d.box, d.angle) for d in dets]
+    framings = [d.framing or framing_from_box(d.box, d.angle) for d in dets]
     history, spread = locate_with_spread(grays, index, framings, predict, passes, tta, rotate,
                                          settle=settle)
 
-    def looks(j: int) -> tuple[bool, bool]:  # (shaped, seen by a cascade) of face j
-        kp = history[-1][j]
-        seen = (detector.confirm_score(grays[index[j]], kp) >= CONFIRM_MIN_SCORE
+    def looks(j: int) -> tuple[bool, bool]:  # (shaped, seen) of face j: seen by a cascade,
+        kp = history[-1][j]  # or found by a learned detector (its score is its own check)
+        seen = (dets[j].sure
+                or detector.confirm_score(grays[index[j]], kp) >= CONFIRM_MIN_SCORE
                 or detector.confirm_score(grays[index[j]], kp, second=True) > -math.inf)
         return shape_error(kp) <= max_shape_error, seen
 

@@ -1,0 +1,93 @@
+"""Finding faces with the learned detector (`fkd_jax.models.face_net`), Haar cascade behind it.
+
+A picture is shrunk onto the net's square canvas (`to_canvas`), the net's centre heatmap is
+searched for peaks (`decode`), and each peak's square (centre, side, angle) becomes the
+face's first framing: the keypoint model starts from the training square itself instead of a
+cascade box's guess at it. Where the net is sure of nothing in a picture, the Haar cascade
+searches it as before (`NetFaceDetector` is a `FaceDetector`); the cascade's second look is
+not needed for the net's faces, whose score is itself a learned check.
+
+Decoding is numpy, and an exported detector (`FILE.onnx`) runs on onnxruntime: no jax.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from fkd_jax.data.face_scenes import INPUT_SIZE, STRIDE, to_canvas
+from fkd_jax.geometry.framing import Framing
+from fkd_jax.pictures.detection import Detection, FaceDetector
+
+# A peak is a face from this probability on; chosen on the training people's photos.
+DEFAULT_THRESHOLD = 0.5
+# Squares whose centres lie within this fraction of the larger square's side are one face.
+_SAME_FACE = 0.5
+
+
+def decode(outputs: np.ndarray, scale: float, threshold: float = DEFAULT_THRESHOLD,
+           size: int = INPUT_SIZE) -> list[Detection]:
+    """Faces from one canvas's outputs (G, G, 6): peaks of the centre probability (above
+    `threshold`, highest in their 3 x 3 cells, one per face) as Detections in picture pixels
+    (`scale` canvas pixels per picture pixel), best first, each with its square as `framing`
+    and `sure` set."""
+    prob = 1.0 / (1.0 + np.exp(-outputs[..., 0]))
+    padded = np.pad(prob, 1, constant_values=-1.0)
+    g = prob.shape[0]
+    neighbours = np.max([padded[di:di + g, dj:dj + g] for di in range(3) for dj in range(3)],
+                        axis=0)
+    found: list[Detection] = []
+    for i, j in zip(*np.nonzero((prob >= threshold) & (prob >= neighbours))):
+        dx, dy, log_side, c, n = (float(v) for v in outputs[i, j, 1:])
+        cx, cy = (j + 0.5 + dx) * STRIDE / scale, (i + 0.5 + dy) * STRIDE / scale
+        side = math.exp(log_side) * size / scale
+        f = Framing(cx, cy, side, math.atan2(n, c))
+        found.append(Detection((cx - side / 2, cy - side / 2, side, side), float(prob[i, j]),
+                               f.angle, framing=f, sure=True))
+    found.sort(key=lambda d: -d.score)
+    kept: list[Detection] = []
+    for d in found:
+        if all(math.hypot(d.framing.cx - k.framing.cx, d.framing.cy - k.framing.cy)
+               > _SAME_FACE * max(d.framing.side, k.framing.side) for k in kept):
+            kept.append(d)
+    return kept
+
+
+class NetFaceDetector(FaceDetector):
+    """The learned detector in front of the Haar cascade: `detect` returns the net's faces,
+    or the cascade's where the net finds none; the fallbacks (turned copies, loose pass) and
+    the second look stay the cascade's.
+
+    `run` maps canvases (B, S, S, 1) float32 to outputs (B, G, G, 6): an onnxruntime session
+    (`load`) or a jitted JAX model."""
+
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray],
+                 threshold: float = DEFAULT_THRESHOLD, **cascade_options):
+        super().__init__(**cascade_options)
+        self._run, self.threshold = run, threshold
+
+    @classmethod
+    def load(cls, path: str | Path, threshold: float = DEFAULT_THRESHOLD,
+             **cascade_options) -> "NetFaceDetector":
+        """A detector exported by train_face_net.py (an ONNX file), run by onnxruntime."""
+        from fkd_jax.inference.onnx_model import open_session
+
+        session, _ = open_session(path, "--face_net")
+        name = session.get_inputs()[0].name
+        return cls(lambda x: session.run(None, {name: x})[0], threshold, **cascade_options)
+
+    def detect_net(self, gray: np.ndarray) -> list[Detection]:
+        """The net's faces only, best first."""
+        canvas, scale = to_canvas(gray)
+        outputs = np.asarray(self._run(canvas[None, :, :, None]))[0]
+        return decode(outputs, scale, self.threshold)
+
+    def detect(self, gray: np.ndarray, min_neighbors: int | None = None) -> list[Detection]:
+        if min_neighbors is None:
+            found = self.detect_net(gray)
+            if found:
+                return found
+        return super().detect(gray, min_neighbors)

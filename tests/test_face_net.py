@@ -1,0 +1,211 @@
+"""The learned face detector: its canvas, training pictures, targets and decoding agree with
+one another; a trained net exports to ONNX unchanged; the pipeline starts from its squares,
+trusts its faces without the cascade's second look and falls back to the cascade without
+them; the command line trains and uses it."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import face_scene, save_rgb
+from fkd_jax.data import face_scenes
+from fkd_jax.data.face_scenes import INPUT_SIZE, STRIDE, to_canvas
+from fkd_jax.geometry import face_shape_stats, keypoints
+from fkd_jax.geometry import framing as geo
+from fkd_jax.pictures import detection, location
+from fkd_jax.pictures.face_net_detector import NetFaceDetector, decode
+
+ROOT = Path(__file__).resolve().parents[1]
+MEAN = np.asarray(face_shape_stats.MEAN_SHAPE, np.float64)
+
+
+def encoded(squares, size=INPUT_SIZE) -> np.ndarray:
+    """Net outputs (1, G, G, 6) that say exactly `squares` (canvas pixels): what a perfect
+    detector would answer."""
+    heat, reg, centres = face_scenes.targets([squares], size)
+    return np.concatenate([np.where(centres, 9.0, -9.0)[..., None], reg], -1).astype(np.float32)
+
+
+def test_to_canvas_shrinks_the_picture_into_the_top_left_corner():
+    pic = np.full((100, 200), 50, np.uint8)
+    pic[40:60, 100:120] = 250
+    canvas, scale = to_canvas(pic)
+    assert canvas.shape == (INPUT_SIZE, INPUT_SIZE) and scale == INPUT_SIZE / 200
+    assert canvas[32:48, 80:96].min() == pytest.approx(250 / 255, abs=1e-6)
+    assert canvas[:80, :][canvas[:80, :] < 0.5].max() == pytest.approx(50 / 255, abs=1e-6)
+    assert np.all(canvas[80:] == pytest.approx(pic.mean() / 255, abs=1e-4))  # the fill
+
+
+@pytest.mark.parametrize("flip", [False, True])
+@pytest.mark.parametrize("tilt", [0.0, 0.5])
+def test_a_placed_faces_square_is_the_training_rule_on_its_placed_keypoints(flip, tilt):
+    """The label of a moved (and mirrored) face equals the square its moved keypoints frame."""
+    kp = geo.Framing(130.0, 110.0, 120.0, 0.2).to_picture(MEAN)
+    face = geo.framing_from_keypoints(kp, rotate=True)
+    m = face_scenes._placement(face, 60.0, tilt, flip, (70.0, 90.0))
+    moved_kp = (keypoints.as_points(kp) @ m[:, :2].T + m[:, 2]).reshape(-1)
+    if flip:  # the subject's left eye is now on the other side: names swap
+        moved_kp = keypoints.as_points(moved_kp)[keypoints.FLIP_PERMUTATION[0::2] // 2].reshape(-1)
+    want = geo.framing_from_keypoints(moved_kp, rotate=True)
+    got = face_scenes._moved(face, m, flip, tilt)
+    assert (got.cx, got.cy) == pytest.approx((want.cx, want.cy), abs=0.02 * want.side)
+    assert got.side == pytest.approx(want.side, rel=0.02)
+    assert math.remainder(got.angle - want.angle, 2 * math.pi) == pytest.approx(0, abs=1e-6)
+
+
+def test_composed_canvases_show_each_labelled_face_where_its_square_says(monkeypatch):
+    """A photo marked at its face's centre (bright) and on the square's x axis (mid grey):
+    on every canvas the marks sit at the labelled square's centre and along its angle."""
+    monkeypatch.setattr(face_scenes, "_relight", lambda rng, img: img)
+    photo = np.zeros((200, 200), np.uint8)
+    face = geo.Framing(100.0, 90.0, 100.0, 0.3)
+    for value, (x, y) in ((255, (face.cx, face.cy)),
+                          (128, face.to_picture(np.array([48.0 + 30, 48.0])))):
+        photo[int(y) - 3:int(y) + 4, int(x) - 3:int(x) + 4] = value
+    rng = np.random.default_rng(0)
+    canvases, squares = face_scenes.compose(rng, [photo], [[face]], 40)
+    checked = 0
+    for canvas, faces in zip(canvases, squares):
+        for f in faces:
+            if min(f.cx, f.cy) < 6 or max(f.cx, f.cy) > INPUT_SIZE - 6 or f.side < 45:
+                continue
+            assert canvas[int(f.cy), int(f.cx)] > 0.9  # the bright mark
+            # The grey mark, on the square's x axis: on the far side when mirrored (the
+            # subject's left and right swap, and the axis runs from right eye to left eye).
+            marks = [f.to_picture(np.array([48.0 + d, 48.0])) for d in (30, -30)]
+            if np.min(marks) < 0 or np.max(marks) >= INPUT_SIZE:
+                continue
+            values = [canvas[int(m[1]), int(m[0])] for m in marks]
+            assert max(values) == pytest.approx(128 / 255, abs=0.1)
+            checked += 1
+    assert checked >= 5
+
+
+def test_targets_decode_back_to_the_squares_in_picture_pixels():
+    squares = [geo.Framing(50.3, 70.9, 60.0, 0.2), geo.Framing(121.0, 36.5, 30.0, -0.5)]
+    heat, _, centres = face_scenes.targets([squares])
+    assert heat.max() == 1.0 and centres.sum() == 2 and heat[0, 8, 6] == 1.0  # cell of (50, 70)
+    found = decode(encoded(squares)[0], scale=0.5)
+    assert len(found) == 2 and all(d.sure for d in found)
+    for d, want in zip(sorted(found, key=lambda d: d.framing.cx), squares):
+        f = d.framing
+        assert (f.cx, f.cy, f.side, f.angle) == pytest.approx(
+            (want.cx / 0.5, want.cy / 0.5, want.side / 0.5, want.angle), abs=1e-4)
+        assert d.box == pytest.approx((f.cx - f.side / 2, f.cy - f.side / 2, f.side, f.side))
+
+
+def test_neighbouring_peaks_of_one_face_decode_to_one_face():
+    out = encoded([geo.Framing(80.0, 80.0, 80.0)])[0]
+    out[10, 9, 0] = 8.0  # a second, lower peak next to the centre cell (10, 10)
+    out[10, 9, 1:] = out[10, 10, 1:]
+    out[10, 9, 1] += 1.0  # ... pointing at the same centre
+    assert len(decode(out, 1.0)) == 1
+    out[2, 2] = out[10, 10]  # a peak far away is another face
+    out[2, 2, 1:3] = 0.0
+    assert len(decode(out, 1.0)) == 2
+
+
+def test_the_pipeline_starts_from_the_nets_square_and_skips_the_second_look(monkeypatch):
+    pic, kp = face_scene(0)
+    gray = geo.to_gray(pic)
+    true_square = geo.framing_from_keypoints(kp, rotate=True)
+    _, scale = to_canvas(gray)
+    on_canvas = geo.Framing(true_square.cx * scale, true_square.cy * scale,
+                            true_square.side * scale, true_square.angle)
+    net = NetFaceDetector(lambda canvases: encoded([on_canvas]))
+
+    def no_second_look(*a, **k):
+        raise AssertionError("the cascade's second look ran on a face the net vouched for")
+
+    monkeypatch.setattr(detection.FaceDetector, "confirm_score", no_second_look)
+
+    def oracle(crops, tta=False):  # true keypoints in the crop of the true square
+        return np.stack([true_square.to_crop(kp)] * len(crops))
+
+    faces = location.find_faces([gray], oracle, net)[0]
+    assert len(faces) == 1 and faces[0].score > 0.99
+    np.testing.assert_allclose(faces[0].history[0], kp, atol=1e-6)  # pass 1: already right
+
+
+def test_where_the_net_finds_nothing_the_cascade_searches():
+    pic, kp = face_scene(1)
+    silent = NetFaceDetector(lambda canvases: np.full((1, 20, 20, 6), -9.0, np.float32))
+    found = silent.detect(geo.to_gray(pic))
+    assert found and not found[0].sure and found[0].framing is None
+    x, y, w, h = found[0].box  # the cascade's box on the pasted face (x 60-252, y 20-212)
+    assert 60 <= x + w / 2 <= 252 and 20 <= y + h / 2 <= 212
+
+
+def test_a_trained_detector_exports_to_onnx_with_the_same_outputs(tmp_path):
+    pytest.importorskip("jax2onnx")
+    from fkd_jax.inference import onnx_model
+    from fkd_jax.training import face_net_training as fnt
+
+    pictures, squares = [], []
+    for seed in range(3):
+        pic, kp = face_scene(seed)
+        pictures.append(geo.to_gray(pic))
+        squares.append(fnt.face_squares(kp))
+    logs = []
+    params = fnt.train_face_net(pictures, squares, steps=100, batch_size=8, seed=0,
+                                log=logs.append)
+    assert [m["step"] for m in logs] == [100] and math.isfinite(logs[-1]["loss"])
+    path = tmp_path / "face_net.onnx"
+    path.write_bytes(onnx_model.export_face_net(params))
+    canvas = to_canvas(pictures[0])[0][None, :, :, None]
+    from_onnx = NetFaceDetector.load(path)._run(canvas)
+    np.testing.assert_allclose(from_onnx, fnt.jax_detector_fn(params)(canvas), atol=1e-4)
+    assert from_onnx.shape == (1, INPUT_SIZE // STRIDE, INPUT_SIZE // STRIDE, 6)
+
+
+def _run(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_train_face_net_cli_writes_a_detector_predict_uses(tmp_path, tiny_run):
+    pytest.importorskip("jax2onnx")
+    rows = ["file," + ",".join(keypoints.COLUMNS)]
+    for seed in range(2):
+        pic, kp = face_scene(seed)
+        save_rgb(tmp_path / "photos" / f"p{seed}.png", pic)
+        rows.append(f"p{seed}.png," + ",".join(f"{v:.3f}" for v in kp))
+    save_rgb(tmp_path / "photos" / "unlabelled.png", face_scene(5)[0])
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    model = tmp_path / "face_net.onnx"
+    proc = _run(["train_face_net.py", f"--labels={tmp_path / 'labels.csv'}", f"--out={model}",
+                 "--steps=2", "--batch_size=4", str(tmp_path / "photos")])
+    assert proc.returncode == 0, proc.stderr
+    assert "2 photos with 2 labelled faces (1 inputs without labels left out)" in proc.stdout
+    assert model.is_file()
+    proc = _run(["predict.py", f"--workdir={tiny_run}", f"--face_net={model}", "--no_overlays",
+                 f"--out={tmp_path / 'out'}", str(tmp_path / "photos" / "p0.png")])
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out" / "keypoints.csv").is_file()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train_face_net.py", "--out=x.onnx", "photos"], "--labels"),
+    (["train_face_net.py", "--labels=labels.csv", "--out=x.onnx", "photos"],
+     "--labels labels.csv: no such file"),
+])
+def test_face_net_mistakes_are_one_line(args, message, tmp_path):
+    proc = subprocess.run([sys.executable, *[str(ROOT / args[0])] + args[1:]], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_a_missing_face_net_file_is_named(tmp_path, tiny_run):
+    pic, _ = face_scene(0)
+    save_rgb(tmp_path / "p.png", pic)
+    proc = _run(["predict.py", f"--workdir={tiny_run}", "--face_net=nope.onnx",
+                 f"--out={tmp_path / 'out'}", str(tmp_path / "p.png")])
+    assert proc.returncode == 2 and "--face_net nope.onnx: no such file" in proc.stderr
+    assert not (tmp_path / "out").exists()
