@@ -28,7 +28,7 @@ MEAN = np.asarray(face_shape_stats.MEAN_SHAPE, np.float64)
 def encoded(squares, size=INPUT_SIZE) -> np.ndarray:
     """Net outputs (1, G, G, 6) that say exactly `squares` (canvas pixels): what a perfect
     detector would answer."""
-    heat, reg, centres = face_scenes.targets([squares], size)
+    heat, reg, centres, _ = face_scenes.targets([squares], size)
     return np.concatenate([np.where(centres, 9.0, -9.0)[..., None], reg], -1).astype(np.float32)
 
 
@@ -87,10 +87,29 @@ def test_composed_canvases_show_each_labelled_face_where_its_square_says(monkeyp
     assert checked >= 5
 
 
+def test_background_tiles_show_no_part_of_a_face():
+    photo = np.full((240, 240), 60, np.uint8)
+    face = geo.Framing(110.0, 120.0, 60.0)
+    photo[90:150, 80:140] = 255  # the face's square
+    photo[200:, 200:] = 0  # clutter in a corner
+    rng, pasted = np.random.default_rng(0), 0
+    for _ in range(30):
+        view = np.full((80, 80), -1.0, np.float32)
+        face_scenes._paste_background(rng, photo, [face], view)
+        if view.min() >= 0:
+            pasted += 1
+            assert view.max() <= 60.0 + 1e-3  # never the face
+    assert pasted >= 20
+
+
 def test_targets_decode_back_to_the_squares_in_picture_pixels():
     squares = [geo.Framing(50.3, 70.9, 60.0, 0.2), geo.Framing(121.0, 36.5, 30.0, -0.5)]
-    heat, _, centres = face_scenes.targets([squares])
+    heat, reg, centres, near = face_scenes.targets([squares])
     assert heat.max() == 1.0 and centres.sum() == 2 and heat[0, 8, 6] == 1.0  # cell of (50, 70)
+    assert near.sum() == 18 and near[0, 7:10, 5:8].all()
+    # every near cell points at the same centre: cell + offset is the centre, in cells
+    assert (6 + 0.5 + reg[0, 7, 6, 0], 7 + 0.5 + reg[0, 7, 6, 1]) == pytest.approx(
+        (50.3 / 8, 70.9 / 8))
     found = decode(encoded(squares)[0], scale=0.5)
     assert len(found) == 2 and all(d.sure for d in found)
     for d, want in zip(sorted(found, key=lambda d: d.framing.cx), squares):
@@ -124,6 +143,7 @@ def test_the_pipeline_starts_from_the_nets_square_and_skips_the_second_look(monk
         raise AssertionError("the cascade's second look ran on a face the net vouched for")
 
     monkeypatch.setattr(detection.FaceDetector, "confirm_score", no_second_look)
+    monkeypatch.setattr(detection.FaceDetector, "detect", no_second_look)
 
     def oracle(crops, tta=False):  # true keypoints in the crop of the true square
         return np.stack([true_square.to_crop(kp)] * len(crops))
@@ -131,6 +151,27 @@ def test_the_pipeline_starts_from_the_nets_square_and_skips_the_second_look(monk
     faces = location.find_faces([gray], oracle, net)[0]
     assert len(faces) == 1 and faces[0].score > 0.99
     np.testing.assert_allclose(faces[0].history[0], kp, atol=1e-6)  # pass 1: already right
+
+
+def test_where_the_nets_only_face_is_no_face_the_cascade_searches_again(monkeypatch):
+    """The net vouches for a blank patch; the keypoints found there have no face's shape,
+    so the picture is searched by the cascade, whose face replaces it."""
+    pic, _ = face_scene(0)
+    gray = geo.to_gray(pic)
+    _, scale = to_canvas(gray)
+    blank = geo.Framing(290 * scale, 120 * scale, 40 * scale)  # right of the pasted face
+    net = NetFaceDetector(lambda canvases: encoded([blank]))
+    real = location.shape_error  # keypoints right of the pasted face have no face's shape
+    monkeypatch.setattr(location, "shape_error",
+                        lambda kp: 1.0 if np.mean(kp[0::2]) > 256 else real(kp))
+
+    def model(crops, tta=False):
+        return np.stack([MEAN] * len(crops))
+
+    faces = location.find_faces([gray], model, net)[0]
+    assert len(faces) == 1
+    x, y, w, h = faces[0].box
+    assert 60 <= x + w / 2 <= 252 and 20 <= y + h / 2 <= 212  # the cascade's box on the face
 
 
 def test_where_the_net_finds_nothing_the_cascade_searches():

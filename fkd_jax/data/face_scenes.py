@@ -14,8 +14,9 @@ The net sees a picture shrunk onto an INPUT_SIZE x INPUT_SIZE canvas (NHWC, gray
 Why composed: a few hundred labelled photos show one large face each, near the middle. A
 detector trained on them as they are learns that; placed at random scales, positions and
 tilts, mirrored, relit, and tiled two or three a side (small faces, several a picture), the
-same photos teach it to find faces anywhere. Outside a placed photo the canvas is a flat
-grey, as around a picture letterboxed onto the detector's canvas.
+same photos teach it to find faces anywhere; some tiles show a face-free part of a photo
+instead, magnified, so that clutter is not taken for a face. Outside a placed photo the
+canvas is a flat grey, as around a picture letterboxed onto the detector's canvas.
 
 Faces are described by their training squares (`Framing`: centre, side, angle), from the
 keypoints by the training rule. Canvases are float32 (B, S, S) in [0, 1], S = INPUT_SIZE;
@@ -37,6 +38,7 @@ STRIDE = 8  # canvas pixels per output cell: a 20 x 20 grid
 CHANNELS = 6
 SIDE_RANGE = (20.0, 150.0)  # a single photo's face square, canvas pixels (log-uniform)
 GRID_P = 0.5  # share of canvases tiled with 2 x 2 or 3 x 3 photos
+BACKGROUND_P = 0.1  # share of tiles showing a face-free part of a photo instead of a face
 MAX_TILT = 40.0  # degrees: placed photos are turned by up to this (normal, sd MAX_TILT / 2)
 
 
@@ -98,6 +100,11 @@ def compose(rng: np.random.Generator, photos: Sequence[np.ndarray],
                 if tiles > 1 and rng.random() < 0.15:
                     continue
                 i = int(rng.integers(len(photos)))
+                x0, y0 = int(round(tx * cell)), int(round(ty * cell))
+                x1, y1 = int(round((tx + 1) * cell)), int(round((ty + 1) * cell))
+                if rng.random() < BACKGROUND_P:
+                    _paste_background(rng, photos[i], faces[i], canvas[y0:y1, x0:x1])
+                    continue
                 if not faces[i]:
                     continue
                 face = faces[i][int(rng.integers(len(faces[i])))]
@@ -116,8 +123,6 @@ def compose(rng: np.random.Generator, photos: Sequence[np.ndarray],
                                         flags=cv2.INTER_AREA if side < face.side / 2
                                         else cv2.INTER_LINEAR,
                                         borderMode=cv2.BORDER_CONSTANT, borderValue=-1.0)
-                x0, y0 = int(round(tx * cell)), int(round(ty * cell))
-                x1, y1 = int(round((tx + 1) * cell)), int(round((ty + 1) * cell))
                 region = placed[y0:y1, x0:x1]
                 view = canvas[y0:y1, x0:x1]
                 view[region >= 0] = region[region >= 0]
@@ -128,6 +133,26 @@ def compose(rng: np.random.Generator, photos: Sequence[np.ndarray],
         out[b] = _relight(rng, canvas / 255.0)
         squares.append(found)
     return out, squares
+
+
+def _paste_background(rng: np.random.Generator, photo: np.ndarray, faces: Sequence[Framing],
+                      view: np.ndarray, tries: int = 20) -> None:
+    """Fill `view` (a tile of the canvas) with a square of `photo` that holds no face (clear
+    of every face's square by a quarter of its side), magnified: the clutter beside faces,
+    lit patterns and textures, shown as large as faces are, so that none is taken for one.
+    Leaves `view` as it is where the photo has no such square."""
+    h, w = photo.shape
+    for _ in range(tries):
+        r = rng.uniform(0.1, 0.35) * min(h, w)
+        x, y = rng.uniform(0, w - r), rng.uniform(0, h - r)
+        if all(x + r < f.cx - 0.75 * f.side or x > f.cx + 0.75 * f.side
+               or y + r < f.cy - 0.75 * f.side or y > f.cy + 0.75 * f.side for f in faces):
+            scale = view.shape[0] / r
+            m = np.array([[scale, 0.0, -scale * x], [0.0, scale, -scale * y]])
+            view[:] = cv2.warpAffine(photo.astype(np.float32), _on_indices(m),
+                                     (view.shape[1], view.shape[0]), flags=cv2.INTER_LINEAR,
+                                     borderMode=cv2.BORDER_REPLICATE)
+            return
 
 
 def _relight(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
@@ -141,18 +166,21 @@ def _relight(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
 
 
 def targets(squares: Sequence[Sequence[Framing]], size: int = INPUT_SIZE
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """What `face_net_loss` compares the net's outputs with, per canvas: heat (B, G, G)
     Gaussian bumps (sd a tenth of the square's side, at least half a cell) peaking at 1 in
-    each face's centre cell; regression targets (B, G, G, 5) there; centres (B, G, G) 1 at
-    those cells. G = size / STRIDE."""
+    each face's centre cell; centres (B, G, G) 1 at those cells; regression targets
+    (B, G, G, 5) in the 3 x 3 cells around each centre, each cell's own offset to it (a peak
+    found one cell off still reads the right square), and near (B, G, G) 1 at those cells.
+    G = size / STRIDE."""
     g = size // STRIDE
     heat = np.zeros((len(squares), g, g), np.float32)
     reg = np.zeros((len(squares), g, g, CHANNELS - 1), np.float32)
     centres = np.zeros((len(squares), g, g), np.float32)
+    near = np.zeros((len(squares), g, g), np.float32)
     cells = np.arange(g) + 0.5
     for b, faces in enumerate(squares):
-        for f in faces:
+        for f in sorted(faces, key=lambda f: -f.side):  # small faces' cells win overlaps
             u, v = f.cx / STRIDE, f.cy / STRIDE
             j, i = int(u), int(v)
             if not (0 <= i < g and 0 <= j < g):
@@ -162,6 +190,9 @@ def targets(squares: Sequence[Sequence[Framing]], size: int = INPUT_SIZE
                           / (2 * sd * sd))
             heat[b] = np.maximum(heat[b], bump)
             centres[b, i, j] = 1.0
-            reg[b, i, j] = (u - j - 0.5, v - i - 0.5, math.log(f.side / size),
-                            math.cos(f.angle), math.sin(f.angle))
-    return heat, reg, centres
+            for ii in range(max(i - 1, 0), min(i + 2, g)):
+                for jj in range(max(j - 1, 0), min(j + 2, g)):
+                    near[b, ii, jj] = 1.0
+                    reg[b, ii, jj] = (u - jj - 0.5, v - ii - 0.5, math.log(f.side / size),
+                                      math.cos(f.angle), math.sin(f.angle))
+    return heat, reg, centres, near

@@ -52,19 +52,18 @@ def create_face_net(seed: int = 0, conv_impl: str = "auto") -> FaceNet:
     return FaceNet(Layers.create("float32", conv_impl, seed))
 
 
-def face_net_loss(outputs: jax.Array, heat: jax.Array, targets: jax.Array, centres: jax.Array
-                  ) -> tuple[jax.Array, dict]:
+def face_net_loss(outputs: jax.Array, heat: jax.Array, targets: jax.Array, centres: jax.Array,
+                  near: jax.Array) -> tuple[jax.Array, dict]:
     """CenterNet's loss: a focal loss on the centre heatmap against Gaussian bumps `heat`
-    (B, G, G) in [0, 1] (1 at each face's centre cell), normalised by the number of faces;
-    L1 on the five regressed channels at the centre cells (`centres` (B, G, G) 1 there,
-    `targets` (B, G, G, 5) the true offsets, log side, cos and sin)."""
+    (B, G, G) in [0, 1] with the faces' centre cells `centres` (B, G, G) as positives,
+    normalised by the number of faces; L1 on the five regressed channels against `targets`
+    (B, G, G, 5) in the cells marked by `near` (`fkd_jax.data.face_scenes.targets`)."""
     logit = outputs[..., 0]
     p = jax.nn.sigmoid(logit)
     log_p, log_q = jax.nn.log_sigmoid(logit), jax.nn.log_sigmoid(-logit)
-    pos = centres
-    focal = -(pos * (1 - p) ** 2 * log_p
-              + (1 - pos) * (1 - heat) ** 4 * p ** 2 * log_q)
-    n = jnp.maximum(pos.sum(), 1.0)
-    heat_loss = focal.sum() / n
-    reg = (jnp.abs(outputs[..., 1:] - targets) * pos[..., None]).sum() / n
+    focal = -(centres * (1 - p) ** 2 * log_p
+              + (1 - centres) * (1 - heat) ** 4 * p ** 2 * log_q)
+    heat_loss = focal.sum() / jnp.maximum(centres.sum(), 1.0)
+    reg = (jnp.abs(outputs[..., 1:] - targets) * near[..., None]).sum() / jnp.maximum(
+        near.sum(), 1.0)
     return heat_loss + reg, {"heat": heat_loss, "box": reg}

@@ -185,15 +185,16 @@ class FaceDetector:
         return best
 
 
-def detect_faces(grays: Sequence[np.ndarray], detector: FaceDetector
-                 ) -> tuple[list[list[Detection]], list[bool]]:
+def detect_faces(grays: Sequence[np.ndarray], detector: FaceDetector,
+                 cascade_only: bool = False) -> tuple[list[list[Detection]], list[bool]]:
     """Detector boxes of each picture, and whether they came from the fallbacks: where the
     detector finds nothing upright, the boxes of the turned copies and of the loose pass
     (`FaceDetector.detect_turned`, `detect_loose`); a face from these is kept only if
-    confirmed."""
+    confirmed. `cascade_only`: the Haar cascade's boxes even where `detector` has a learned
+    detector in front of it."""
     boxes, loose = [], []
     for g in grays:
-        found = detector.detect(g)
+        found = FaceDetector.detect(detector, g) if cascade_only else detector.detect(g)
         loose.append(not found)
         boxes.append(found or detector.detect_turned(g) + detector.detect_loose(g))
     return boxes, loose

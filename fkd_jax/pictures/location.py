@@ -248,7 +248,8 @@ def find_faces(grays: Sequence[np.ndarray], predict: PredictFn,
     (default: when the boxes come from the detector here) a face is kept if its keypoints look
     like a face (`shape_error`) and the detector finds it again, surely, in the crop they
     frame (`FaceDetector.confirm_score` >= CONFIRM_MIN_SCORE, or SECOND_CASCADE finds it),
-    or a learned detector vouched for its box (`Detection.sure`); in a picture where no box is confirmed that way, one is kept unless the boxes come from
+    or a learned detector vouched for its box (`Detection.sure`: where none of its faces
+    in a picture looks like a face, the cascade searches that picture again); in a picture where no box is confirmed that way, one is kept unless the boxes come from
     the loose fallback (`loose[i]`): the most face-like, first by how many of the two tests
     it passes, then the largest box (texture gives the cascade its false faces at small sizes,
     where its windows are many), then the detector's score.
@@ -309,7 +310,31 @@ def find_faces(grays: Sequence[np.ndarray], predict: PredictFn,
     for pic, cands in candidates.items():
         if not faces[pic]:  # none confirmed: the most face-like of the detector's boxes
             faces[pic].append(max(cands, key=lambda c: c[:3])[3])
+    if confirm:
+        _second_opinion(grays, predict, detector, index, dets, checks, faces,
+                        dict(passes=passes, tta=tta, rotate=rotate, settle=settle,
+                             max_shape_error=max_shape_error, retry_tta=retry_tta))
     return [merge_duplicates(fs) for fs in faces]
+
+
+def _second_opinion(grays, predict, detector, index, dets, checks, faces, options) -> None:
+    """Pictures whose every box came from a learned detector and none of whose faces looks
+    like a face (`shape_error`): a lit pattern taken for eyes. The Haar cascade searches
+    them as if there were no learned detector; its faces replace those where it finds any."""
+    boxes_of: dict[int, list[int]] = {}
+    for j, pic in enumerate(index):
+        boxes_of.setdefault(pic, []).append(j)
+    redo = [pic for pic, js in boxes_of.items()
+            if all(dets[j].sure and not checks[j][0] for j in js)]
+    if not redo:
+        return
+    pictures = [grays[p] for p in redo]
+    boxes, loose = detect_faces(pictures, detector, cascade_only=True)
+    again = find_faces(pictures, predict, detector, boxes=boxes, confirm=True, loose=loose,
+                       **options)
+    for pic, found in zip(redo, again):
+        if found:
+            faces[pic] = found
 
 
 def _retry_unsettled(grays, index, framings, predict, history, spread, rotate, settle,

@@ -48,14 +48,14 @@ def train_face_net(photos: Sequence[np.ndarray], faces: Sequence[Sequence[Framin
     tx = optax.adam(schedule)
     state = {"params": params, "opt_state": tx.init(params)}
 
-    def objective(p, canvases, heat, reg, centres):
+    def objective(p, canvases, targets):
         outputs = nnx.merge(graphdef, p)(canvases)
-        return face_net.face_net_loss(outputs, heat, reg, centres)
+        return face_net.face_net_loss(outputs, *targets)
 
     @jax.jit
-    def train_step(state, canvases, heat, reg, centres):
+    def train_step(state, canvases, targets):
         (loss, parts), grads = jax.value_and_grad(objective, has_aux=True)(
-            state["params"], canvases, heat, reg, centres)
+            state["params"], canvases, targets)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         return ({"params": optax.apply_updates(state["params"], updates),
                  "opt_state": opt_state}, {"loss": loss, **parts})
@@ -64,8 +64,7 @@ def train_face_net(photos: Sequence[np.ndarray], faces: Sequence[Sequence[Framin
     start, done = time.perf_counter(), 0
     for step in range(1, steps + 1):
         canvases, squares = face_scenes.compose(rng, photos, faces, batch_size)
-        heat, reg, centres = face_scenes.targets(squares)
-        state, metrics = train_step(state, canvases[..., None], heat, reg, centres)
+        state, metrics = train_step(state, canvases[..., None], face_scenes.targets(squares))
         done += batch_size
         if step % 100 == 0 or step == steps:
             values = {k: float(v) for k, v in metrics.items()}
