@@ -174,12 +174,23 @@ def test_where_the_nets_only_face_is_no_face_the_cascade_searches_again(monkeypa
     assert 60 <= x + w / 2 <= 252 and 20 <= y + h / 2 <= 212  # the cascade's box on the face
 
 
-def test_where_the_net_finds_nothing_the_cascade_searches():
-    pic, kp = face_scene(1)
-    silent = NetFaceDetector(lambda canvases: np.full((1, 20, 20, 6), -9.0, np.float32))
-    found = silent.detect(geo.to_gray(pic))
-    assert found and not found[0].sure and found[0].framing is None
-    x, y, w, h = found[0].box  # the cascade's box on the pasted face (x 60-252, y 20-212)
+def test_pictures_go_through_the_net_together_and_the_cascade_searches_where_it_finds_none():
+    grays = [geo.to_gray(face_scene(seed)[0]) for seed in (0, 1, 0)]
+    square = geo.Framing(80.0, 70.0, 60.0)
+    batches = []
+
+    def run(canvases):  # faces in the first and last picture only
+        batches.append(len(canvases))
+        out = np.concatenate([encoded([square])] * len(canvases))
+        out[1, ..., 0] = -9.0
+        return out
+
+    found = NetFaceDetector(run).detect_all(grays)
+    assert batches == [3]
+    assert found[0][0].sure and found[2][0].sure and found[0][0].framing.side == \
+        pytest.approx(60.0 / to_canvas(grays[0])[1])
+    assert found[1] and not found[1][0].sure and found[1][0].framing is None
+    x, y, w, h = found[1][0].box  # the cascade's box on the pasted face (x 60-252, y 20-212)
     assert 60 <= x + w / 2 <= 252 and 20 <= y + h / 2 <= 212
 
 

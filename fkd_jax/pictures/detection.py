@@ -125,6 +125,10 @@ class FaceDetector:
                  zip(np.reshape(rects, (-1, 4)), np.ravel(weights))]
         return sorted(found, key=lambda d: -d.score)
 
+    def detect_all(self, grays: Sequence[np.ndarray]) -> list[list[Detection]]:
+        """`detect` of each picture (a learned detector batches them)."""
+        return [self.detect(g) for g in grays]
+
     def detect_loose(self, gray: np.ndarray) -> list[Detection]:
         """The fallback for pictures where `detect` finds nothing (minNeighbors 1)."""
         return self.detect(gray, min_neighbors=1)
@@ -193,8 +197,9 @@ def detect_faces(grays: Sequence[np.ndarray], detector: FaceDetector,
     confirmed. `cascade_only`: the Haar cascade's boxes even where `detector` has a learned
     detector in front of it."""
     boxes, loose = [], []
-    for g in grays:
-        found = FaceDetector.detect(detector, g) if cascade_only else detector.detect(g)
+    first = ([FaceDetector.detect(detector, g) for g in grays] if cascade_only
+             else detector.detect_all(grays))
+    for g, found in zip(grays, first):
         loose.append(not found)
         boxes.append(found or detector.detect_turned(g) + detector.detect_loose(g))
     return boxes, loose

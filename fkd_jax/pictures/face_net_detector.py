@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -79,15 +79,20 @@ class NetFaceDetector(FaceDetector):
         name = session.get_inputs()[0].name
         return cls(lambda x: session.run(None, {name: x})[0], threshold, **cascade_options)
 
-    def detect_net(self, gray: np.ndarray) -> list[Detection]:
-        """The net's faces only, best first."""
-        canvas, scale = to_canvas(gray)
-        outputs = np.asarray(self._run(canvas[None, :, :, None]))[0]
-        return decode(outputs, scale, self.threshold)
+    def detect_net(self, grays: Sequence[np.ndarray]) -> list[list[Detection]]:
+        """The net's faces only, best first, in each picture (one batch of canvases)."""
+        if not len(grays):
+            return []
+        canvases, scales = zip(*(to_canvas(g) for g in grays))
+        outputs = np.asarray(self._run(np.stack(canvases)[..., None]))
+        return [decode(o, s, self.threshold) for o, s in zip(outputs, scales)]
 
     def detect(self, gray: np.ndarray, min_neighbors: int | None = None) -> list[Detection]:
         if min_neighbors is None:
-            found = self.detect_net(gray)
-            if found:
-                return found
+            return self.detect_all([gray])[0]
         return super().detect(gray, min_neighbors)
+
+    def detect_all(self, grays: Sequence[np.ndarray]) -> list[list[Detection]]:
+        """The net's faces of each picture, or the cascade's where the net finds none."""
+        return [found or super(NetFaceDetector, self).detect(g)
+                for g, found in zip(grays, self.detect_net(grays))]
