@@ -194,6 +194,27 @@ def test_pictures_go_through_the_net_together_and_the_cascade_searches_where_it_
     assert 60 <= x + w / 2 <= 252 and 20 <= y + h / 2 <= 212
 
 
+def test_in_a_large_picture_the_cascade_searches_beside_the_net():
+    """Faces the cascade can find are below what the net sees in a large picture: both look.
+    The cascade's box on a face the net found is left out."""
+    small, _ = face_scene(0)  # 240 x 320: the net alone
+    large, _ = face_scene(0, size=(700, 900))  # the same face, in a larger picture
+    for pic, want in ((small, 1), (large, 2)):
+        gray = geo.to_gray(pic)
+        scale = to_canvas(gray)[1]
+        elsewhere = geo.Framing(600 * scale, 500 * scale, 100 * scale)
+        if pic is small:
+            elsewhere = geo.Framing(290 * scale, 200 * scale, 40 * scale)
+        found = NetFaceDetector(lambda canvases: encoded([elsewhere])).detect_all([gray])[0]
+        assert len(found) == want and found[0].sure
+        if want == 2:
+            x, y, w, h = found[1].box  # the cascade's, on the pasted face
+            assert not found[1].sure and 60 <= x + w / 2 <= 252 and 20 <= y + h / 2 <= 212
+    on_face = geo.Framing(156 * scale, 116 * scale, 190 * scale)  # the net found that face
+    found = NetFaceDetector(lambda canvases: encoded([on_face])).detect_all([gray])[0]
+    assert len(found) == 1 and found[0].sure
+
+
 def test_a_trained_detector_exports_to_onnx_with_the_same_outputs(tmp_path):
     pytest.importorskip("jax2onnx")
     from fkd_jax.inference import onnx_model

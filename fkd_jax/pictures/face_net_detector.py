@@ -4,8 +4,10 @@ A picture is shrunk onto the net's square canvas (`to_canvas`), the net's centre
 searched for peaks (`decode`), and each peak's square (centre, side, angle) becomes the
 face's first framing: the keypoint model starts from the training square itself instead of a
 cascade box's guess at it. Where the net is sure of nothing in a picture, the Haar cascade
-searches it as before (`NetFaceDetector` is a `FaceDetector`); the cascade's second look is
-not needed for the net's faces, whose score is itself a learned check.
+searches it as before (`NetFaceDetector` is a `FaceDetector`), and in pictures larger than
+ALONE_MAX_SIDE, where small faces are below what the net sees, it searches beside the net.
+The cascade's second look is not needed for the net's faces, whose score is itself a learned
+check.
 
 Decoding is numpy, and an exported detector (`FILE.onnx`) runs on onnxruntime: no jax.
 """
@@ -24,6 +26,10 @@ from fkd_jax.pictures.detection import Detection, FaceDetector
 
 # A peak is a face from this probability on; chosen on the training people's photos.
 DEFAULT_THRESHOLD = 0.5
+# The net sees a picture at INPUT_SIZE pixels and finds faces from ~24 of those on: in a
+# picture larger than this, faces the cascade finds (30 pixels on) may be too small for it,
+# so the cascade searches beside it there.
+ALONE_MAX_SIDE = 2 * INPUT_SIZE
 # Squares whose centres lie within this fraction of the larger square's side are one face.
 _SAME_FACE = 0.5
 
@@ -65,9 +71,10 @@ class NetFaceDetector(FaceDetector):
     (`load`) or a jitted JAX model."""
 
     def __init__(self, run: Callable[[np.ndarray], np.ndarray],
-                 threshold: float = DEFAULT_THRESHOLD, **cascade_options):
+                 threshold: float = DEFAULT_THRESHOLD, alone_max_side: int = ALONE_MAX_SIDE,
+                 **cascade_options):
         super().__init__(**cascade_options)
-        self._run, self.threshold = run, threshold
+        self._run, self.threshold, self.alone_max_side = run, threshold, alone_max_side
 
     @classmethod
     def load(cls, path: str | Path, threshold: float = DEFAULT_THRESHOLD,
@@ -93,6 +100,19 @@ class NetFaceDetector(FaceDetector):
         return super().detect(gray, min_neighbors)
 
     def detect_all(self, grays: Sequence[np.ndarray]) -> list[list[Detection]]:
-        """The net's faces of each picture, or the cascade's where the net finds none."""
-        return [found or super(NetFaceDetector, self).detect(g)
-                for g, found in zip(grays, self.detect_net(grays))]
+        """The net's faces of each picture; the cascade's where the net finds none, and
+        beside the net's in a picture larger than `alone_max_side` (its boxes on faces the
+        net found left out)."""
+        out = []
+        for g, found in zip(grays, self.detect_net(grays)):
+            if not found or max(np.shape(g)[:2]) > self.alone_max_side:
+                found = found + [c for c in super().detect(g) if not _found(c, found)]
+            out.append(found)
+        return out
+
+
+def _found(box: Detection, faces: Sequence[Detection]) -> bool:
+    """Whether a cascade box lies on one of the net's faces (its centre within half a side)."""
+    x, y, w, h = box.box
+    return any(math.hypot(x + w / 2 - f.framing.cx, y + h / 2 - f.framing.cy)
+               < _SAME_FACE * f.framing.side for f in faces)
