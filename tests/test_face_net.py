@@ -242,23 +242,28 @@ def _run(args: list[str]) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
-def test_train_face_net_cli_writes_a_detector_predict_uses(tmp_path, tiny_run):
+def test_predicts_keypoints_train_a_face_net_that_predict_then_uses(tmp_path, tiny_run):
+    """The workflow for photos without labels: predict.py (the cascade) writes keypoints.csv,
+    train_face_net.py trains on it (a picture without a face teaches what is none; a photo
+    missing from the labels is left out), and predict.py uses the detector."""
     pytest.importorskip("jax2onnx")
-    rows = ["file," + ",".join(keypoints.COLUMNS)]
+    photos = tmp_path / "photos"
     for seed in range(2):
-        pic, kp = face_scene(seed)
-        save_rgb(tmp_path / "photos" / f"p{seed}.png", pic)
-        rows.append(f"p{seed}.png," + ",".join(f"{v:.3f}" for v in kp))
-    save_rgb(tmp_path / "photos" / "unlabelled.png", face_scene(5)[0])
-    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
-    model = tmp_path / "face_net.onnx"
-    proc = _run(["train_face_net.py", f"--labels={tmp_path / 'labels.csv'}", f"--out={model}",
-                 "--steps=2", "--batch_size=4", str(tmp_path / "photos")])
+        save_rgb(photos / f"p{seed}.png", face_scene(seed)[0])
+    save_rgb(photos / "blank.png", np.full((200, 240, 3), 120, np.uint8))
+    save_rgb(tmp_path / "more" / "unlabelled.png", face_scene(5)[0])
+    proc = _run(["predict.py", f"--workdir={tiny_run}", "--no_overlays",
+                 f"--out={tmp_path / 'first'}", str(photos)])
     assert proc.returncode == 0, proc.stderr
-    assert "2 photos with 2 labelled faces (1 inputs without labels left out)" in proc.stdout
+    model = tmp_path / "face_net.onnx"
+    proc = _run(["train_face_net.py", f"--labels={tmp_path / 'first' / 'keypoints.csv'}",
+                 f"--out={model}", "--steps=2", "--batch_size=4", str(photos),
+                 str(tmp_path / "more")])
+    assert proc.returncode == 0, proc.stderr
+    assert "3 photos with 2 labelled faces (1 inputs without labels left out)" in proc.stdout
     assert model.is_file()
     proc = _run(["predict.py", f"--workdir={tiny_run}", f"--face_net={model}", "--no_overlays",
-                 f"--out={tmp_path / 'out'}", str(tmp_path / "photos" / "p0.png")])
+                 f"--out={tmp_path / 'out'}", str(photos / "p0.png")])
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "out" / "keypoints.csv").is_file()
 

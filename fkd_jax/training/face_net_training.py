@@ -21,7 +21,7 @@ from fkd_jax.errors import UserError
 from fkd_jax.geometry.framing import Framing, framing_from_keypoints
 from fkd_jax.models import face_net
 
-DEFAULT_STEPS = 3000
+DEFAULT_STEPS = 6000
 DEFAULT_BATCH = 32
 DEFAULT_LR = 3e-3
 
