@@ -280,6 +280,23 @@ def test_face_net_mistakes_are_one_line(args, message, tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
 
 
+def test_a_keypoint_model_given_as_the_face_net_is_named(tmp_path):
+    pytest.importorskip("onnx")
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["B", 96, 96, 1])
+    y = helper.make_tensor_value_info("keypoints", TensorProto.FLOAT, ["B", 96, 96, 1])
+    graph = helper.make_graph([helper.make_node("Identity", ["images"], ["keypoints"])],
+                              "g", [x], [y])
+    path = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    from fkd_jax.errors import UserError
+
+    with pytest.raises(UserError, match=r"--face_net .*model.onnx: not a face detector"):
+        NetFaceDetector.load(path)
+
+
 def test_a_missing_face_net_file_is_named(tmp_path, tiny_run):
     pic, _ = face_scene(0)
     save_rgb(tmp_path / "p.png", pic)

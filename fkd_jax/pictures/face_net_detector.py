@@ -20,7 +20,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from fkd_jax.data.face_scenes import INPUT_SIZE, STRIDE, to_canvas
+from fkd_jax.data.face_scenes import CHANNELS, INPUT_SIZE, STRIDE, to_canvas
+from fkd_jax.errors import UserError
 from fkd_jax.geometry.framing import Framing
 from fkd_jax.pictures.detection import Detection, FaceDetector
 
@@ -84,8 +85,16 @@ class NetFaceDetector(FaceDetector):
         """A detector exported by train_face_net.py (an ONNX file), run by onnxruntime."""
         from fkd_jax.inference.onnx_model import open_session
 
-        session, _ = open_session(path, "--face_net")
-        name = session.get_inputs()[0].name
+        session, path = open_session(path, "--face_net")
+        ins, outs = session.get_inputs(), session.get_outputs()
+        want_in, want_out = [INPUT_SIZE, INPUT_SIZE, 1], [INPUT_SIZE // STRIDE] * 2 + [CHANNELS]
+        if (len(ins), len(outs)) != (1, 1) or list(ins[0].shape[1:]) != want_in or list(
+                outs[0].shape[1:]) != want_out:
+            raise UserError(f"--face_net {path}: not a face detector (input "
+                            f"{[i.shape for i in ins]}, output {[o.shape for o in outs]}; one "
+                            f"written by train_face_net.py takes (B, {INPUT_SIZE}, "
+                            f"{INPUT_SIZE}, 1))")
+        name = ins[0].name
         return cls(lambda x: session.run(None, {name: x})[0], threshold, **cascade_options)
 
     def detect_net(self, grays: Sequence[np.ndarray]) -> list[list[Detection]]:
