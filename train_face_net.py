@@ -49,7 +49,7 @@ def main(argv: list[str]) -> None:
         raise UserError("give at least one PATH (a photo or a folder of photos)")
     out = Path(_OUT.value)
     cli.check_out_file(out, "face_net.onnx")
-    onnx_model._need("jax2onnx")  # before minutes of training, not after
+    onnx_model.need_package("jax2onnx")  # before minutes of training, not after
     labels = scoring.read_labels(_LABELS.value)
     photos, squares, unlabelled = [], [], 0
     for item in inputs.find_inputs(paths):

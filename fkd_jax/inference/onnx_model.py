@@ -19,6 +19,9 @@ uses, and a reshape-and-max pooling; the parameters are the same). Both packages
 `onnx` extra (`pip install "fkd-jax[onnx]"`); nothing here imports them until it is used.
 Loading and running a file needs numpy and onnxruntime only: predict.py --model FILE.onnx
 starts without importing jax, the larger part of a short run's start-up.
+
+The learned face detector (`fkd_jax.models.face_net`) is written the same way
+(`export_face_net`: input "canvases" (B, 160, 160, 1), output "outputs" (B, 20, 20, 6)).
 """
 
 from __future__ import annotations
@@ -50,7 +53,8 @@ def is_onnx(path: str | Path) -> bool:
     return Path(path).suffix.lower() == SUFFIX
 
 
-def _need(module: str):
+def need_package(module: str):
+    """The module, or a one-line UserError saying to install the `onnx` extra."""
     try:
         return __import__(module)
     except ImportError:
@@ -61,7 +65,7 @@ def _need(module: str):
 def export_onnx(run: Run) -> bytes:
     """The run's prediction function with its parameters as an ONNX model (symbolic batch);
     with the keypoints' spreads as a second output where the model has them."""
-    jax2onnx = _need("jax2onnx")
+    jax2onnx = need_package("jax2onnx")
     from flax import nnx
 
     from fkd_jax import models
@@ -92,10 +96,10 @@ def export_onnx(run: Run) -> bytes:
     return proto.SerializeToString()
 
 
-def open_session(path: str | Path, option: str, writer: str = "train_face_net.py"):
+def open_session(path: str | Path, option: str, writer: str):
     """(onnxruntime CPU session, Path) of an ONNX file; mistakes name `option` and the file
     (`writer` is the command that writes such files)."""
-    ort = _need("onnxruntime")
+    ort = need_package("onnxruntime")
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{option} {path}: {'is a directory' if path.is_dir() else 'no such file'}"
@@ -123,7 +127,7 @@ def session_threads() -> int:
 def export_face_net(params) -> bytes:
     """A face detector's parameters (`fkd_jax.models.face_net`, as `nnx.state(model,
     nnx.Param)`) as an ONNX model: input "canvases" (B, S, S, 1), output "outputs"."""
-    jax2onnx = _need("jax2onnx")
+    jax2onnx = need_package("jax2onnx")
     from flax import nnx
 
     from fkd_jax.data.face_scenes import INPUT_SIZE

@@ -85,7 +85,7 @@ class NetFaceDetector(FaceDetector):
         """A detector exported by train_face_net.py (an ONNX file), run by onnxruntime."""
         from fkd_jax.inference.onnx_model import open_session
 
-        session, path = open_session(path, "--face_net")
+        session, path = open_session(path, "--face_net", "train_face_net.py")
         ins, outs = session.get_inputs(), session.get_outputs()
         want_in, want_out = [INPUT_SIZE, INPUT_SIZE, 1], [INPUT_SIZE // STRIDE] * 2 + [CHANNELS]
         if (len(ins), len(outs)) != (1, 1) or list(ins[0].shape[1:]) != want_in or list(

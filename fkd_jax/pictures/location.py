@@ -249,8 +249,9 @@ def find_faces(grays: Sequence[np.ndarray], predict: PredictFn,
     like a face (`shape_error`) and the detector finds it again, surely, in the crop they
     frame (`FaceDetector.confirm_score` >= CONFIRM_MIN_SCORE, or SECOND_CASCADE finds it),
     or a learned detector vouched for its box (`Detection.sure`: where none of its faces
-    in a picture looks like a face, the cascade searches that picture again); in a picture where no box is confirmed that way, one is kept unless the boxes come from
-    the loose fallback (`loose[i]`): the most face-like, first by how many of the two tests
+    in a picture looks like a face, the cascade searches that picture again); in a picture
+    where no box is confirmed that way, one is kept unless the boxes come from the loose
+    fallback (`loose[i]`): the most face-like, first by how many of the two tests
     it passes, then the largest box (texture gives the cascade its false faces at small sizes,
     where its windows are many), then the detector's score.
     A user's box is kept as given.

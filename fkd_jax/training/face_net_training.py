@@ -2,7 +2,8 @@
 
 Plain pytree state and a jitted step, as the keypoint models' training: canvases are composed
 on the host each step (`fkd_jax.data.face_scenes.compose`, numpy and OpenCV) from a seeded
-generator, so a seed reproduces a run on one machine. Stops on a non-finite loss.
+generator, so a seed reproduces a run on one machine. Stops on a non-finite loss (looked at
+with the logged metrics, every 100 steps: reading it every step would wait on each one).
 """
 
 from __future__ import annotations
