@@ -281,17 +281,12 @@ def test_face_net_mistakes_are_one_line(args, message, tmp_path):
 
 
 def test_a_keypoint_model_given_as_the_face_net_is_named(tmp_path):
-    pytest.importorskip("onnx")
-    import onnx
-    from onnx import TensorProto, helper
-
-    x = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["B", 96, 96, 1])
-    y = helper.make_tensor_value_info("keypoints", TensorProto.FLOAT, ["B", 96, 96, 1])
-    graph = helper.make_graph([helper.make_node("Identity", ["images"], ["keypoints"])],
-                              "g", [x], [y])
-    path = tmp_path / "model.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    jax2onnx = pytest.importorskip("jax2onnx")
     from fkd_jax.errors import UserError
+
+    proto = jax2onnx.to_onnx(lambda images: images * 2.0, [("B", 96, 96, 1)])
+    path = tmp_path / "model.onnx"
+    path.write_bytes(proto.SerializeToString())
 
     with pytest.raises(UserError, match=r"--face_net .*model.onnx: not a face detector"):
         NetFaceDetector.load(path)
