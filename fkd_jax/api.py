@@ -102,6 +102,7 @@ class Detector:
         self.source = source  # what the model is, for reports: a path (and checkpoint)
         self.face_net = face_net  # a learned face detector's file, or None: the cascade alone
         self._face_detector: detection.FaceDetector | None = None
+        self._face_net_run = None  # the learned detector's session, shared by both threads
 
     @classmethod
     def load(cls, path: str | Path, *, checkpoint: str = "best",
@@ -127,12 +128,11 @@ class Detector:
             source = f"{path} ({checkpoint})"
         elif path.is_file():
             if onnx_model.is_onnx(path):  # onnxruntime: jax is never imported
-                reader = onnx_model.load_onnx_predictor
+                predictor = TwoBatchPredictor(onnx_model.onnx_predictors(path))
             else:
                 from fkd_jax.inference import exported
 
-                reader = exported.load_predictor
-            predictor = TwoBatchPredictor(lambda b: reader(path, batch_size=b))
+                predictor = TwoBatchPredictor(lambda b: exported.load_predictor(path, b))
             source = str(path)
         else:
             raise UserError(f"{path}: no such run directory or model file")
@@ -247,11 +247,15 @@ class Detector:
         return self._face_detector
 
     def _new_face_detector(self) -> detection.FaceDetector:
+        """A face detector of its own (OpenCV's cascades are not shared between threads);
+        the learned detector's onnxruntime session is, loaded once."""
         if self.face_net is None:
             return detection.FaceDetector()
-        from fkd_jax.pictures.face_net_detector import NetFaceDetector
+        from fkd_jax.pictures.face_net_detector import NetFaceDetector, load_face_net
 
-        return NetFaceDetector.load(self.face_net)
+        if self._face_net_run is None:
+            self._face_net_run = load_face_net(self.face_net)
+        return NetFaceDetector(self._face_net_run)
 
     # ----------------------------------------------------------------------------- video
 

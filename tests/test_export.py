@@ -216,6 +216,8 @@ def test_export_cli_writes_a_model_that_matches_its_checkpoint(tmp_path, faces):
     onnx_file = workdir / "model.onnx"
     np.testing.assert_allclose(onnx_model.load_onnx_predictor(onnx_file, 8)(faces), want,
                                atol=1e-3)
+    sizes = onnx_model.onnx_predictors(onnx_file)  # one session, any batch size
+    np.testing.assert_allclose(sizes(1)(faces), sizes(8)(faces), atol=1e-5)
     from conftest import face_scene, save_rgb
 
     photo = save_rgb(tmp_path / "photo.png", face_scene(4)[0])

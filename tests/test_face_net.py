@@ -280,6 +280,20 @@ def test_face_net_mistakes_are_one_line(args, message, tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
 
 
+def test_both_threads_detectors_share_one_loaded_face_net(monkeypatch):
+    """detect_files' second thread gets a face detector of its own (the cascades are not
+    thread-safe) on the same loaded net (its onnxruntime session is)."""
+    from fkd_jax import api
+    from fkd_jax.pictures import face_net_detector
+
+    loads = []
+    monkeypatch.setattr(face_net_detector, "load_face_net",
+                        lambda path: loads.append(path) or (lambda canvases: None))
+    detector = api.Detector(predictor=None, face_net="face_net.onnx")
+    first, second = detector.face_detector, detector._new_face_detector()
+    assert first is not second and first._run is second._run and loads == ["face_net.onnx"]
+
+
 def test_a_keypoint_model_given_as_the_face_net_is_named(tmp_path):
     jax2onnx = pytest.importorskip("jax2onnx")
     from fkd_jax.errors import UserError

@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -148,6 +149,12 @@ def export_face_net(params) -> bytes:
 def load_onnx_predictor(path: str | Path, batch_size: int = EVAL_BATCH) -> Predictor:
     """A `Predictor` (pixels out) running an ONNX keypoint model through onnxruntime on the
     CPU; its image size and keypoint set (for flip TTA) come from the graph's shapes."""
+    return onnx_predictors(path)(batch_size)
+
+
+def onnx_predictors(path: str | Path) -> Callable[[int], Predictor]:
+    """`load_onnx_predictor` for any batch size, every one on one onnxruntime session (its
+    batch size is free): what `TwoBatchPredictor` takes, for the price of one model load."""
     session, path = open_session(path, "--model", "export.py --format onnx")
     ins, outs = session.get_inputs(), session.get_outputs()
     keypoint_set = check_keypoint_model([i.shape for i in ins], [o.shape for o in outs], path,
@@ -161,5 +168,6 @@ def load_onnx_predictor(path: str | Path, batch_size: int = EVAL_BATCH) -> Predi
     def run_with_spread(images) -> tuple[np.ndarray, np.ndarray]:
         return tuple(session.run(None, {name: np.asarray(images, np.float32)}))
 
-    return Predictor(run, batch_size, image_size, keypoint_set.flip_permutation, offset,
-                     spread_fn=run_with_spread if len(outs) == 2 else None)
+    return lambda batch_size: Predictor(
+        run, batch_size, image_size, keypoint_set.flip_permutation, offset,
+        spread_fn=run_with_spread if len(outs) == 2 else None)

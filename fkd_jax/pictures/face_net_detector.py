@@ -65,6 +65,25 @@ def decode(outputs: np.ndarray, scale: float, threshold: float = DEFAULT_THRESHO
     return kept
 
 
+def load_face_net(path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
+    """The run function (canvases -> outputs) of a detector file written by
+    train_face_net.py, on one onnxruntime session (safe to share between threads); a file
+    that is not one is a UserError naming --face_net."""
+    from fkd_jax.inference.onnx_model import open_session
+
+    session, path = open_session(path, "--face_net", "train_face_net.py")
+    ins, outs = session.get_inputs(), session.get_outputs()
+    want_in, want_out = [INPUT_SIZE, INPUT_SIZE, 1], [INPUT_SIZE // STRIDE] * 2 + [CHANNELS]
+    if (len(ins), len(outs)) != (1, 1) or list(ins[0].shape[1:]) != want_in or list(
+            outs[0].shape[1:]) != want_out:
+        raise UserError(f"--face_net {path}: not a face detector (input "
+                        f"{[i.shape for i in ins]}, output {[o.shape for o in outs]}; one "
+                        f"written by train_face_net.py takes (B, {INPUT_SIZE}, "
+                        f"{INPUT_SIZE}, 1))")
+    name = ins[0].name
+    return lambda canvases: session.run(None, {name: canvases})[0]
+
+
 class NetFaceDetector(FaceDetector):
     """The learned detector in front of the Haar cascade: `detect` returns the net's faces,
     or the cascade's where the net finds none; the fallbacks (turned copies, loose pass) and
@@ -83,19 +102,7 @@ class NetFaceDetector(FaceDetector):
     def load(cls, path: str | Path, threshold: float = DEFAULT_THRESHOLD,
              **cascade_options) -> "NetFaceDetector":
         """A detector exported by train_face_net.py (an ONNX file), run by onnxruntime."""
-        from fkd_jax.inference.onnx_model import open_session
-
-        session, path = open_session(path, "--face_net", "train_face_net.py")
-        ins, outs = session.get_inputs(), session.get_outputs()
-        want_in, want_out = [INPUT_SIZE, INPUT_SIZE, 1], [INPUT_SIZE // STRIDE] * 2 + [CHANNELS]
-        if (len(ins), len(outs)) != (1, 1) or list(ins[0].shape[1:]) != want_in or list(
-                outs[0].shape[1:]) != want_out:
-            raise UserError(f"--face_net {path}: not a face detector (input "
-                            f"{[i.shape for i in ins]}, output {[o.shape for o in outs]}; one "
-                            f"written by train_face_net.py takes (B, {INPUT_SIZE}, "
-                            f"{INPUT_SIZE}, 1))")
-        name = ins[0].name
-        return cls(lambda x: session.run(None, {name: x})[0], threshold, **cascade_options)
+        return cls(load_face_net(path), threshold, **cascade_options)
 
     def detect_net(self, grays: Sequence[np.ndarray]) -> list[list[Detection]]:
         """The net's faces only, best first, in each picture (one batch of canvases)."""
