@@ -3,7 +3,8 @@ or turned, through its pipeline (fkd_jax.Detector, fkd_jax.pictures.outputs.proc
 scored); prints one JSON object: per setting, faces found, NME (mean, median), failures,
 faces reported per photo and detection ms a photo.
   uv run python benchmarks/photo_conditions.py --workdir=RUN_DIR --photos=LIST_OR_DIR \\
-      --labels=PHOTOS_DIR/keypoints.csv [--scales=1,4] [--noise=0,16] [--turns=20,90]
+      --labels=PHOTOS_DIR/keypoints.csv [--scales=1,4] [--noise=0,16] [--turns=20,90] \\
+      [--face_net=face_net.onnx]
 --photos is a folder of photos or a text file naming one per line.
 
 Phones take 12-megapixel photos; the development photos are about 250 x 300 pixels. Each
@@ -34,6 +35,8 @@ FLAGS = flags.FlagValues()
 flags.DEFINE_string("workdir", None, "Run directory written by train.py.", flag_values=FLAGS)
 flags.DEFINE_string("model", None, "Exported model file (export.py), instead of --workdir.",
                     flag_values=FLAGS)
+flags.DEFINE_string("face_net", None, "A learned face detector (train_face_net.py) in front "
+                    "of the Haar cascade.", flag_values=FLAGS)
 flags.DEFINE_string("photos", None, "Folder of photos, or a text file naming one per line.",
                     flag_values=FLAGS)
 flags.DEFINE_string("labels", None, "CSV of the photos' true keypoints (file + the 30 Kaggle "
@@ -111,7 +114,7 @@ def main(argv: list[str]) -> None:
         photos = sorted(p for p in given.iterdir() if p.suffix.lower() in (".jpg", ".png"))
     else:
         photos = [Path(line) for line in given.read_text().split()]
-    detector = Detector.load(FLAGS.workdir or FLAGS.model)
+    detector = Detector.load(FLAGS.workdir or FLAGS.model, face_net=FLAGS.face_net)
     tmp = Path(tempfile.mkdtemp(prefix="photo_conditions_"))
     settings = [(float(s), float(n), 0.0) for s in FLAGS.scales for n in FLAGS.noise
                 if not (float(s) == 1 and float(n))]

@@ -119,6 +119,15 @@ def test_targets_decode_back_to_the_squares_in_picture_pixels():
         assert d.box == pytest.approx((f.cx - f.side / 2, f.cy - f.side / 2, f.side, f.side))
 
 
+def test_a_face_the_net_finds_far_tilted_still_gets_the_second_look():
+    """Past SURE_MAX_TILT the net's angle can be a half turn off (an upside-down face still
+    has a face's shape), so such a face is not vouched for."""
+    upright, tilted = geo.Framing(50.0, 60.0, 60.0, 0.3), geo.Framing(120.0, 100.0, 60.0, 1.2)
+    found = sorted(decode(encoded([upright, tilted])[0], 1.0), key=lambda d: d.framing.cx)
+    assert [d.sure for d in found] == [True, False]
+    assert found[1].framing.angle == pytest.approx(1.2, abs=1e-4)
+
+
 def test_neighbouring_peaks_of_one_face_decode_to_one_face():
     out = encoded([geo.Framing(80.0, 80.0, 80.0)])[0]
     out[10, 9, 0] = 8.0  # a second, lower peak next to the centre cell (10, 10)

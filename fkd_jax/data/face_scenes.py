@@ -14,7 +14,7 @@ The net sees a picture shrunk onto an INPUT_SIZE x INPUT_SIZE canvas (NHWC, gray
 Why composed: a few hundred labelled photos show one large face each, near the middle. A
 detector trained on them as they are learns that; placed at random scales, positions and
 tilts, mirrored, relit, and tiled two or three a side (small faces, several a picture), the
-same photos teach it to find faces anywhere; some tiles show a face-free part of a photo
+same photos teach it to find faces anywhere, at any tilt; some tiles show a face-free part of a photo
 instead, magnified, so that clutter is not taken for a face. Outside a placed photo the
 canvas is a flat grey, as around a picture letterboxed onto the detector's canvas.
 
@@ -40,6 +40,7 @@ SIDE_RANGE = (20.0, 150.0)  # a single photo's face square, canvas pixels (log-u
 GRID_P = 0.5  # share of canvases tiled with 2 x 2 or 3 x 3 photos
 BACKGROUND_P = 0.1  # share of tiles showing a face-free part of a photo instead of a face
 MAX_TILT = 40.0  # degrees: placed photos are turned by up to this (normal, sd MAX_TILT / 2)
+ANY_TILT_P = 0.25  # ... or, this often, by any angle: heads tilted far, photos taken sideways
 
 
 def to_canvas(gray: np.ndarray, size: int = INPUT_SIZE) -> tuple[np.ndarray, float]:
@@ -115,8 +116,9 @@ def compose(rng: np.random.Generator, photos: Sequence[np.ndarray],
                 else:
                     side = cell * rng.uniform(0.35, 0.7)
                     centre = (np.array([tx, ty]) + 0.5 + rng.uniform(-0.12, 0.12, 2)) * cell
-                tilt = math.radians(float(np.clip(rng.normal(0, MAX_TILT / 2), -MAX_TILT,
-                                                  MAX_TILT)))
+                tilt = math.radians(
+                    float(rng.uniform(-180, 180)) if rng.random() < ANY_TILT_P else
+                    float(np.clip(rng.normal(0, MAX_TILT / 2), -MAX_TILT, MAX_TILT)))
                 flip = bool(rng.random() < 0.5)
                 m = _placement(face, side, tilt, flip, centre)
                 placed = cv2.warpAffine(photos[i].astype(np.float32), _on_indices(m), (size, size),

@@ -33,6 +33,10 @@ DEFAULT_THRESHOLD = 0.5
 # picture larger than this, faces the cascade finds (30 pixels on) may be too small for it,
 # so the cascade searches beside it there.
 ALONE_MAX_SIDE = 2 * INPUT_SIZE
+# The net's faces tilted further than this (radians) get the cascade's second look: a face
+# turned far, or a photo taken sideways, is where its angle can be wrong by a half turn, and a
+# face's shape upside down still looks like a face's shape.
+SURE_MAX_TILT = math.radians(45)
 # Squares whose centres lie within this fraction of the larger square's side are one face.
 _SAME_FACE = 0.5
 
@@ -42,7 +46,7 @@ def decode(outputs: np.ndarray, scale: float, threshold: float = DEFAULT_THRESHO
     """Faces from one canvas's outputs (G, G, 6): peaks of the centre probability (above
     `threshold`, highest in their 3 x 3 cells, one per face) as Detections in picture pixels
     (`scale` canvas pixels per picture pixel), best first, each with its square as `framing`
-    and `sure` set."""
+    and `sure` set unless it is tilted more than SURE_MAX_TILT."""
     prob = 1.0 / (1.0 + np.exp(-outputs[..., 0]))
     padded = np.pad(prob, 1, constant_values=-1.0)
     g = prob.shape[0]
@@ -55,7 +59,7 @@ def decode(outputs: np.ndarray, scale: float, threshold: float = DEFAULT_THRESHO
         side = math.exp(log_side) * size / scale
         f = Framing(cx, cy, side, math.atan2(n, c))
         found.append(Detection((cx - side / 2, cy - side / 2, side, side), float(prob[i, j]),
-                               f.angle, framing=f, sure=True))
+                               f.angle, framing=f, sure=abs(f.angle) <= SURE_MAX_TILT))
     found.sort(key=lambda d: -d.score)
     kept: list[Detection] = []
     for d in found:

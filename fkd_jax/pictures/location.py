@@ -248,8 +248,8 @@ def find_faces(grays: Sequence[np.ndarray], predict: PredictFn,
     (default: when the boxes come from the detector here) a face is kept if its keypoints look
     like a face (`shape_error`) and the detector finds it again, surely, in the crop they
     frame (`FaceDetector.confirm_score` >= CONFIRM_MIN_SCORE, or SECOND_CASCADE finds it),
-    or a learned detector vouched for its box (`Detection.sure`: where none of its faces
-    in a picture looks like a face, the cascade searches that picture again); in a picture
+    or a learned detector vouched for its box (`Detection.sure`; where none of a learned
+    detector's faces in a picture is confirmed, the cascade searches it again); in a picture
     where no box is confirmed that way, one is kept unless the boxes come from the loose
     fallback (`loose[i]`): the most face-like, first by how many of the two tests
     it passes, then the largest box (texture gives the cascade its false faces at small sizes,
@@ -319,14 +319,15 @@ def find_faces(grays: Sequence[np.ndarray], predict: PredictFn,
 
 
 def _second_opinion(grays, predict, detector, index, dets, checks, faces, options) -> None:
-    """Pictures whose every box came from a learned detector and none of whose faces looks
-    like a face (`shape_error`): a lit pattern taken for eyes. The Haar cascade searches
-    them as if there were no learned detector; its faces replace those where it finds any."""
+    """Pictures whose every box came from a learned detector and none of whose faces is
+    confirmed (a lit pattern taken for eyes: no face's shape; a face far tilted whose crop
+    the net turned wrong: not seen again by the cascade). The Haar cascade searches them as
+    if there were no learned detector; its faces replace those where it finds any."""
     boxes_of: dict[int, list[int]] = {}
     for j, pic in enumerate(index):
         boxes_of.setdefault(pic, []).append(j)
     redo = [pic for pic, js in boxes_of.items()
-            if all(dets[j].sure and not checks[j][0] for j in js)]
+            if all(dets[j].framing is not None and not all(checks[j]) for j in js)]
     if not redo:
         return
     pictures = [grays[p] for p in redo]
