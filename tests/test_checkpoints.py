@@ -55,16 +55,19 @@ def tree(path: Path) -> dict[str, tuple[bytes, int]]:
 
 
 def garble(checkpoint: Path, how: str) -> None:
-    """Damage the largest data file: flip bytes (same length: only a digest can tell) or cut it
-    in half."""
-    data = max((p for p in checkpoint.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
-    raw = bytearray(data.read_bytes())
-    if how == "flip":
-        mid = len(raw) // 2
-        raw[mid:mid + 64] = bytes(b ^ 0x5A for b in raw[mid:mid + 64])
-    else:
-        raw = raw[: len(raw) // 2]
-    data.write_bytes(bytes(raw))
+    """Damage the data files (every file at least half the largest's size: the store may
+    keep more than one, in no fixed order): flip bytes (same length: only a digest can tell)
+    or cut them in half."""
+    files = [p for p in checkpoint.rglob("*") if p.is_file()]
+    largest = max(p.stat().st_size for p in files)
+    for data in [p for p in files if p.stat().st_size >= largest / 2]:
+        raw = bytearray(data.read_bytes())
+        if how == "flip":
+            mid = len(raw) // 2
+            raw[mid:mid + 64] = bytes(b ^ 0x5A for b in raw[mid:mid + 64])
+        else:
+            raw = raw[: len(raw) // 2]
+        data.write_bytes(bytes(raw))
 
 
 def process_wide_state() -> tuple:
