@@ -14,8 +14,8 @@ The net sees a picture shrunk onto an INPUT_SIZE x INPUT_SIZE canvas (NHWC, gray
 Why composed: a few hundred labelled photos show one large face each, near the middle. A
 detector trained on them as they are learns that; placed at random scales, positions and
 tilts, mirrored, relit, and tiled two or three a side (small faces, several a picture), the
-same photos teach it to find faces anywhere, at any tilt; some tiles show a face-free part of a photo
-instead, magnified, so that clutter is not taken for a face. Outside a placed photo the
+same photos teach it to find faces anywhere, at any tilt; some tiles show a face-free part of
+a photo instead, magnified, so that clutter is not taken for a face. Outside a placed photo the
 canvas is a flat grey, as around a picture letterboxed onto the detector's canvas.
 
 Faces are described by their training squares (`Framing`: centre, side, angle), from the

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from fkd_jax.data.face_scenes import CHANNELS, INPUT_SIZE, STRIDE
-from fkd_jax.models.networks import Layers, ResNetBackbone, _upsample_2x
+from fkd_jax.models.networks import Layers, ResNetBackbone, top_down, top_down_layers
 
 WIDTHS = (8, 16, 24, 32, 48)  # stages at 1/2 ... 1/32 of the canvas
 
@@ -28,21 +28,12 @@ class FaceNet(nnx.Module):
     def __init__(self, make: Layers, widths=WIDTHS, blocks: int = 1):
         self.backbone = ResNetBackbone(make, widths, blocks, INPUT_SIZE)
         finest = self.backbone.stage_sizes.index(INPUT_SIZE // STRIDE)
-        self.laterals, self.smooths, self.norms = nnx.List(), nnx.List(), nnx.List()
-        for coarse in range(len(widths) - 1, finest, -1):
-            w_in, w_out = widths[coarse], widths[coarse - 1]
-            self.laterals.append(make.conv(w_in, w_out, 1, bias=False))
-            self.smooths.append(make.conv(w_out, w_out, 3, bias=False))
-            self.norms.append(make.group_norm(w_out))
+        self.laterals, self.smooths, self.norms = top_down_layers(make, widths, finest)
         self.hidden = make.conv(widths[finest], widths[finest], 3)
         self.head = make.conv(widths[finest], CHANNELS, 1)
 
     def __call__(self, x):
-        feats = self.backbone.stages(x)
-        y = feats[-1]
-        for lateral, smooth, norm, skip in zip(self.laterals, self.smooths, self.norms,
-                                               feats[-2::-1]):
-            y = jax.nn.relu(norm(smooth(_upsample_2x(lateral(y)) + skip)))
+        y = top_down(self.backbone.stages(x), self.laterals, self.smooths, self.norms)
         return self.head(jax.nn.relu(self.hidden(y)))
 
 

@@ -350,6 +350,27 @@ def _upsample_2x(x):
     return jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c)).reshape(b, 2 * h, 2 * w, c)
 
 
+def top_down_layers(make: Layers, widths, finest: int) -> tuple[nnx.List, nnx.List, nnx.List]:
+    """The layers of a top-down decoder from a backbone's coarsest stage back to stage
+    `finest`, one step per stage between: lateral 1x1 convs, smoothing 3x3 convs, norms."""
+    laterals, smooths, norms = nnx.List(), nnx.List(), nnx.List()
+    for coarse in range(len(widths) - 1, finest, -1):
+        w_in, w_out = widths[coarse], widths[coarse - 1]
+        laterals.append(make.conv(w_in, w_out, 1, bias=False))
+        smooths.append(make.conv(w_out, w_out, 3, bias=False))
+        norms.append(make.group_norm(w_out))
+    return laterals, smooths, norms
+
+
+def top_down(feats: list, laterals, smooths, norms):
+    """The decoder of `top_down_layers` on a backbone's stage outputs (finest first): each
+    step upsamples, adds the next-finer stage and smooths (conv3x3-GN-ReLU)."""
+    y = feats[-1]
+    for lateral, smooth, norm, skip in zip(laterals, smooths, norms, feats[-2::-1]):
+        y = jax.nn.relu(norm(smooth(_upsample_2x(lateral(y)) + skip)))
+    return y
+
+
 class HeatmapUNet(nnx.Module):
     """Residual encoder down to S/2^n for context, a light top-down decoder (upsample, add the
     encoder's skip, conv3x3-GN-ReLU) back up to `heatmap_size`, K heatmaps, soft-argmax.
@@ -370,13 +391,8 @@ class HeatmapUNet(nnx.Module):
         sizes = self.backbone.stage_sizes
         if heatmap_size not in sizes:
             raise ValueError(f"heatmap_size must be one of {sizes}, got {heatmap_size}")
-        self.laterals, self.smooths, self.norms = nnx.List(), nnx.List(), nnx.List()
-        # One decoder step per stage between the coarsest and the heatmap's.
-        for coarse in range(len(widths) - 1, sizes.index(heatmap_size), -1):
-            w_in, w_out = widths[coarse], widths[coarse - 1]
-            self.laterals.append(make.conv(w_in, w_out, 1, bias=False))
-            self.smooths.append(make.conv(w_out, w_out, 3, bias=False))
-            self.norms.append(make.group_norm(w_out))
+        self.laterals, self.smooths, self.norms = top_down_layers(make, widths,
+                                                                  sizes.index(heatmap_size))
         self.heatmaps = make.conv(widths[sizes.index(heatmap_size)], num_keypoints, 1)
         self.compute_dtype = make.dtype
 
@@ -387,11 +403,7 @@ class HeatmapUNet(nnx.Module):
         if m:
             x = jnp.pad(x, ((0, 0), (m, m), (m, m), (0, 0)))
         feats = self.backbone.stages(x.astype(self.compute_dtype))
-        y = feats[-1]
-        skips = feats[-2::-1]  # next-finer stage first
-        for lateral, smooth, norm, skip in zip(self.laterals, self.smooths, self.norms, skips):
-            y = jax.nn.relu(norm(smooth(_upsample_2x(lateral(y)) + skip)))
-        return self.heatmaps(y)
+        return self.heatmaps(top_down(feats, self.laterals, self.smooths, self.norms))
 
     def moments(self, x):
         """Keypoints (B, K, 2) and spreads (B, K), normalised coordinates of the crop."""
