@@ -152,7 +152,7 @@ def test_the_pipeline_starts_from_the_nets_square_and_skips_the_second_look(monk
         raise AssertionError("the cascade's second look ran on a face the net vouched for")
 
     monkeypatch.setattr(detection.FaceDetector, "confirm_score", no_second_look)
-    monkeypatch.setattr(detection.FaceDetector, "detect", no_second_look)
+    monkeypatch.setattr(detection.FaceDetector, "detect_cascade", no_second_look)
 
     def oracle(crops, tta=False):  # true keypoints in the crop of the true square
         return np.stack([true_square.to_crop(kp)] * len(crops))

@@ -105,9 +105,15 @@ class FaceDetector:
         self.max_side = max_side
 
     def detect(self, gray: np.ndarray, min_neighbors: int | None = None) -> list[Detection]:
-        """Face boxes (x, y, w, h in the picture's pixels) of a grayscale uint8 picture (H, W),
-        best score first. The score is the cascade's last-stage weight (levelWeights): higher
-        is surer, not a probability."""
+        """Face boxes of a picture, best first: the cascade's (`detect_cascade`); a learned
+        detector in front of it (`NetFaceDetector`) answers here instead."""
+        return self.detect_cascade(gray, min_neighbors)
+
+    def detect_cascade(self, gray: np.ndarray, min_neighbors: int | None = None
+                       ) -> list[Detection]:
+        """The cascade's face boxes (x, y, w, h in the picture's pixels) of a grayscale uint8
+        picture (H, W), best score first. The score is the cascade's last-stage weight
+        (levelWeights): higher is surer, not a probability."""
         gray = to_gray(gray)
         h, w = gray.shape
         sx = sy = 1.0
@@ -131,7 +137,7 @@ class FaceDetector:
 
     def detect_loose(self, gray: np.ndarray) -> list[Detection]:
         """The fallback for pictures where `detect` finds nothing (minNeighbors 1)."""
-        return self.detect(gray, min_neighbors=1)
+        return self.detect_cascade(gray, min_neighbors=1)
 
     def detect_turned(self, gray: np.ndarray, turns: Sequence[float] = TURNS
                       ) -> list[Detection]:
@@ -148,7 +154,7 @@ class FaceDetector:
         for degrees in turns:
             # the copy turned back by the tilt: a face tilted by it is upright there
             copy, rot, shift = turn_picture(gray, -degrees, border_value=fill)
-            for d in FaceDetector.detect(self, copy):  # the cascade's boxes, whatever self is
+            for d in self.detect_cascade(copy):
                 x, y, bw, bh = d.box
                 cx, cy = rot.T @ (np.array([x + bw / 2, y + bh / 2]) - shift)
                 out.append(Detection((float(cx) - bw / 2, float(cy) - bh / 2, bw, bh),
@@ -197,7 +203,7 @@ def detect_faces(grays: Sequence[np.ndarray], detector: FaceDetector,
     confirmed. `cascade_only`: the Haar cascade's boxes even where `detector` has a learned
     detector in front of it."""
     boxes, loose = [], []
-    first = ([FaceDetector.detect(detector, g) for g in grays] if cascade_only
+    first = ([detector.detect_cascade(g) for g in grays] if cascade_only
              else detector.detect_all(grays))
     for g, found in zip(grays, first):
         loose.append(not found)

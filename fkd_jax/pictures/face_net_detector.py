@@ -119,7 +119,7 @@ class NetFaceDetector(FaceDetector):
     def detect(self, gray: np.ndarray, min_neighbors: int | None = None) -> list[Detection]:
         if min_neighbors is None:
             return self.detect_all([gray])[0]
-        return super().detect(gray, min_neighbors)
+        return self.detect_cascade(gray, min_neighbors)
 
     def detect_all(self, grays: Sequence[np.ndarray]) -> list[list[Detection]]:
         """The net's faces of each picture; the cascade's where the net finds none, and
@@ -128,7 +128,7 @@ class NetFaceDetector(FaceDetector):
         out = []
         for g, found in zip(grays, self.detect_net(grays)):
             if not found or max(np.shape(g)[:2]) > self.alone_max_side:
-                found = found + [c for c in super().detect(g) if not _found(c, found)]
+                found = found + [c for c in self.detect_cascade(g) if not _found(c, found)]
             out.append(found)
         return out
 
