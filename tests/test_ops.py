@@ -1,4 +1,5 @@
-"""fkd_jax.models.ops: the fast convolution and pooling compute the same function as lax's."""
+"""fkd_jax.models.ops: the fast convolution, pooling and GroupNorm compute the same functions as
+lax's and flax's."""
 
 import jax
 import jax.numpy as jnp
@@ -152,3 +153,30 @@ def test_xla_pool_keeps_bfloat16():
     y = ops.max_pool_2x2_xla(x)
     assert y.dtype == jnp.bfloat16
     np.testing.assert_array_equal(y, ops.max_pool_2x2(x))
+
+
+@pytest.mark.parametrize("channels,groups,shape", [(16, 4, (3, 12, 10)), (8, 2, (2, 5, 5)),
+                                                   (48, 8, (1, 3, 3)), (4, 1, (2, 4, 6))])
+def test_group_norm_matches_flax_values_and_gradients(channels, groups, shape):
+    from fkd_jax.models.networks import GroupNorm
+
+    ref = nnx.GroupNorm(channels, num_groups=groups, rngs=nnx.Rngs(0))
+    mine = GroupNorm(channels, num_groups=groups, rngs=nnx.Rngs(0))
+    for layer in (ref, mine):  # away from the initial ones and zeros
+        layer.scale[...] = normal(1, (channels,))
+        layer.bias[...] = normal(2, (channels,))
+    x = 3.0 * normal(3, (shape[0], *shape[1:], channels)) + 1.5  # NHWC, mean far from 0
+    cot = normal(4, x.shape)
+    np.testing.assert_allclose(mine(x), ref(x), **TOL)
+    grad_ref = jax.grad(lambda v: jnp.sum(ref(v) * cot))(x)
+    grad_mine = jax.grad(lambda v: jnp.sum(mine(v) * cot))(x)
+    np.testing.assert_allclose(grad_mine, grad_ref, **TOL)
+
+
+def test_group_norm_keeps_bfloat16_and_computes_statistics_in_float32():
+    x = (100.0 + normal(5, (2, 4, 4, 8))).astype(jnp.bfloat16)  # var 1 on a mean of 100
+    y = ops.group_norm(x, jnp.ones(8), jnp.zeros(8), 2, 1e-6)
+    assert y.dtype == jnp.bfloat16
+    ref = ops.group_norm(x.astype(jnp.float32), jnp.ones(8), jnp.zeros(8), 2, 1e-6)
+    np.testing.assert_allclose(np.asarray(y, np.float32), ref, atol=0.05)
+    assert 0.5 < float(jnp.std(ref)) < 1.5

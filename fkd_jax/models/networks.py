@@ -88,10 +88,21 @@ class Layers:
     def dense(self, in_features: int, out_features: int) -> nnx.Linear:
         return nnx.Linear(in_features, out_features, dtype=self.dtype, rngs=self.rngs)
 
-    def group_norm(self, channels: int) -> nnx.GroupNorm:
+    def group_norm(self, channels: int) -> "GroupNorm":
         """GroupNorm with up to 8 groups of at least 4 channels each."""
-        return nnx.GroupNorm(channels, num_groups=max(1, min(8, channels // 4)),
-                             dtype=self.dtype, rngs=self.rngs)
+        return GroupNorm(channels, num_groups=max(1, min(8, channels // 4)),
+                         dtype=self.dtype, rngs=self.rngs)
+
+
+class GroupNorm(nnx.GroupNorm):
+    """flax's GroupNorm (same parameters, same values) computed by `ops.group_norm`: the
+    form that exports to a fast ONNX graph. NHWC input, statistics over H, W and the group."""
+
+    def __call__(self, x: jax.Array, *, mask=None) -> jax.Array:
+        if mask is not None:
+            raise ValueError("GroupNorm here takes no mask")
+        return ops.group_norm(x.astype(self.dtype or x.dtype), self.scale[...], self.bias[...],
+                              self.num_groups, self.epsilon)
 
 
 def _check_dropout_key(train: bool, rate: float, key) -> None:

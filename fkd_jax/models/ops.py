@@ -256,3 +256,23 @@ def get_max_pool(impl: str) -> Callable[[jax.Array], jax.Array]:
     if impl not in pools:
         raise ValueError(f"unknown conv_impl {impl!r}; expected one of {CONV_IMPLS}")
     return pools[impl]
+
+
+def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, groups: int,
+               epsilon: float) -> jax.Array:
+    """GroupNorm of NHWC `x` as one scale and shift per (image, channel): `x * a + b`.
+
+    The same values as `flax.nnx.GroupNorm` (its fast variance, E[x^2] - E[x]^2), written so
+    that only the two means and the final multiply-add touch the whole tensor. Exported to
+    ONNX as flax's layer it became subtract, divide, multiply and add over every activation:
+    over half of onnxruntime's time on the CPU; this form ran the keypoint U-Net 1.6x faster.
+    Statistics in float32 at least; the result in `x`'s dtype. `grouped`: (N, H*W, G, C/G).
+    """
+    n, c = x.shape[0], x.shape[-1]
+    grouped = x.astype(jnp.promote_types(x.dtype, jnp.float32)).reshape(n, -1, groups,
+                                                                         c // groups)
+    mean = jnp.mean(grouped, axis=(1, 3))  # (N, G)
+    var = jnp.maximum(jnp.mean(jnp.square(grouped), axis=(1, 3)) - jnp.square(mean), 0.0)
+    a = lax.rsqrt(var + epsilon)[:, :, None] * scale.reshape(groups, c // groups)  # (N, G, C/G)
+    b = bias.reshape(groups, c // groups) - mean[:, :, None] * a
+    return (grouped * a[:, None] + b[:, None]).reshape(x.shape).astype(x.dtype)
