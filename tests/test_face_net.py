@@ -19,7 +19,7 @@ from fkd_jax.data.face_scenes import INPUT_SIZE, STRIDE, to_canvas
 from fkd_jax.geometry import face_shape_stats, keypoints
 from fkd_jax.geometry import framing as geo
 from fkd_jax.pictures import detection, location
-from fkd_jax.pictures.face_net_detector import NetFaceDetector, decode
+from fkd_jax.pictures.face_net_detector import FINE_SCALE, NetFaceDetector, decode
 
 ROOT = Path(__file__).resolve().parents[1]
 MEAN = np.asarray(face_shape_stats.MEAN_SHAPE, np.float64)
@@ -30,6 +30,15 @@ def encoded(squares, size=INPUT_SIZE) -> np.ndarray:
     detector would answer."""
     heat, reg, centres, _ = face_scenes.targets([squares], size)
     return np.concatenate([np.where(centres, 9.0, -9.0)[..., None], reg], -1).astype(np.float32)
+
+
+def test_the_fine_canvas_is_the_resized_picture_padded_to_multiples_of_32():
+    pic = np.full((100, 200), 50, np.uint8)
+    pic[40:60, 100:120] = 250
+    canvas = face_scenes.to_fine_canvas(pic, 1.5)
+    assert canvas.shape == (160, 320)  # 150 x 300, sides up to 32's
+    assert canvas[63:87, 153:177].min() == pytest.approx(250 / 255, abs=1e-6)
+    assert np.all(canvas[150:] == pytest.approx(pic.mean() / 255, abs=1e-4))  # the fill
 
 
 def test_to_canvas_shrinks_the_picture_into_the_top_left_corner():
@@ -203,24 +212,82 @@ def test_pictures_go_through_the_net_together_and_the_cascade_searches_where_it_
     assert 60 <= x + w / 2 <= 252 and 20 <= y + h / 2 <= 212
 
 
-def test_in_a_large_picture_the_cascade_searches_beside_the_net():
-    """Faces the cascade can find are below what the net sees in a large picture: both look.
-    The cascade's box on a face the net found is left out."""
+def encoded_on(canvases: np.ndarray, square: geo.Framing) -> np.ndarray:
+    """Outputs (1, H / STRIDE, W / STRIDE, 6) for a canvas of any size that say exactly
+    `square` (canvas pixels)."""
+    out = np.zeros((1, canvases.shape[1] // STRIDE, canvases.shape[2] // STRIDE, 6), np.float32)
+    out[..., 0] = -9.0
+    u, v = square.cx / STRIDE, square.cy / STRIDE
+    out[0, int(v), int(u)] = (9.0, u - int(u) - 0.5, v - int(v) - 0.5,
+                              math.log(square.side / INPUT_SIZE), 1.0, 0.0)
+    return out
+
+
+def test_in_a_large_picture_the_net_looks_again_at_the_picture_itself():
+    """Faces the cascade can find are below what the net sees on its canvas in a large
+    picture: the net looks again at FINE_SCALE (of the picture shrunk to the cascade's
+    max_side), on a canvas of sides multiple of 32, and its faces there join those of the
+    canvas, except on them. A small picture gets the canvas only."""
     small, _ = face_scene(0)  # 240 x 320: the net alone
     large, _ = face_scene(0, size=(700, 900))  # the same face, in a larger picture
-    for pic, want in ((small, 1), (large, 2)):
+    face = geo.Framing(156.0, 116.0, 190.0)  # the pasted face, picture pixels
+    for pic in (small, large):
         gray = geo.to_gray(pic)
         scale = to_canvas(gray)[1]
-        elsewhere = geo.Framing(600 * scale, 500 * scale, 100 * scale)
+        elsewhere = geo.Framing(150 * scale, 150 * scale, 40 * scale) if pic is small else \
+            geo.Framing(600 * scale, 500 * scale, 100 * scale)
+        shapes = []
+
+        def net(canvases, on_face=False):
+            shapes.append(canvases.shape)
+            if canvases.shape[1:3] == (INPUT_SIZE, INPUT_SIZE):
+                return encoded([face_on_canvas if on_face else elsewhere])
+            fine = FINE_SCALE * min(1.0, detector.max_side / 900)
+            return encoded_on(canvases, geo.Framing(face.cx * fine, face.cy * fine,
+                                                    face.side * fine))
+
+        face_on_canvas = geo.Framing(face.cx * scale, face.cy * scale, face.side * scale)
+        detector = NetFaceDetector(net)
+        found = detector.detect_all([gray])[0]
         if pic is small:
-            elsewhere = geo.Framing(290 * scale, 200 * scale, 40 * scale)
-        found = NetFaceDetector(lambda canvases: encoded([elsewhere])).detect_all([gray])[0]
-        assert len(found) == want and found[0].sure
-        if want == 2:
-            x, y, w, h = found[1].box  # the cascade's, on the pasted face
-            assert not found[1].sure and 60 <= x + w / 2 <= 252 and 20 <= y + h / 2 <= 212
+            assert shapes == [(1, INPUT_SIZE, INPUT_SIZE, 1)] and len(found) == 1
+            continue
+        fine = FINE_SCALE * min(1.0, detection.DETECT_MAX_SIDE / 900)
+        assert shapes[1] == (1, -(-round(700 * fine) // 32) * 32, -(-round(900 * fine) // 32)
+                             * 32, 1)
+        assert len(found) == 2 and found[0].sure and found[1].sure
+        assert found[0].framing.cx == pytest.approx(600, abs=1)
+        assert (found[1].framing.cx, found[1].framing.cy) == pytest.approx((face.cx, face.cy),
+                                                                           abs=1)
+        assert found[1].framing.side == pytest.approx(face.side, rel=0.01)
+        found = NetFaceDetector(lambda c: net(c, on_face=True)).detect_all([gray])[0]
+        assert len(found) == 1  # the finer look's face lies on the canvas's
+
+
+class _OneSizeNet:
+    """A detector file of one canvas size (before the net took any): says `square`."""
+    any_size = False
+
+    def __init__(self, square):
+        self.square = square
+
+    def __call__(self, canvases):
+        assert canvases.shape[1:3] == (INPUT_SIZE, INPUT_SIZE)
+        return encoded([self.square])
+
+
+def test_with_a_one_size_net_the_cascade_searches_large_pictures_beside_it():
+    """The cascade's box on a face the net found is left out."""
+    large, _ = face_scene(0, size=(700, 900))
+    gray = geo.to_gray(large)
+    scale = to_canvas(gray)[1]
+    found = NetFaceDetector(_OneSizeNet(geo.Framing(600 * scale, 500 * scale, 100 * scale))
+                            ).detect_all([gray])[0]
+    assert len(found) == 2 and found[0].sure
+    x, y, w, h = found[1].box  # the cascade's, on the pasted face
+    assert not found[1].sure and 60 <= x + w / 2 <= 252 and 20 <= y + h / 2 <= 212
     on_face = geo.Framing(156 * scale, 116 * scale, 190 * scale)  # the net found that face
-    found = NetFaceDetector(lambda canvases: encoded([on_face])).detect_all([gray])[0]
+    found = NetFaceDetector(_OneSizeNet(on_face)).detect_all([gray])[0]
     assert len(found) == 1 and found[0].sure
 
 
@@ -240,10 +307,14 @@ def test_a_trained_detector_exports_to_onnx_with_the_same_outputs(tmp_path):
     assert [m["step"] for m in logs] == [100] and math.isfinite(logs[-1]["loss"])
     path = tmp_path / "face_net.onnx"
     path.write_bytes(onnx_model.export_face_net(params))
-    canvas = to_canvas(pictures[0])[0][None, :, :, None]
-    from_onnx = NetFaceDetector.load(path)._run(canvas)
-    np.testing.assert_allclose(from_onnx, fnt.jax_detector_fn(params)(canvas), atol=1e-4)
-    assert from_onnx.shape == (1, INPUT_SIZE // STRIDE, INPUT_SIZE // STRIDE, 6)
+    run = NetFaceDetector.load(path)._run
+    assert run.any_size
+    for canvas in (to_canvas(pictures[0])[0], face_scenes.to_fine_canvas(pictures[0], 0.9)):
+        from_onnx = run(canvas[None, :, :, None])
+        np.testing.assert_allclose(from_onnx, fnt.jax_detector_fn(params)(  # float32 sums'
+            canvas[None, :, :, None]), rtol=1e-4, atol=1e-4)  # order differs: logits ~1
+        assert from_onnx.shape == (1, canvas.shape[0] // STRIDE, canvas.shape[1] // STRIDE, 6)
+    assert canvas.shape == (224, 288)  # 240 x 320 at 0.9: 216 x 288, sides up to 32's
 
 
 def _run(args: list[str]) -> subprocess.CompletedProcess:

@@ -4,7 +4,9 @@ whose faces' keypoints are known (`compose`). numpy and OpenCV only: the exporte
 runs without jax.
 
 The net sees a picture shrunk onto an INPUT_SIZE x INPUT_SIZE canvas (NHWC, grayscale in
-[0, 1]) and answers on a grid of STRIDE-pixel cells, CenterNet style:
+[0, 1]) and answers on a grid of STRIDE-pixel cells, CenterNet style (it is convolutional:
+a canvas of any sides that are multiples of CANVAS_MULTIPLE gives a grid of its own size,
+`to_fine_canvas`, the finer look at large pictures):
 
   channel 0     the logit that a face's square is centred in the cell;
   channels 1-2  that centre's offset from the cell's centre, in cells (x, y);
@@ -35,6 +37,7 @@ from fkd_jax.geometry.framing import Framing, to_gray
 
 INPUT_SIZE = 160  # canvas side, pixels
 STRIDE = 8  # canvas pixels per output cell: a 20 x 20 grid
+CANVAS_MULTIPLE = 32  # the net's coarsest stage is 1/32 of the canvas
 CHANNELS = 6
 SIDE_RANGE = (20.0, 150.0)  # a single photo's face square, canvas pixels (log-uniform)
 GRID_P = 0.5  # share of canvases tiled with 2 x 2 or 3 x 3 photos
@@ -53,9 +56,26 @@ def to_canvas(gray: np.ndarray, size: int = INPUT_SIZE) -> tuple[np.ndarray, flo
     small = (max(1, min(size, round(w * scale))), max(1, min(size, round(h * scale))))
     resized = cv2.resize(gray, small, interpolation=cv2.INTER_AREA if scale < 1
                          else cv2.INTER_LINEAR)
-    canvas = np.full((size, size), float(resized.mean()) / 255.0, np.float32)
-    canvas[:small[1], :small[0]] = resized * np.float32(1 / 255.0)
-    return canvas, scale
+    return _pad(resized, (size, size)), scale
+
+
+def to_fine_canvas(gray: np.ndarray, scale: float) -> np.ndarray:
+    """The picture (H, W) uint8 resized by `scale`, in the top-left corner of a float32
+    canvas in [0, 1] whose sides are the next multiples of CANVAS_MULTIPLE, filled with its
+    mean: a larger canvas than `to_canvas`'s, for faces too small to see on that one."""
+    gray = to_gray(gray)
+    h, w = gray.shape
+    small = (max(1, round(w * scale)), max(1, round(h * scale)))
+    resized = cv2.resize(gray, small, interpolation=cv2.INTER_AREA if scale < 1
+                         else cv2.INTER_LINEAR)
+    m = CANVAS_MULTIPLE
+    return _pad(resized, (-(-small[1] // m) * m, -(-small[0] // m) * m))
+
+
+def _pad(resized: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    canvas = np.full(shape, float(resized.mean()) / 255.0, np.float32)
+    canvas[:resized.shape[0], :resized.shape[1]] = resized * np.float32(1 / 255.0)
+    return canvas
 
 
 def _placement(face: Framing, side: float, tilt: float, flip: bool, centre) -> np.ndarray:

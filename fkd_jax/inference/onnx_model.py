@@ -127,11 +127,13 @@ def session_threads() -> int:
 
 def export_face_net(params) -> bytes:
     """A face detector's parameters (`fkd_jax.models.face_net`, as `nnx.state(model,
-    nnx.Param)`) as an ONNX model: input "canvases" (B, S, S, 1), output "outputs"."""
+    nnx.Param)`) as an ONNX model: input "canvases" (B, H, W, 1), output "outputs"
+    (B, H / STRIDE, W / STRIDE, CHANNELS), for any H and W that are multiples of
+    CANVAS_MULTIPLE (the net is convolutional; `to_fine_canvas`)."""
     jax2onnx = need_package("jax2onnx")
     from flax import nnx
 
-    from fkd_jax.data.face_scenes import INPUT_SIZE
+    from fkd_jax.data.face_scenes import CANVAS_MULTIPLE
     from fkd_jax.models import face_net
 
     graphdef, _ = nnx.split(nnx.eval_shape(lambda: face_net.create_face_net(0, "portable")),
@@ -140,9 +142,10 @@ def export_face_net(params) -> bytes:
     def detect(canvases):
         return nnx.merge(graphdef, params)(canvases)
 
-    s = INPUT_SIZE
-    proto = jax2onnx.to_onnx(detect, [("B", s, s, 1)], model_name="fkd_jax_face_net",
-                             input_names=["canvases"], output_names=["outputs"])
+    m = CANVAS_MULTIPLE  # jax's shape polymorphism: sides h and w times it, h, w >= 1
+    proto = jax2onnx.to_onnx(detect, [("B", f"{m}*h", f"{m}*w", 1)],
+                             model_name="fkd_jax_face_net", input_names=["canvases"],
+                             output_names=["outputs"])
     return proto.SerializeToString()
 
 

@@ -4,8 +4,11 @@ A picture is shrunk onto the net's square canvas (`to_canvas`), the net's centre
 searched for peaks (`decode`), and each peak's square (centre, side, angle) becomes the
 face's first framing: the keypoint model starts from the training square itself instead of a
 cascade box's guess at it. Where the net is sure of nothing in a picture, the Haar cascade
-searches it as before (`NetFaceDetector` is a `FaceDetector`), and in pictures larger than
-ALONE_MAX_SIDE, where small faces are below what the net sees, it searches beside the net.
+searches it as before (`NetFaceDetector` is a `FaceDetector`). In pictures larger than
+ALONE_MAX_SIDE, where small faces are below what the net sees on its canvas, the net looks
+again at the picture itself (FINE_SCALE, `to_fine_canvas`) down to the faces the cascade would
+find; a detector file of one canvas size (written before the net took any size) has the
+cascade search beside it there instead.
 The cascade's second look is not needed for the net's faces, whose score is itself a learned
 check.
 
@@ -20,7 +23,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from fkd_jax.data.face_scenes import CHANNELS, INPUT_SIZE, STRIDE, to_canvas
+from fkd_jax.data.face_scenes import (
+    CHANNELS,
+    INPUT_SIZE,
+    STRIDE,
+    to_canvas,
+    to_fine_canvas,
+)
 from fkd_jax.errors import UserError
 from fkd_jax.geometry.framing import Framing
 from fkd_jax.pictures.detection import Detection, FaceDetector
@@ -31,8 +40,13 @@ from fkd_jax.pictures.detection import Detection, FaceDetector
 DEFAULT_THRESHOLD = 0.5
 # The net sees a picture at INPUT_SIZE pixels and finds faces from ~24 of those on: in a
 # picture larger than this, faces the cascade finds (30 pixels on) may be too small for it,
-# so the cascade searches beside it there.
+# so it looks again, finer, there.
 ALONE_MAX_SIDE = 2 * INPUT_SIZE
+# The finer look's canvas pixels per picture pixel (of the picture shrunk to the cascade's
+# max_side): the net's smallest faces (~24 canvas pixels) are then the cascade's (30 pixels).
+# Its faces run from 20 / FINE_SCALE to 150 / FINE_SCALE pixels (SIDE_RANGE), the whole
+# picture's from 0.15 of its longer side up: together every size, from 30 pixels on.
+FINE_SCALE = 0.8
 # The net's faces tilted further than this (radians) get the cascade's second look: a face
 # turned far, or a photo taken sideways, is where its angle can be wrong by a half turn, and a
 # face's shape upside down still looks like a face's shape.
@@ -43,15 +57,15 @@ _SAME_FACE = 0.5
 
 def decode(outputs: np.ndarray, scale: float, threshold: float = DEFAULT_THRESHOLD,
            size: int = INPUT_SIZE) -> list[Detection]:
-    """Faces from one canvas's outputs (G, G, 6): peaks of the centre probability (above
+    """Faces from one canvas's outputs (GH, GW, 6): peaks of the centre probability (above
     `threshold`, highest in their 3 x 3 cells, one per face) as Detections in picture pixels
     (`scale` canvas pixels per picture pixel), best first, each with its square as `framing`
     and `sure` set unless it is tilted more than SURE_MAX_TILT."""
     prob = 1.0 / (1.0 + np.exp(-outputs[..., 0]))
     padded = np.pad(prob, 1, constant_values=-1.0)
-    g = prob.shape[0]
-    neighbours = np.max([padded[di:di + g, dj:dj + g] for di in range(3) for dj in range(3)],
-                        axis=0)
+    gh, gw = prob.shape
+    neighbours = np.max([padded[di:di + gh, dj:dj + gw] for di in range(3)
+                         for dj in range(3)], axis=0)
     found: list[Detection] = []
     for i, j in zip(*np.nonzero((prob >= threshold) & (prob >= neighbours))):
         dx, dy, log_side, c, n = (float(v) for v in outputs[i, j, 1:])
@@ -69,23 +83,35 @@ def decode(outputs: np.ndarray, scale: float, threshold: float = DEFAULT_THRESHO
     return kept
 
 
-def load_face_net(path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
-    """The run function (canvases -> outputs) of a detector file written by
-    train_face_net.py, on one onnxruntime session (safe to share between threads); a file
-    that is not one is a UserError naming --face_net."""
+class OnnxFaceNet:
+    """An exported detector on one onnxruntime session (safe to share between threads):
+    canvases (B, H, W, 1) -> outputs (B, H / STRIDE, W / STRIDE, CHANNELS). `any_size`: the
+    file takes canvases of any size (else only INPUT_SIZE x INPUT_SIZE)."""
+
+    def __init__(self, session, any_size: bool):
+        self._session, self._name, self.any_size = session, session.get_inputs()[0].name, any_size
+
+    def __call__(self, canvases: np.ndarray) -> np.ndarray:
+        return self._session.run(None, {self._name: canvases})[0]
+
+
+def load_face_net(path: str | Path) -> OnnxFaceNet:
+    """A detector file written by train_face_net.py, loaded; a file that is not one is a
+    UserError naming --face_net."""
     from fkd_jax.inference.onnx_model import open_session
 
     session, path = open_session(path, "--face_net", "train_face_net.py")
     ins, outs = session.get_inputs(), session.get_outputs()
-    want_in, want_out = [INPUT_SIZE, INPUT_SIZE, 1], [INPUT_SIZE // STRIDE] * 2 + [CHANNELS]
-    if (len(ins), len(outs)) != (1, 1) or list(ins[0].shape[1:]) != want_in or list(
-            outs[0].shape[1:]) != want_out:
+    fixed_in, fixed_out = [INPUT_SIZE, INPUT_SIZE, 1], [INPUT_SIZE // STRIDE] * 2 + [CHANNELS]
+    shapes = [list(v.shape[1:]) for v in (*ins, *outs)]
+    any_size = all(isinstance(d, str) for d in (shapes[0][:2] if shapes else ()))
+    if (len(ins), len(outs)) != (1, 1) or not (
+            shapes == [fixed_in, fixed_out]
+            or (any_size and shapes[0][2:] == [1] and shapes[1][2:] == [CHANNELS])):
         raise UserError(f"--face_net {path}: not a face detector (input "
                         f"{[i.shape for i in ins]}, output {[o.shape for o in outs]}; one "
-                        f"written by train_face_net.py takes (B, {INPUT_SIZE}, "
-                        f"{INPUT_SIZE}, 1))")
-    name = ins[0].name
-    return lambda canvases: session.run(None, {name: canvases})[0]
+                        f"written by train_face_net.py takes (B, H, W, 1))")
+    return OnnxFaceNet(session, any_size)
 
 
 class NetFaceDetector(FaceDetector):
@@ -93,14 +119,16 @@ class NetFaceDetector(FaceDetector):
     or the cascade's where the net finds none; the fallbacks (turned copies, loose pass) and
     the second look stay the cascade's.
 
-    `run` maps canvases (B, S, S, 1) float32 to outputs (B, G, G, 6): an onnxruntime session
-    (`load`) or a jitted JAX model."""
+    `run` maps canvases (B, H, W, 1) float32 to outputs (B, H / STRIDE, W / STRIDE, 6): an
+    `OnnxFaceNet` (`load`) or a jitted JAX model; one without `any_size` (a file of one canvas
+    size) leaves the finer look at large pictures to the cascade."""
 
     def __init__(self, run: Callable[[np.ndarray], np.ndarray],
                  threshold: float = DEFAULT_THRESHOLD, alone_max_side: int = ALONE_MAX_SIDE,
                  **cascade_options):
         super().__init__(**cascade_options)
         self._run, self.threshold, self.alone_max_side = run, threshold, alone_max_side
+        self.fine = bool(getattr(run, "any_size", True))
 
     @classmethod
     def load(cls, path: str | Path, threshold: float = DEFAULT_THRESHOLD,
@@ -116,25 +144,35 @@ class NetFaceDetector(FaceDetector):
         outputs = np.asarray(self._run(np.stack(canvases)[..., None]))
         return [decode(o, s, self.threshold) for o, s in zip(outputs, scales)]
 
+    def detect_fine(self, gray: np.ndarray) -> list[Detection]:
+        """The net's faces on the picture at FINE_SCALE (of the picture shrunk to
+        `max_side`): faces from the cascade's smallest on, best first."""
+        scale = FINE_SCALE * min(1.0, self.max_side / max(np.shape(gray)[:2]))
+        canvas = to_fine_canvas(gray, scale)
+        return decode(np.asarray(self._run(canvas[None, ..., None]))[0], scale, self.threshold)
+
     def detect(self, gray: np.ndarray, min_neighbors: int | None = None) -> list[Detection]:
         if min_neighbors is None:
             return self.detect_all([gray])[0]
         return self.detect_cascade(gray, min_neighbors)
 
     def detect_all(self, grays: Sequence[np.ndarray]) -> list[list[Detection]]:
-        """The net's faces of each picture; the cascade's where the net finds none, and
-        beside the net's in a picture larger than `alone_max_side` (its boxes on faces the
-        net found left out)."""
+        """The net's faces of each picture; in a picture larger than `alone_max_side`, with
+        those of its finer look (or the cascade's) that are not on them; the cascade's where
+        the net finds none."""
         out = []
         for g, found in zip(grays, self.detect_net(grays)):
-            if not found or max(np.shape(g)[:2]) > self.alone_max_side:
+            large = max(np.shape(g)[:2]) > self.alone_max_side
+            if large and self.fine:
+                found = found + [d for d in self.detect_fine(g) if not _found(d, found)]
+            if not found or (large and not self.fine):
                 found = found + [c for c in self.detect_cascade(g) if not _found(c, found)]
             out.append(found)
         return out
 
 
 def _found(box: Detection, faces: Sequence[Detection]) -> bool:
-    """Whether a cascade box lies on one of the net's faces (its centre within half a side)."""
+    """Whether a box lies on one of the net's faces (its centre within half their side)."""
     x, y, w, h = box.box
     return any(math.hypot(x + w / 2 - f.framing.cx, y + h / 2 - f.framing.cy)
                < _SAME_FACE * f.framing.side for f in faces)
