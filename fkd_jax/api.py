@@ -34,7 +34,10 @@ __all__ = ["Detector", "Face", "FileResult", "Options", "TrackedFace", "CHUNK"]
 # A picture: a file path, or an RGB (H, W, 3) / grayscale (H, W) uint8 array.
 Picture = Union[str, Path, np.ndarray]
 Box = Sequence[float]  # x, y, w, h in picture pixels
-CHUNK = 64  # pictures per `detect_files` chunk: all their crops go through the model together
+# Pictures per `detect_files` chunk: all their crops go through the model together, while the
+# next chunk is searched for faces. The first chunk's search and the last one's keypoints are
+# not overlapped: on 102 photos chunks of 16 ran 5-20% sooner than chunks of 64 (warm).
+CHUNK = 16
 
 
 @dataclass(frozen=True)
