@@ -169,6 +169,7 @@ def test_the_pipeline_starts_from_the_nets_square_and_skips_the_second_look(monk
     faces = location.find_faces([gray], oracle, net)[0]
     assert len(faces) == 1 and faces[0].score > 0.99
     np.testing.assert_allclose(faces[0].history[0], kp, atol=1e-6)  # pass 1: already right
+    assert "_cascade" not in vars(net) and "_second_cascade" not in vars(net)  # never loaded
 
 
 def test_where_the_nets_only_face_is_no_face_the_cascade_searches_again(monkeypatch):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
@@ -99,10 +100,19 @@ class FaceDetector:
 
     def __init__(self, cascade: str = DEFAULT_CASCADE, scale_factor: float = 1.1,
                  min_neighbors: int = 3, min_size: int = 30, max_side: int = DETECT_MAX_SIDE):
-        self._cascade = _load_cascade(cascade)
-        self._second_cascade: cv2.CascadeClassifier | None = None  # loaded when first needed
+        self._cascade_name = cascade
         self.scale_factor, self.min_neighbors, self.min_size = scale_factor, min_neighbors, min_size
         self.max_side = max_side
+
+    # The cascades load when first used: with a learned detector in front, most pictures
+    # need neither.
+    @cached_property
+    def _cascade(self) -> cv2.CascadeClassifier:
+        return _load_cascade(self._cascade_name)
+
+    @cached_property
+    def _second_cascade(self) -> cv2.CascadeClassifier:
+        return _load_cascade(SECOND_CASCADE)
 
     def detect(self, gray: np.ndarray, min_neighbors: int | None = None) -> list[Detection]:
         """Face boxes of a picture, best first: the cascade's (`detect_cascade`); a learned
@@ -175,11 +185,7 @@ class FaceDetector:
         60 px) whose box is centred within a quarter side and 0.5-1.5 sides wide; -inf when
         there is none. Searching only those sizes makes it ~10x cheaper than a detection.
         `second` asks SECOND_CASCADE instead (its scores are on another scale)."""
-        cascade = self._cascade
-        if second:
-            if self._second_cascade is None:
-                self._second_cascade = _load_cascade(SECOND_CASCADE)
-            cascade = self._second_cascade
+        cascade = self._second_cascade if second else self._cascade
         f = framing_from_keypoints(keypoints_px, rotate=True)
         size = _CONFIRM_SIZE
         crop = _warp(to_gray(gray), Framing(f.cx, f.cy, f.side * _CONFIRM_WIDEN, f.angle), size)
