@@ -17,6 +17,7 @@ Decoding is numpy, and an exported detector (`FILE.onnx`) runs on onnxruntime: n
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Callable, Sequence
@@ -146,10 +147,13 @@ class NetFaceDetector(FaceDetector):
 
     def detect_fine(self, gray: np.ndarray) -> list[Detection]:
         """The net's faces on the picture at FINE_SCALE (of the picture shrunk to
-        `max_side`): faces from the cascade's smallest on, best first."""
+        `max_side`): faces from the cascade's smallest on, best first. None is `sure`: on a
+        canvas this large the net also fires on clothes and backgrounds (photos enlarged 4x:
+        ~1 such box a photo), so each gets the cascade's second look."""
         scale = FINE_SCALE * min(1.0, self.max_side / max(np.shape(gray)[:2]))
         canvas = to_fine_canvas(gray, scale)
-        return decode(np.asarray(self._run(canvas[None, ..., None]))[0], scale, self.threshold)
+        found = decode(np.asarray(self._run(canvas[None, ..., None]))[0], scale, self.threshold)
+        return [dataclasses.replace(d, sure=False) for d in found]
 
     def detect(self, gray: np.ndarray, min_neighbors: int | None = None) -> list[Detection]:
         if min_neighbors is None:
