@@ -492,12 +492,13 @@ def test_a_face_that_settles_unconfirmed_is_located_again_with_tta():
 
 
 def test_settled_faces_stop_costing_model_calls():
-    """A face whose square stops moving is not cropped again; its keypoints carry over."""
+    """A face whose square stops moving gets one last crop, at that square, and no more; its
+    keypoints carry over."""
     gray = np.full((200, 300), 100, np.uint8)
     sizes = []
 
     # The mean face placed where the training rule frames it as the whole crop: re-framing
-    # from it reproduces the square it was predicted in, so it settles after pass 2.
+    # from it reproduces the square it was predicted in, so it settles at pass 3.
     fixed = at_rest(MEAN)
     assert geo.framing_from_keypoints(fixed, rotate=True).side == pytest.approx(96)
 
@@ -507,8 +508,8 @@ def test_settled_faces_stop_costing_model_calls():
 
     start = [geo.Framing(100, 100, 120), geo.Framing(200, 100, 60)]
     history = location.locate([gray], [0, 0], start, predict, passes=5, settle=0.02)
-    assert len(history) == 5 and sizes[0] == 2 and sum(sizes[2:]) == 0
-    np.testing.assert_allclose(history[-1], history[1])
+    assert len(history) == 5 and sizes == [2, 2, 2]
+    np.testing.assert_allclose(history[-1], history[2])
     always = []
     location.locate([gray], [0, 0], start, lambda c, tta=False: always.append(len(c)) or
                  np.tile(fixed, (len(c), 1)), passes=5, settle=0.0)
@@ -519,7 +520,7 @@ def test_every_face_gets_a_second_pass_before_it_may_settle():
     """A first re-framing that lands close to the detector box's framing does not stop the
     face: the box was framed by another rule, so only moves between passes framed from
     keypoints count. A model whose answer creeps 1% of the side a pass (under `settle`) is
-    cropped twice, then stops."""
+    cropped from the box, re-framed once, then once more at the square it settled on."""
     gray = np.full((200, 300), 100, np.uint8)
     fixed = at_rest(MEAN)
     creep = np.tile([0.96, 0.0], len(fixed) // 2)  # 1% of the 96-pixel crop to the right
@@ -531,9 +532,10 @@ def test_every_face_gets_a_second_pass_before_it_may_settle():
 
     start = [geo.Framing(150, 100, 120)]
     history = location.locate([gray], [0], start, predict, passes=5, settle=0.02)
-    assert sizes == [1, 1]
+    assert sizes == [1, 1, 1]
     assert history[1][0, 0] - history[0][0, 0] == pytest.approx(1.2, abs=0.05)  # crept 1%
-    np.testing.assert_allclose(history[-1], history[1])
+    assert history[2][0, 0] - history[1][0, 0] == pytest.approx(1.2, abs=0.05)  # read there
+    np.testing.assert_allclose(history[-1], history[2])
 
 
 @pytest.mark.parametrize("size", [64, 128])

@@ -151,8 +151,10 @@ def locate(grays: Sequence[np.ndarray], picture_index: Sequence[int],
 
     `settle` > 0 stops re-framing a face once its square moves less than that (centre
     distance and side change, as fractions of the side) between two passes framed by the
-    rule: its keypoints are then carried to the later passes unchanged, so far-off starts can
-    be given many passes without spending them on faces that have converged. Every face gets
+    rule: it gets one last crop, that square, whose keypoints are carried to the later passes
+    unchanged, so far-off starts can be given many passes without spending them on faces
+    that have converged. (Keypoints read at the square they frame, not at the one before:
+    68-point NME 4.30% -> 4.23% on the validation photos, for one crop a face.) Every face gets
     pass 2: a first re-framing close to the given framing says little (on a real photo the
     crop then crept 2-8% a pass for four more passes, NME 12.5% -> 3.0%).
     `relax` > 1 over-relaxes each re-framing (centre and log side move `relax` times as far
@@ -177,6 +179,7 @@ def locate_with_spread(grays: Sequence[np.ndarray], picture_index: Sequence[int]
     active = np.ones(len(framings), bool)
     history: list[np.ndarray] = []
     for p in range(passes):
+        settled = []
         if p > 0:
             current = history[-1].copy()
             for i in np.flatnonzero(active):
@@ -185,10 +188,11 @@ def locate_with_spread(grays: Sequence[np.ndarray], picture_index: Sequence[int]
                             abs(new.side - framings[i].side)) / framings[i].side
                 framings[i] = new
                 if moved < settle and p > 1:  # pass 1's crop came from the box, not the rule
-                    active[i] = False
+                    settled.append(i)
         else:
             current = np.zeros((len(framings), 0))
         rows = np.flatnonzero(active) if p > 0 else np.arange(len(framings))
+        active[settled] = False  # their last crop: the square they settled on
         crops = _crops(grays, [picture_index[i] for i in rows], [framings[i] for i in rows],
                        size)
         pred, pred_spread = _predict(predict, crops, tta)
