@@ -21,6 +21,7 @@ from pathlib import Path
 
 from absl import flags
 
+from fkd_jax.data.face_scenes import ANY_TILT_P
 from fkd_jax.training.face_net_training import DEFAULT_BATCH, DEFAULT_LR, DEFAULT_STEPS
 
 _LABELS = flags.DEFINE_string("labels", None, "CSV of the photos' keypoints (file + the 30 "
@@ -31,6 +32,10 @@ _BATCH = flags.DEFINE_integer("batch_size", DEFAULT_BATCH, "Canvases per step.",
 _LR = flags.DEFINE_float("learning_rate", DEFAULT_LR, "Adam's peak learning rate.",
                          lower_bound=0.0)
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the initial weights and the canvases.")
+_ANY_TILT = flags.DEFINE_float(
+    "any_tilt", ANY_TILT_P, "Share of the placed photos turned by any angle (the rest by up "
+    "to 40 degrees): more for collections of photos taken sideways.", lower_bound=0.0,
+    upper_bound=1.0)
 
 
 def main(argv: list[str]) -> None:
@@ -65,7 +70,7 @@ def main(argv: list[str]) -> None:
     start = time.perf_counter()
     params = face_net_training.train_face_net(
         photos, squares, steps=_STEPS.value, batch_size=_BATCH.value,
-        learning_rate=_LR.value, seed=_SEED.value,
+        learning_rate=_LR.value, seed=_SEED.value, any_tilt_p=_ANY_TILT.value,
         log=lambda m: print(f"step {m['step']}: loss {m['loss']:.4f} (centres {m['heat']:.4f}, "
                             f"squares {m['box']:.4f}), {m['images_per_s']:.0f} canvases/s",
                             flush=True))

@@ -395,3 +395,19 @@ def test_a_missing_face_net_file_is_named(tmp_path, tiny_run):
                  f"--out={tmp_path / 'out'}", str(tmp_path / "p.png")])
     assert proc.returncode == 2 and "--face_net nope.onnx: no such file" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("any_tilt_p", [0.0, 1.0])
+def test_any_tilt_share_turns_placed_faces_past_the_usual_tilts(any_tilt_p):
+    """An upright face stays within MAX_TILT unless `any_tilt_p` asks for any angle."""
+    photo = np.full((200, 200), 100, np.uint8)
+    face = geo.Framing(100.0, 100.0, 100.0, 0.0)
+    _, squares = face_scenes.compose(np.random.default_rng(1), [photo], [[face]], 60,
+                                     any_tilt_p=any_tilt_p)
+    tilts = np.degrees([abs(math.remainder(f.angle, 2 * math.pi)) for fs in squares for f in fs])
+    assert len(tilts) >= 30
+    beyond = np.mean(tilts > face_scenes.MAX_TILT + 1e-6)
+    if any_tilt_p == 0:
+        assert beyond == 0
+    else:  # uniform over the circle: ~78% beyond 40 degrees
+        assert beyond > 0.6

@@ -104,10 +104,12 @@ def _moved(face: Framing, m: np.ndarray, flip: bool, tilt: float) -> Framing:
 
 
 def compose(rng: np.random.Generator, photos: Sequence[np.ndarray],
-            faces: Sequence[Sequence[Framing]], n: int, size: int = INPUT_SIZE
-            ) -> tuple[np.ndarray, list[list[Framing]]]:
+            faces: Sequence[Sequence[Framing]], n: int, size: int = INPUT_SIZE,
+            any_tilt_p: float = ANY_TILT_P) -> tuple[np.ndarray, list[list[Framing]]]:
     """`n` canvases (n, size, size) float32 in [0, 1] and the squares of the faces centred on
-    each, from grayscale uint8 `photos` with `faces[i]` the squares of photo i's faces."""
+    each, from grayscale uint8 `photos` with `faces[i]` the squares of photo i's faces.
+    `any_tilt_p`: the share of placed photos turned by any angle (the rest by up to
+    MAX_TILT); more for collections of photos taken sideways."""
     out = np.empty((n, size, size), np.float32)
     squares: list[list[Framing]] = []
     for b in range(n):
@@ -137,7 +139,7 @@ def compose(rng: np.random.Generator, photos: Sequence[np.ndarray],
                     side = cell * rng.uniform(0.35, 0.7)
                     centre = (np.array([tx, ty]) + 0.5 + rng.uniform(-0.12, 0.12, 2)) * cell
                 tilt = math.radians(
-                    float(rng.uniform(-180, 180)) if rng.random() < ANY_TILT_P else
+                    float(rng.uniform(-180, 180)) if rng.random() < any_tilt_p else
                     float(np.clip(rng.normal(0, MAX_TILT / 2), -MAX_TILT, MAX_TILT)))
                 flip = bool(rng.random() < 0.5)
                 m = _placement(face, side, tilt, flip, centre)

@@ -37,9 +37,11 @@ def face_squares(keypoints_px: np.ndarray) -> list[Framing]:
 def train_face_net(photos: Sequence[np.ndarray], faces: Sequence[Sequence[Framing]],
                    steps: int = DEFAULT_STEPS, batch_size: int = DEFAULT_BATCH,
                    learning_rate: float = DEFAULT_LR, seed: int = 0,
+                   any_tilt_p: float = face_scenes.ANY_TILT_P,
                    log: Callable[[dict], None] | None = None) -> nnx.State:
     """The detector's parameters after `steps` Adam steps (warm-up, cosine decay) on canvases
-    composed from grayscale uint8 `photos` and their faces' squares (`face_squares`).
+    composed from grayscale uint8 `photos` and their faces' squares (`face_squares`), a share
+    `any_tilt_p` of them turned by any angle (`face_scenes.compose`).
     `log` gets {"step", "loss", "heat", "box", "images_per_s"} every 100 steps and at the end."""
     if not any(faces):
         raise UserError("no labelled face to train the face detector on")
@@ -64,7 +66,8 @@ def train_face_net(photos: Sequence[np.ndarray], faces: Sequence[Sequence[Framin
     rng = np.random.default_rng(seed)
     start, done = time.perf_counter(), 0
     for step in range(1, steps + 1):
-        canvases, squares = face_scenes.compose(rng, photos, faces, batch_size)
+        canvases, squares = face_scenes.compose(rng, photos, faces, batch_size,
+                                                    any_tilt_p=any_tilt_p)
         state, metrics = train_step(state, canvases[..., None], face_scenes.targets(squares))
         done += batch_size
         if step % 100 == 0 or step == steps:
