@@ -9,8 +9,8 @@ ALONE_MAX_SIDE, where small faces are below what the net sees on its canvas, the
 again at the picture itself (FINE_SCALE, `to_fine_canvas`) down to the faces the cascade would
 find; a detector file of one canvas size (written before the net took any size) has the
 cascade search beside it there instead.
-The cascade's second look is not needed for the net's faces, whose score is itself a learned
-check.
+The cascade's second look is not needed for the faces of the net's first look, whose score is
+itself a learned check (unless tilted past SURE_MAX_TILT); the finer look's faces get it.
 
 Decoding is numpy, and an exported detector (`FILE.onnx`) runs on onnxruntime: no jax.
 """
