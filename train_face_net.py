@@ -21,7 +21,7 @@ from pathlib import Path
 
 from absl import flags
 
-from fkd_jax.data.face_scenes import ANY_TILT_P
+from fkd_jax.data.face_scenes import ANY_TILT_P, MAX_TILT
 from fkd_jax.training.face_net_training import DEFAULT_BATCH, DEFAULT_LR, DEFAULT_STEPS
 
 _LABELS = flags.DEFINE_string("labels", None, "CSV of the photos' keypoints (file + the 30 "
@@ -34,8 +34,8 @@ _LR = flags.DEFINE_float("learning_rate", DEFAULT_LR, "Adam's peak learning rate
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the initial weights and the canvases.")
 _ANY_TILT = flags.DEFINE_float(
     "any_tilt", ANY_TILT_P, "Share of the placed photos turned by any angle (the rest by up "
-    "to 40 degrees): more for collections of photos taken sideways.", lower_bound=0.0,
-    upper_bound=1.0)
+    f"to {MAX_TILT:g} degrees): more for collections of photos taken sideways.",
+    lower_bound=0.0, upper_bound=1.0)
 
 
 def main(argv: list[str]) -> None:

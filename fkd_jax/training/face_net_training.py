@@ -67,7 +67,7 @@ def train_face_net(photos: Sequence[np.ndarray], faces: Sequence[Sequence[Framin
     start, done = time.perf_counter(), 0
     for step in range(1, steps + 1):
         canvases, squares = face_scenes.compose(rng, photos, faces, batch_size,
-                                                    any_tilt_p=any_tilt_p)
+                                                any_tilt_p=any_tilt_p)
         state, metrics = train_step(state, canvases[..., None], face_scenes.targets(squares))
         done += batch_size
         if step % 100 == 0 or step == steps:
