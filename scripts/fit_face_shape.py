@@ -6,11 +6,6 @@ With --split (a run's split.json: only its training rows are read) and --shapes_
 model alone of another labelled set, e.g. the filmed faces' `filmed_shape_stats.py`:
     uv run python scripts/fit_face_shape.py --labels PATH/training.zip --split RUN/split.json \
         --shapes_only --out fkd_jax/geometry/filmed_shape_stats.py
-and with --keypoints=ibug68 of their 68 landmarks, which frames 68-point models' crops
-(`fkd_jax.geometry.framing.side_from_landmarks68`):
-    uv run python scripts/fit_face_shape.py --labels PATH/landmarks68.csv --split RUN/split.json \
-        --shapes_only --keypoints=ibug68 --aligned --components=8 \
-        --out fkd_jax/geometry/landmarks68_shape_stats.py
 
 The file holds summary numbers only (a mean shape, a few principal components, their spreads,
 residual spreads and a handful of fractions), never label rows.
@@ -33,7 +28,7 @@ from absl import flags
 
 from fkd_jax import cli, files
 from fkd_jax.errors import DataError, UserError, exit_on_user_error
-from fkd_jax.geometry.keypoints import KEYPOINT_NAMES, KEYPOINT_SETS, SPARSE_SET
+from fkd_jax.geometry.keypoints import COLUMNS, KEYPOINT_NAMES, SPARSE_SET
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_COMPONENTS = 12  # ~95% of the variance of Kaggle's complete rows
@@ -50,19 +45,13 @@ flags.DEFINE_string("split", None, "A run's split.json: fit on its training rows
                     flag_values=FLAGS)
 flags.DEFINE_bool("shapes_only", False, "Write the shape model alone (no label pattern, no "
                   "lookup table).", flag_values=FLAGS)
-flags.DEFINE_enum("keypoints", "kaggle15", ["kaggle15", "ibug68"],
-                  "Which keypoints' columns are read (ibug68: p0_x ... p67_y, with --shapes_only).",
-                  flag_values=FLAGS)
-flags.DEFINE_bool("aligned", False, "Move each shape onto the mean shape by the best similarity "
-                  "before the PCA (Procrustes): components of the face's shape alone, no pose.",
-                  flag_values=FLAGS)
 flags.DEFINE_integer("components", NUM_COMPONENTS, "Principal components kept.", lower_bound=1,
                      flag_values=FLAGS)
 
 
 def fit_shape(keypoints: np.ndarray, k: int) -> dict[str, np.ndarray]:
-    """PCA of complete shapes (N, 2K) px: mean (2K,), components (k, 2K), their stds (k,),
-    and the per-coordinate std (2K,) of what the k components leave unexplained."""
+    """PCA of complete shapes (N, 30) px: mean (30,), components (k, 30), their stds (k,),
+    and the per-coordinate std (30,) of what the k components leave unexplained."""
     mean = keypoints.mean(axis=0)
     centred = keypoints - mean
     _, s, vt = np.linalg.svd(centred, full_matrices=False)
@@ -73,27 +62,6 @@ def fit_shape(keypoints: np.ndarray, k: int) -> dict[str, np.ndarray]:
     return {"mean": mean, "components": comps, "component_std": np.sqrt(var[:k]),
             "residual_std": np.sqrt(np.maximum(total - explained, 0.0)),
             "explained": var[:k].sum() / var.sum()}
-
-
-def procrustes(shapes: np.ndarray, rounds: int = 5) -> np.ndarray:
-    """Shapes (N, 2K) each moved by the best similarity onto their mean shape, the mean kept
-    where the raw shapes' mean lies (same centre and size), repeated as the mean settles."""
-    from fkd_jax.geometry.framing import best_similarity
-
-    pts = shapes.reshape(len(shapes), -1, 2)
-    ref = pts.mean(axis=0)
-    centre, size = ref.mean(axis=0), np.sqrt(((ref - ref.mean(axis=0)) ** 2).sum(-1).mean())
-    for _ in range(rounds):
-        target = ref - ref.mean(axis=0)
-        target *= size / np.sqrt((target ** 2).sum(-1).mean())
-        moved = []
-        for p in pts:
-            z = best_similarity(p - p.mean(axis=0), target)
-            q = z * ((p - p.mean(axis=0)) @ [1, 1j])
-            moved.append(np.stack([q.real, q.imag], axis=-1) + centre)
-        pts_aligned = np.stack(moved)
-        ref = pts_aligned.mean(axis=0)
-    return pts_aligned.reshape(len(shapes), -1)
 
 
 def missing_pattern(present: np.ndarray) -> dict[str, object]:
@@ -163,27 +131,13 @@ LOOKUP_FULL_FRACTION = {full_fraction:.4f}
 '''
 
 
-_SHAPE_USES = {
-    "kaggle15": ("15 keypoints, for `fkd_jax.data.synthetic`",
-                 "Kaggle column order (fkd_jax.geometry.keypoints.COLUMNS)"),
-    "ibug68": ("68 iBUG landmarks, for `fkd_jax.geometry.framing.side_from_landmarks68`",
-               "columns p0_x, p0_y, ... p67_y (fkd_jax.geometry.keypoints.IBUG68)"),
-}
-
-
-def render_shape_module(shape: dict, source: str, n_rows: int, keypoint_set: str = "kaggle15",
-                        aligned: bool = False) -> str:
+def render_shape_module(shape: dict, source: str, n_rows: int) -> str:
     """A module of the shape model alone."""
-    what, order = _SHAPE_USES[keypoint_set]
-    flag = "" if keypoint_set == "kaggle15" else f" --keypoints={keypoint_set}"
-    flag += " --aligned" if aligned else ""
-    title = textwrap.fill(f'"""Shape model of {source}\'s {what}.', width=95)
-    body = textwrap.fill(f"GENERATED by scripts/fit_face_shape.py --shapes_only{flag} from {n_rows} "
-                         "complete label rows (a run's training people only); do not edit by "
-                         f"hand. Only summaries, no rows. Pixels, {order}.", width=95)
-    return f'''{title}
+    return f'''"""Shape model of {source}'s 15 keypoints, for `fkd_jax.data.synthetic`.
 
-{body}
+GENERATED by scripts/fit_face_shape.py --shapes_only from {n_rows} complete label rows (a run's
+training people only); do not edit by hand. Only summaries, no rows. Pixels, Kaggle column
+order (fkd_jax.geometry.keypoints.COLUMNS).
 """
 
 {_shape_text(shape, "")}'''
@@ -211,25 +165,19 @@ def main(argv: list[str]) -> None:
             raise DataError(labels, f"has {len(table)} rows; --split {FLAGS.split} names row "
                             f"{train_rows.max()}")
         table = table.iloc[train_rows]
-    if FLAGS.keypoints != "kaggle15" and not FLAGS.shapes_only:
-        raise UserError(f"--keypoints={FLAGS.keypoints} needs --shapes_only (the label pattern "
-                        "and the lookup table are Kaggle's 15)")
-    columns = KEYPOINT_SETS[FLAGS.keypoints].columns
-    missing = [c for c in columns if c not in table.columns]
+    missing = [c for c in COLUMNS if c not in table.columns]
     if missing:
         raise DataError(labels, f"missing keypoint columns {missing[:3]}")
-    values = table[list(columns)].to_numpy(dtype=np.float64)
+    values = table[list(COLUMNS)].to_numpy(dtype=np.float64)
     present = ~np.isnan(values)
     if not (present[:, 0::2] == present[:, 1::2]).all():
         raise DataError(labels, "some keypoint has x without y or y without x")
     complete = values[present.all(axis=1)]
-    if FLAGS.aligned:
-        complete = procrustes(complete)
     shape = fit_shape(complete, FLAGS.components)
     shape["real_std"] = complete.std(axis=0, ddof=1)
     if FLAGS.shapes_only:
         files.write_text(out, render_shape_module(shape, f"{labels.parent.name}/{labels.name}",
-                                                  len(complete), FLAGS.keypoints, FLAGS.aligned))
+                                                  len(complete)))
         print(f"wrote {out}: {len(complete)} complete rows, {FLAGS.components} components "
               f"explain {100 * shape['explained']:.1f}%")
         return

@@ -171,48 +171,6 @@ def test_framing_from_keypoints_is_the_training_rule_and_rotation_invariant():
     np.testing.assert_allclose(g.to_crop(apply(m, kp)), level.to_crop(kp), atol=1e-9)
 
 
-MEAN68 = np.asarray(geo.landmarks68_shape_stats.MEAN_SHAPE, np.float64)
-
-
-def test_a_68_point_face_on_the_shape_model_is_framed_by_the_training_rule():
-    """weight68=1: a model face is framed by the training rule (its box), turned and scaled
-    with it; weight68=w: the geometric blend with the side read off its 15 points."""
-    # A face of the model, not its mean, whose 15 points misjudge its box by ~5%.
-    comps = np.asarray(geo.landmarks68_shape_stats.COMPONENTS)
-    stds = np.asarray(geo.landmarks68_shape_stats.COMPONENT_STD)
-    face = MEAN68 + stds[0] * comps[0] - stds[3] * comps[3]
-    m = similarity(1.7, math.radians(25), 80, 30)
-    picture = apply(m, face)
-    np.testing.assert_allclose(geo.nearest_shape68(keypoints.as_points(picture)),
-                               keypoints.as_points(picture), atol=0.05)
-    rule = geo.training_framing(keypoints.kaggle15_from_ibug68(face), face)
-    f = geo.framing_from_keypoints(face, weight68=1.0)
-    assert (f.cx, f.cy, f.side) == pytest.approx((rule.cx, rule.cy, rule.side), rel=1e-3)
-    level = geo.framing_from_keypoints(face, rotate=True, weight68=1.0)
-    turned = geo.framing_from_keypoints(picture, rotate=True, weight68=1.0)
-    assert turned.side == pytest.approx(1.7 * level.side, rel=1e-3)
-    side15 = geo.side_from_keypoints(keypoints.as_points(keypoints.kaggle15_from_ibug68(face)))
-    assert abs(math.log(side15 / rule.side)) > 0.03
-    assert geo.framing_from_keypoints(face).side == pytest.approx(side15, rel=1e-9)
-    assert geo.framing_from_keypoints(face, weight68=0.25).side == pytest.approx(
-        side15 ** 0.75 * rule.side ** 0.25, rel=1e-3)
-
-
-def test_scattered_jaw_points_move_the_shape_models_box_less_than_their_own():
-    """Points scattered along the jaw (2 px, as a model's least sure points): the box of the
-    nearest model shape stays nearer the true side than the box of the points themselves."""
-    rng = np.random.default_rng(0)
-    truth = geo.framing_stats.TRAIN_SIDE_PER_BBOX68 * np.ptp(keypoints.as_points(MEAN68), axis=0).max()
-    own, model = [], []
-    for _ in range(200):
-        pts = keypoints.as_points(MEAN68).copy()
-        pts[:17] += rng.normal(0, 2.0, (17, 2))
-        own.append(geo.framing_stats.TRAIN_SIDE_PER_BBOX68 * np.ptp(pts, axis=0).max())
-        model.append(geo.side_from_landmarks68(pts))
-    own_err, model_err = np.abs(np.log(np.array(own) / truth)), np.abs(np.log(np.array(model) / truth))
-    assert model_err.mean() < 0.5 * own_err.mean()
-
-
 def test_shape_error_zero_for_any_similarity_of_the_mean_face_large_for_noise():
     assert geo.shape_error(MEAN) == pytest.approx(0, abs=1e-9)
     assert geo.shape_error(apply(similarity(3.0, 1.0, 5, 7), MEAN)) == pytest.approx(0, abs=1e-9)
@@ -556,29 +514,6 @@ def test_settled_faces_stop_costing_model_calls():
     location.locate([gray], [0, 0], start, lambda c, tta=False: always.append(len(c)) or
                  np.tile(fixed, (len(c), 1)), passes=5, settle=0.0)
     assert always == [2] * 5
-
-
-def test_a_settled_68_point_face_gets_its_last_crop_from_its_68_points_box():
-    """Passes frame a 68-point face from its 15 Kaggle points; once it settles, its last
-    crop's side also weighs the box of all 68 (LAST_CROP_WEIGHT68), and nothing after."""
-    comps = np.asarray(geo.landmarks68_shape_stats.COMPONENTS)
-    stds = np.asarray(geo.landmarks68_shape_stats.COMPONENT_STD)
-    fixed = at_rest(MEAN68 + stds[0] * comps[0] - stds[3] * comps[3])  # at rest by its 15
-    sizes = []
-
-    def predict(crops, tta=False):
-        sizes.append(len(crops))
-        return np.tile(fixed, (len(crops), 1))
-
-    gray = np.full((200, 300), 100, np.uint8)
-    history = location.locate([gray], [0], [geo.Framing(100, 100, 120)], predict, passes=5)
-    assert sizes == [1, 1, 1] and 0 < location.LAST_CROP_WEIGHT68 <= 1
-    rule15 = geo.framing_from_keypoints(history[1][0], rotate=True)
-    last = geo.framing_from_keypoints(history[1][0], rotate=True,
-                                      weight68=location.LAST_CROP_WEIGHT68)
-    assert rule15.side == pytest.approx(120) and abs(math.log(last.side / 120)) > 0.01
-    np.testing.assert_allclose(history[2][0], last.to_picture(fixed), atol=1e-9)
-    np.testing.assert_allclose(history[-1], history[2])
 
 
 def test_every_face_gets_a_second_pass_before_it_may_settle():

@@ -24,7 +24,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from fkd_jax.geometry import face_shape_stats, framing_stats, keypoints, landmarks68_shape_stats
+from fkd_jax.geometry import face_shape_stats, framing_stats, keypoints
 
 CROP = keypoints.IMAGE_SIZE  # the model's input side, pixels
 # A face is kept only if its keypoints, aligned onto the mean face by a similarity, lie within
@@ -35,13 +35,6 @@ MAX_SHAPE_ERROR = 0.16
 _IDX = {name: i for i, name in enumerate(keypoints.KEYPOINT_NAMES)}
 _SQUARE_WIDTH = 2 * keypoints.KAGGLE15_SQUARE.num_keypoints  # 38: Kaggle's 15 + 4 square points
 _MEAN_POINTS = np.asarray(face_shape_stats.MEAN_SHAPE, np.float64).reshape(-1, 2)
-# The 68-landmark shape model (training crops' pixels): mean (68, 2), orthonormal components
-# (k, 136) and their standard deviations (k,).
-_MEAN68 = np.asarray(landmarks68_shape_stats.MEAN_SHAPE, np.float64).reshape(-1, 2)
-_COMPONENTS68 = np.asarray(landmarks68_shape_stats.COMPONENTS, np.float64)
-_COMPONENT_STD68 = np.asarray(landmarks68_shape_stats.COMPONENT_STD, np.float64)
-# A shape model's coefficient is kept within this many of its standard deviations.
-SHAPE_LIMIT = 3.0
 
 
 def to_gray(picture: np.ndarray) -> np.ndarray:
@@ -242,34 +235,6 @@ def side_from_keypoints(points: np.ndarray) -> float:
     return size * math.exp(float(features @ np.asarray(framing_stats.SIDE_FROM_SHAPE)))
 
 
-def nearest_shape68(points: np.ndarray, iterations: int = 20) -> np.ndarray:
-    """The 68-landmark shape model's nearest shape (68, 2) to 68 points (68, 2), in their own
-    pixels. Alternates (as active shape models do) the best similarity from the points onto
-    the model's current shape with the projection onto its components (each coefficient
-    within SHAPE_LIMIT of its spread); a shape of the model moved by any similarity comes
-    back as itself."""
-    p = np.asarray(points, np.float64)
-    centre = p.mean(axis=0)
-    shape = _MEAN68
-    for _ in range(iterations):
-        shape_centre = shape.mean(axis=0)
-        z = best_similarity(p - centre, shape - shape_centre)
-        on_model = _from_complex(z * _to_complex(p - centre)) + shape_centre
-        b = _COMPONENTS68 @ (on_model - _MEAN68).reshape(-1)
-        b = np.clip(b, -SHAPE_LIMIT * _COMPONENT_STD68, SHAPE_LIMIT * _COMPONENT_STD68)
-        shape = _MEAN68 + (b @ _COMPONENTS68).reshape(-1, 2)
-    return _from_complex(_to_complex(shape - shape_centre) / z) + centre
-
-
-def side_from_landmarks68(points: np.ndarray) -> float:
-    """Training-square side (pixels) from 68 landmarks (68, 2) given in the square's axes: the
-    training rule itself (TRAIN_SIDE_PER_BBOX68 x the landmarks' box), drawn around the shape
-    model's nearest shape. Predicted jaw points scatter along the contour, and a box of their
-    extremes moves with that scatter; the model's few components average it over all 68."""
-    shape = nearest_shape68(points)
-    return framing_stats.TRAIN_SIDE_PER_BBOX68 * float(np.ptp(shape, axis=0).max())
-
-
 def square_axes(keypoints_px: np.ndarray, rotate: bool) -> tuple[np.ndarray, np.ndarray, float]:
     """(origin (2,), rotation (2, 2), angle) of the square the training rule draws around
     keypoints (2K,) in picture pixels: origin at the 15 Kaggle keypoints' mean, axes turned
@@ -279,26 +244,21 @@ def square_axes(keypoints_px: np.ndarray, rotate: bool) -> tuple[np.ndarray, np.
     return keypoints.as_points(kaggle15(keypoints_px)).mean(axis=0), np.array([[c, -n], [n, c]]), angle
 
 
-def framing_from_keypoints(keypoints_px: np.ndarray, rotate: bool = False,
-                           weight68: float = 0.0) -> Framing:
+def framing_from_keypoints(keypoints_px: np.ndarray, rotate: bool = False) -> Framing:
     """The training rule applied to (predicted) keypoints (2K,) in picture pixels: centre =
     mean of the 15 Kaggle keypoints + TRAIN_CENTRE_OFFSET x side; side from
     `side_from_keypoints` on those 15 (for a 68-point model, the 15 read off its 68: training
-    used the landmarks' box, but predicted jaw points follow the crop, and squares from their
-    box drift pass by pass). `weight68` > 0 takes that share of a 68-point model's log side
-    from the box of its 68 (`side_from_landmarks68`): for one last crop, which does not
-    iterate. A square model's four square points say where the training square is
-    (`framing_from_square_points`). With `rotate` the square turns with the eye line (undoes
-    in-plane roll; training crops were upright, so roll then comes out as 0)."""
+    used the landmarks' box, but predicted jaw points are the least sure, and a box of them
+    lets the crop drift pass by pass). A square model's four square points say where the
+    training square is (`framing_from_square_points`). With `rotate` the square turns with
+    the eye line (undoes in-plane roll; training crops were upright, so roll then comes out
+    as 0)."""
     all_points = keypoints.as_points(np.asarray(keypoints_px, np.float64))
     p = keypoints.as_points(kaggle15(keypoints_px))
     mean, rot, angle = square_axes(keypoints_px, rotate)
     if len(all_points) * 2 == _SQUARE_WIDTH:
         return framing_from_square_points(all_points[len(p):], angle)
     side = side_from_keypoints((p - mean) @ rot)  # coordinates in the square's own axes
-    if weight68 and len(all_points) == keypoints.IBUG68.num_keypoints:
-        side = (side ** (1 - weight68)
-                * side_from_landmarks68((all_points - mean) @ rot) ** weight68)
     centre = mean + rot @ (np.asarray(framing_stats.TRAIN_CENTRE_OFFSET) * side)
     return Framing(float(centre[0]), float(centre[1]), side, angle)
 
@@ -334,30 +294,16 @@ def shape_error(keypoints_px: np.ndarray) -> float:
     if not np.all(np.isfinite(p)):
         return float("inf")
     a, b = p - p.mean(0), _MEAN_POINTS - _MEAN_POINTS.mean(0)
-    z = best_similarity(a, b)
-    if not np.isfinite(z):
+    # Complex least squares: b ~ z * a with z = scale * e^{i angle}.
+    za, zb = a[:, 0] + 1j * a[:, 1], b[:, 0] + 1j * b[:, 1]
+    denom = float(np.vdot(za, za).real)
+    if denom <= 1e-12:
         return float("inf")
-    resid = np.abs(z * _to_complex(a) - _to_complex(b))
+    z = np.vdot(za, zb) / denom
+    resid = np.abs(z * za - zb)
     iod = np.linalg.norm(_MEAN_POINTS[_IDX["left_eye_outer_corner"]]
                          - _MEAN_POINTS[_IDX["right_eye_outer_corner"]])
     return float(np.sqrt(np.mean(resid ** 2)) / iod)
-
-
-def _to_complex(points: np.ndarray) -> np.ndarray:
-    return points[..., 0] + 1j * points[..., 1]
-
-
-def _from_complex(z: np.ndarray) -> np.ndarray:
-    return np.stack([z.real, z.imag], axis=-1)
-
-
-def best_similarity(a: np.ndarray, b: np.ndarray) -> complex:
-    """z = scale * e^(i angle) that best maps centred points a (K, 2) onto centred b (K, 2)
-    (complex least squares b ~ z a: b's x + i y ~ z (a's x + i y)); NaN when a has no
-    extent."""
-    za, zb = _to_complex(a), _to_complex(b)
-    denom = float(np.vdot(za, za).real)
-    return complex(np.vdot(za, zb) / denom) if denom > 1e-12 else complex("nan")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -40,12 +40,6 @@ from fkd_jax.pictures.detection import (
 # boxes (profile faces) get the passes they need (docs/photo_pipeline.md).
 DEFAULT_PASSES = 8
 DEFAULT_SETTLE = 0.02
-# A settled 68-point face's last crop: its side takes this share (in log side) from the
-# training rule's own measure, the box of its 68 points (framing.side_from_landmarks68).
-# Passes before are framed from the 15 alone: the jaw follows the crop, so squares from it
-# drift pass by pass, but one last square read off it does not iterate.
-LAST_CROP_WEIGHT68 = 0.5
-_WIDTH68 = 2 * keypoints.IBUG68.num_keypoints
 
 # A predictor: crops (N, S, S, 1) float32 in [0, 1] -> keypoints (N, 2K) in crop pixels.
 # fkd_jax.inference.predictor.Predictor and two_batch.TwoBatchPredictor fit (their `tta`
@@ -195,9 +189,6 @@ def locate_with_spread(grays: Sequence[np.ndarray], picture_index: Sequence[int]
                 framings[i] = new
                 if moved < settle and p > 1:  # pass 1's crop came from the box, not the rule
                     settled.append(i)
-                    if LAST_CROP_WEIGHT68 and current.shape[1] == _WIDTH68:
-                        framings[i] = framing_from_keypoints(current[i], rotate,
-                                                             LAST_CROP_WEIGHT68)
         else:
             current = np.zeros((len(framings), 0))
         rows = np.flatnonzero(active) if p > 0 else np.arange(len(framings))
