@@ -41,6 +41,9 @@ _SETTLE = flags.DEFINE_float("settle", DEFAULT_SETTLE, "Stop re-framing a face o
                              "moves less than this fraction of its side (0: always --passes).",
                              lower_bound=0.0)
 _TTA = flags.DEFINE_bool("tta", False, "Average with the mirror image.")
+_FINAL_SCALES = flags.DEFINE_list("final_scales", [], "Read each face's last square again at "
+                                  "these sides (x its own, e.g. 0.95,1,1.05) with the mirror "
+                                  "image and average: 2 crops a scale more per face.")
 _NO_RETRY = flags.DEFINE_bool("no_retry", False, "Keep a face still moving after the last pass "
                               "as it is (default: locate it again from its box with TTA).")
 _NO_ROTATE = flags.DEFINE_bool("no_rotate", False, "Keep re-framed crops upright (default: "
@@ -94,6 +97,7 @@ def main(argv: list[str]) -> int:
     detector = Detector.load(
         _WORKDIR.value or _MODEL.value, checkpoint=_CHECKPOINT.value, passes=_PASSES.value,
         settle=_SETTLE.value, tta=_TTA.value, retry=not _NO_RETRY.value,
+        final_scales=_FINAL_SCALES.value,
         rotate=not _NO_ROTATE.value, smoothing=_SMOOTHING.value == "on",
         min_cutoff=_MIN_CUTOFF.value, beta=_BETA.value, face_net=_FACE_NET.value)
     detector.face_detector  # loads OpenCV's cascades: a missing one stops before any output

@@ -5,7 +5,8 @@ each run as a whole process in alternation and all scored by fkd-jax's own scori
       --labels=keypoints.csv [--labels68=landmarks68.csv] [--rounds=3] --out=OUT
 --workdir and --model take several models (comma-separated): each is a pipeline of its own,
 "fkd-jax NAME", alternated with the rest, to compare two setups inside one run. With
---face_net=FILE each of them also runs with that learned face detector ("NAME + face_net").
+--face_net=FILE each of them also runs with that learned face detector ("NAME + face_net"),
+with --final_scales=S,... also with predict.py's --final_scales ("NAME + views").
 --photos: photos, folders, or .txt files listing photos one a line (comma-separated; or as
 arguments). Time it on an otherwise idle machine: every pipeline shares its cores.
 
@@ -67,6 +68,8 @@ flags.DEFINE_list("model", [], "Exported fkd-jax model files (.jaxexport, .onnx)
 flags.DEFINE_string("face_net", None, "A learned face detector (train_face_net.py): every "
                     "fkd-jax model also runs as a pipeline with it (NAME + face_net).",
                     flag_values=FLAGS)
+flags.DEFINE_list("final_scales", [], "predict.py's --final_scales: every fkd-jax pipeline "
+                  "also runs with them (NAME + views).", flag_values=FLAGS)
 flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint of --workdir.",
                   flag_values=FLAGS)
 flags.DEFINE_list("photos", [], "Photos, folders, or .txt files of photo paths (one a line).",
@@ -180,6 +183,10 @@ def fkd_models() -> dict[str, list[str]]:
     if FLAGS.face_net:
         named.update({f"{name} + face_net": [*m, f"--face_net={FLAGS.face_net}"]
                       for name, m in list(named.items())})
+    if FLAGS.final_scales:
+        scales = ",".join(FLAGS.final_scales)
+        named.update({f"{name} + views": [*m, f"--final_scales={scales}"]
+                      for name, m in list(named.items())})
     return named
 
 
@@ -233,7 +240,9 @@ def fkd_latency(model: list[str], photos: list[str], n: int) -> float | None:
         return None
     options = dict(m.lstrip("-").split("=", 1) for m in model)
     detector = Detector.load(model[0].split("=", 1)[1], checkpoint=FLAGS.checkpoint,
-                             face_net=options.get("face_net"))
+                             face_net=options.get("face_net"),
+                             final_scales=options.get("final_scales", "").split(",")
+                             if options.get("final_scales") else ())
     list(detector.detect_files([photos[0]]))  # compiles (detect_files is lazy)
     seconds = []
     for p in (photos * n)[:n]:

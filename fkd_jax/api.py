@@ -9,7 +9,8 @@
 
 Everything is in the picture's own pixels (origin at its top-left corner, the continuous
 convention of fkd_jax.geometry.keypoints): keypoints (K, 2), boxes (x, y, w, h). The options
-(passes, settle, tta, rotate, retry, smoothing) are those of predict.py, with its defaults.
+(passes, settle, tta, retry, final_scales, rotate, smoothing) are those of predict.py, with
+its defaults.
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ class Options:
     tta         average every prediction with the mirror image's
     retry       a face still moving after the last pass is located again from its box with
                 tta (and kept if that settles)
+    final_scales  read each face's last square again at these sides (x its own, e.g.
+                (0.95, 1.0, 1.05)) with the mirror image and average the views
+                (`location.read_views`): 2 x len crops more a face; () reads it once
     rotate      turn re-framed crops with the eye line (False: keep them upright)
     smoothing   One Euro filter on tracked video keypoints (`min_cutoff` Hz, `beta` 1/px;
                 fkd_jax.pictures.video.OneEuroSettings); pictures are never smoothed
@@ -60,6 +64,7 @@ class Options:
     settle: float = DEFAULT_SETTLE
     tta: bool = False
     retry: bool = True
+    final_scales: tuple[float, ...] = ()
     rotate: bool = True
     smoothing: bool = True
     min_cutoff: float = OneEuroSettings.min_cutoff
@@ -70,6 +75,14 @@ class Options:
             raise UserError(f"passes={self.passes} must be a whole number >= 1")
         if not self.settle >= 0:
             raise UserError(f"settle={self.settle} must be >= 0")
+        try:
+            scales = tuple(float(s) for s in self.final_scales)
+        except (TypeError, ValueError):
+            raise UserError(f"final_scales={self.final_scales!r} must be numbers") from None
+        object.__setattr__(self, "final_scales", scales)
+        if not all(0.5 <= s <= 2.0 for s in scales):
+            raise UserError(f"final_scales={self.final_scales}: each must lie in 0.5-2 (a "
+                            "side factor of the face's square)")
         self.one_euro  # checks min_cutoff and beta
 
     @property
@@ -239,7 +252,8 @@ class Detector:
         o = self.options
         return location.find_faces(grays, self.predictor, self.face_detector, boxes=boxes,
                                    confirm=confirm, loose=loose, passes=o.passes, tta=o.tta,
-                                   rotate=o.rotate, settle=o.settle, retry_tta=o.retry)
+                                   rotate=o.rotate, settle=o.settle, retry_tta=o.retry,
+                                   final_scales=o.final_scales)
 
     @property
     def face_detector(self) -> detection.FaceDetector:
@@ -289,12 +303,14 @@ class Detector:
         def find(frame):
             return location.find_faces([to_gray(frame)], self.predictor, self.face_detector,
                                        boxes=given, settle=o.settle, passes=o.passes,
-                                       tta=o.tta, rotate=o.rotate, retry_tta=o.retry)[0]
+                                       tta=o.tta, rotate=o.rotate, retry_tta=o.retry,
+                                       final_scales=o.final_scales)[0]
 
         def refine(frame, previous):
             return location.refine_faces(to_gray(frame), previous, self.predictor, passes=1,
                                          tta=o.tta, rotate=o.rotate,
-                                         detector=self.face_detector)
+                                         detector=self.face_detector,
+                                         final_scales=o.final_scales)
 
         tracked = V.track_video(frames, find, refine, smoothing=o.one_euro, fps=fps)
         for index, frame, faces in tracked:

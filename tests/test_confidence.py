@@ -213,3 +213,63 @@ def test_estimated_yaw_inverts_the_eye_width_model(yaw):
     bins = pm.by_turn([0.03, 0.2], [5.0, 50.0])
     assert [b["yaw_deg"] for b in bins] == [[0.0, 15.0], [45.0, 90.0]]
     assert bins[1]["failure_rate"] == 1.0
+
+
+def test_views_at_several_scales_average_in_picture_pixels_and_their_gap_adds_to_the_spread():
+    """A model that answers the same crop points whatever it is shown: its views at sides
+    0.9 and 1.1 land either side of the scale-1 answer, whose picture points are their mean;
+    the spread is the views' RMS spread with their half-gap added in quadrature."""
+    gray = np.zeros((300, 300), np.uint8)
+    model = SpreadModel(np.full(15, 2.0, np.float32))
+    square = geo.Framing(150.0, 140.0, 120.0, 0.2)
+    mean, spread = location.read_views([gray], [0], [square], model, (0.9, 1.1))
+    np.testing.assert_allclose(mean[0], square.to_picture(model.rest), atol=1e-9)
+    gap = 0.1 * np.linalg.norm(keypoints.as_points(model.rest) - 48, axis=1) * 120 / 96
+    want = np.sqrt(2.0 ** 2 * (120 / 96) ** 2 * (0.81 + 1.21) / 2 + gap ** 2)
+    np.testing.assert_allclose(spread[0], want, rtol=1e-5)
+
+
+def test_views_through_the_predictor_find_a_spot_in_the_mirror_and_at_every_scale():
+    """A predictor (the real class, so the mirror image's answer is un-mirrored by it) whose
+    network reads the centroid of a bright spot: read at sides 0.8-1.25 with the mirror,
+    each face's spot comes back where it was drawn, to a small fraction of a pixel."""
+    from fkd_jax.inference.predictor import Predictor
+
+    def centroid(images):  # (B, S, S, 1) -> (B, 30) normalised, every point on the spot
+        w = images[..., 0] ** 4 + 1e-12
+        idx = np.arange(images.shape[1]) + 0.5
+        x = (w.sum(1) * idx).sum(1) / w.sum((1, 2))
+        y = (w.sum(2) * idx).sum(1) / w.sum((1, 2))
+        return np.tile(keypoints.to_normalised(np.stack([x, y], 1), images.shape[1]), 15)
+
+    yy, xx = np.mgrid[0:240, 0:320] + 0.5
+    spots = [(101.3, 88.6), (230.8, 150.2)]
+    gray = sum(np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 3.0 ** 2)) for x, y in spots)
+    gray = np.round(255 * gray).astype(np.uint8)
+    squares = [geo.Framing(x + 4, y - 3, 70.0, a) for (x, y), a in zip(spots, (0.0, -0.3))]
+    mean, _ = location.read_views([gray], [0, 0], squares, Predictor(centroid, batch_size=4),
+                                  (0.8, 1.0, 1.25))
+    for (x, y), m in zip(spots, mean):
+        np.testing.assert_allclose(keypoints.as_points(m), np.tile([x, y], (15, 1)), atol=0.05)
+
+
+def test_find_faces_reads_each_face_again_in_views_of_its_last_square():
+    rgb, _ = face_scene(0)
+    gray = rgb[..., 1]
+    calls = []
+
+    class Counting(SpreadModel):
+        def with_spread(self, crops, tta=False):
+            calls.append((len(crops), tta))
+            return super().with_spread(crops, tta)
+
+    box = [[location.Detection((60, 20, 192, 192), 1.0)]]
+    plain = location.find_faces([gray], Counting(np.full(15, 2.0)), boxes=box, confirm=False)
+    passes = len(calls)
+    viewed = location.find_faces([gray], Counting(np.full(15, 2.0)), boxes=box, confirm=False,
+                                 final_scales=(0.95, 1.0, 1.05))
+    assert calls[2 * passes:] == [(1, True)] * 3  # one face, 3 scales, each with the mirror
+    a, b = plain[0][0], viewed[0][0]
+    assert len(b.history) == len(a.history) + 1
+    np.testing.assert_allclose(b.keypoints_px, a.keypoints_px, atol=1e-9)  # a fixed answer
+    assert np.all(b.spread_px > a.spread_px)  # the views' gap adds to it

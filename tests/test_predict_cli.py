@@ -193,6 +193,7 @@ def test_user_box_and_exported_model_give_the_same_keypoints(setup):
     (["{photos}/blank.jpg"], "--out is required"),
     (["--out", "{out}", "{tmp}/labels.csv"], "not an image or video"),
     (["--out", "{out}", "--labels", "{tmp}/nolabels.csv", "{photos}/blank.jpg"], "--labels"),
+    (["--out", "{out}", "--final_scales", "1,9", "{photos}/blank.jpg"], "final_scales"),
 ])
 def test_whole_command_mistakes_are_one_line_and_write_nothing(setup, args, expect):
     tmp, photos, _, _ = setup

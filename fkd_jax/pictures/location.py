@@ -172,6 +172,14 @@ def locate_with_spread(grays: Sequence[np.ndarray], picture_index: Sequence[int]
                        ) -> tuple[list[np.ndarray], np.ndarray]:
     """`locate`'s history, and (N, K) each face's keypoint spreads in picture pixels from the
     pass its final keypoints came from (NaN when `predict` has no `with_spread`)."""
+    return _locate(grays, picture_index, framings, predict, passes, tta, rotate, relax,
+                   settle)[:2]
+
+
+def _locate(grays, picture_index, framings, predict, passes=DEFAULT_PASSES, tta=False,
+            rotate=True, relax=1.0, settle=DEFAULT_SETTLE):
+    """`locate_with_spread`'s (history, spread), and each face's last square: the one its
+    final keypoints were read in."""
     if passes < 1:
         raise ValueError("passes must be >= 1")
     framings = list(framings)
@@ -204,7 +212,31 @@ def locate_with_spread(grays: Sequence[np.ndarray], picture_index: Sequence[int]
             out[i] = framings[i].to_picture(pred[k], size)
             spread[i] = pred_spread[k] * (framings[i].side / size)
         history.append(out)
-    return history, spread
+    return history, spread, framings
+
+
+def read_views(grays: Sequence[np.ndarray], picture_index: Sequence[int],
+               framings: Sequence[Framing], predict: PredictFn, scales: Sequence[float]
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Keypoints (N, 2K) and spreads (N, K), picture pixels, of N faces each read in its
+    square scaled by every one of `scales` (same centre and angle, side x scale), each crop
+    with its mirror image, averaged over the 2 x len(scales) views. Why: a face's last square
+    is framed from predicted keypoints and misses the training square by a few percent in
+    size; the model's answer moves with that miss, and averaging squares around it cancels
+    part of it (test-time augmentation). The spread counts the views' disagreement (law of
+    total variance, as an ensemble's members)."""
+    size = int(getattr(predict, "image_size", CROP))
+    views, spreads = [], []
+    for scale in scales:
+        squares = [replace(f, side=f.side * scale) for f in framings]
+        pred, spread = _predict(predict, _crops(grays, picture_index, squares, size), True)
+        views.append(np.stack([f.to_picture(k, size) for f, k in zip(squares, pred)])
+                     if len(squares) else pred)
+        spreads.append(spread * np.array([f.side / size for f in squares])[:, None])
+    views, spreads = np.stack(views), np.stack(spreads)  # (V, N, 2K), (V, N, K)
+    mean = views.mean(axis=0)
+    gap2 = ((views - mean) ** 2).reshape(len(scales), len(framings), -1, 2).sum(-1)
+    return mean, np.sqrt((spreads ** 2).mean(axis=0) + gap2.mean(axis=0))
 
 
 def _step(old: Framing, new: Framing, relax: float) -> Framing:
@@ -243,7 +275,8 @@ def find_faces(grays: Sequence[np.ndarray], predict: PredictFn,
                confirm: bool | None = None, loose: Sequence[bool] | None = None,
                passes: int = DEFAULT_PASSES, tta: bool = False, rotate: bool = True,
                settle: float = DEFAULT_SETTLE, max_shape_error: float = MAX_SHAPE_ERROR,
-               retry_tta: bool = True) -> list[list[Face]]:
+               retry_tta: bool = True, final_scales: Sequence[float] = ()
+               ) -> list[list[Face]]:
     """Every face of each picture (grayscale uint8 (H, W)), located: one list of Faces per
     picture, best score first; an empty list when there is no face (never a guess).
 
@@ -265,6 +298,8 @@ def find_faces(grays: Sequence[np.ndarray], predict: PredictFn,
     picture, where the mirrored view's average pulls it back. Faces that settle unconfirmed
     (the plain model lost on a face, or a box on no face) get the same retry on the same
     terms, and are judged again on its result.
+    With `final_scales`, every face's last square is read again at those scales with the
+    mirror image (`read_views`) and the views' mean is its keypoints (one more history entry).
     Faces whose keypoints coincide (two boxes on one face) are merged, keeping the higher score.
     """
     confirm = boxes is None if confirm is None else confirm
@@ -279,9 +314,10 @@ def find_faces(grays: Sequence[np.ndarray], predict: PredictFn,
     loose = [False] * len(grays) if loose is None else list(loose)
     index = [i for i, bs in enumerate(boxes) for _ in bs]
     dets = [d for bs in boxes for d in bs]
-    framings = [d.framing or framing_from_box(d.box, d.angle) for d in dets]
-    history, spread = locate_with_spread(grays, index, framings, predict, passes, tta, rotate,
-                                         settle=settle)
+    first = [d.framing or framing_from_box(d.box, d.angle) for d in dets]
+    framings = first
+    history, spread, framings = _locate(grays, index, framings, predict, passes, tta, rotate,
+                                        settle=settle)
 
     def looks(j: int) -> tuple[bool, bool]:  # (shaped, seen) of face j: seen by a cascade,
         kp = history[-1][j]  # or found by a learned detector (its score is its own check)
@@ -293,10 +329,14 @@ def find_faces(grays: Sequence[np.ndarray], predict: PredictFn,
     checks = [looks(j) for j in range(len(dets))] if confirm else []
     if retry_tta and not tta and settle > 0 and passes > 1:
         unconfirmed = np.array([not all(c) for c in checks] if confirm else [], bool)
-        history, spread, redone = _retry_unsettled(grays, index, framings, predict, history,
-                                                   spread, rotate, settle, unconfirmed)
+        history, spread, framings, redone = _retry_unsettled(
+            grays, index, framings, first, predict, history, spread, rotate, settle,
+            unconfirmed)
         for j in redone if confirm else ():
             checks[j] = looks(j)
+    if len(final_scales) and len(dets):
+        final, spread = read_views(grays, index, framings, predict, final_scales)
+        history = history + [final]
     faces: list[list[Face]] = [[] for _ in grays]
     candidates: dict[int, list[tuple[int, float, float, Face]]] = {}
     for j, (pic, det) in enumerate(zip(index, dets)):
@@ -318,7 +358,8 @@ def find_faces(grays: Sequence[np.ndarray], predict: PredictFn,
     if confirm:
         _second_opinion(grays, predict, detector, index, dets, checks, faces,
                         dict(passes=passes, tta=tta, rotate=rotate, settle=settle,
-                             max_shape_error=max_shape_error, retry_tta=retry_tta))
+                             max_shape_error=max_shape_error, retry_tta=retry_tta,
+                             final_scales=final_scales))
     return [merge_duplicates(fs) for fs in faces]
 
 
@@ -343,30 +384,31 @@ def _second_opinion(grays, predict, detector, index, dets, checks, faces, option
             faces[pic] = found
 
 
-def _retry_unsettled(grays, index, framings, predict, history, spread, rotate, settle,
+def _retry_unsettled(grays, index, framings, first, predict, history, spread, rotate, settle,
                      also=None):
     """find_faces' retry: faces still moving at the last pass (and those marked in `also`),
-    located again with flip TTA; a retry that settles replaces the face's history and spread.
-    Returns the history, the spreads and the faces replaced."""
+    located again from their `first` squares with flip TTA; a retry that settles replaces the
+    face's history, spread and last square. Returns those, and the faces replaced."""
     redo = np.any(history[-1] != history[-2], axis=1)
     if also is not None and len(also):
         redo |= also
     redo = np.flatnonzero(redo)
     if len(redo) == 0:
-        return history, spread, []
-    again, again_spread = locate_with_spread(
-        grays, [index[i] for i in redo], [framings[i] for i in redo], predict, len(history),
+        return history, spread, framings, []
+    again, again_spread, again_framings = _locate(
+        grays, [index[i] for i in redo], [first[i] for i in redo], predict, len(history),
         True, rotate, settle=settle)
     settled = np.all(again[-1] == again[-2], axis=1)
-    history, spread = [h.copy() for h in history], spread.copy()
+    history, spread, framings = [h.copy() for h in history], spread.copy(), list(framings)
     replaced = []
     for k, i in enumerate(redo):
         if settled[k]:
             replaced.append(int(i))
             spread[i] = again_spread[k]
+            framings[i] = again_framings[k]
             for h, a in zip(history, again):
                 h[i] = a[k]
-    return history, spread, replaced
+    return history, spread, framings, replaced
 
 
 def merge_duplicates(faces: Sequence[Face], overlap: float = 0.5) -> list[Face]:
@@ -390,14 +432,18 @@ def _centre_and_size(kp: np.ndarray) -> tuple[np.ndarray, float]:
 def refine_faces(gray: np.ndarray, previous: Sequence[np.ndarray], predict: PredictFn,
                  passes: int = 1, tta: bool = False, rotate: bool = True,
                  max_shape_error: float = MAX_SHAPE_ERROR,
-                 detector: FaceDetector | None = None) -> list[Face | None]:
+                 detector: FaceDetector | None = None,
+                 final_scales: Sequence[float] = ()) -> list[Face | None]:
     """Track faces into a new frame: frame each from its previous keypoints (2K,), predict;
     None for a face that is lost: its keypoints fail the face-shape check or (with a
     `detector`) `FaceDetector.confirms` fails. The box is the square the face was framed by;
-    the score is 1 - shape error (tracked, not detected)."""
+    the score is 1 - shape error (tracked, not detected). `final_scales`: as find_faces'."""
     framings = [framing_from_keypoints(k, rotate) for k in previous]
-    history, spread = locate_with_spread([gray], [0] * len(framings), framings, predict, passes,
-                                         tta, rotate)
+    history, spread, last = _locate([gray], [0] * len(framings), framings, predict, passes,
+                                    tta, rotate)
+    if len(final_scales) and len(framings):
+        final, spread = read_views([gray], [0] * len(framings), last, predict, final_scales)
+        history = history + [final]
     out: list[Face | None] = []
     for j, f in enumerate(framings):
         kp = history[-1][j]
