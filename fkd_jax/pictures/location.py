@@ -220,11 +220,10 @@ def read_views(grays: Sequence[np.ndarray], picture_index: Sequence[int],
                ) -> tuple[np.ndarray, np.ndarray]:
     """Keypoints (N, 2K) and spreads (N, K), picture pixels, of N faces each read in its
     square scaled by every one of `scales` (same centre and angle, side x scale), each crop
-    with its mirror image, averaged over the 2 x len(scales) views. Why: a face's last square
-    is framed from predicted keypoints and misses the training square by a few percent in
-    size; the model's answer moves with that miss, and averaging squares around it cancels
-    part of it (test-time augmentation). The spread counts the views' disagreement (law of
-    total variance, as an ensemble's members)."""
+    with its mirror image, averaged over the 2 x len(scales) views (test-time augmentation:
+    the last square, framed from predicted keypoints, misses the training square by a few
+    percent; on photos the mirror pays, other sides do not). The spread counts the views'
+    disagreement (law of total variance, as an ensemble's members)."""
     size = int(getattr(predict, "image_size", CROP))
     views, spreads = [], []
     for scale in scales:
