@@ -273,3 +273,22 @@ def test_find_faces_reads_each_face_again_in_views_of_its_last_square():
     assert len(b.history) == len(a.history) + 1
     np.testing.assert_allclose(b.keypoints_px, a.keypoints_px, atol=1e-9)  # a fixed answer
     assert np.all(b.spread_px > a.spread_px)  # the views' gap adds to it
+
+
+def test_a_tracked_face_is_read_again_in_the_mirror_of_its_square():
+    rgb, _ = face_scene(0)
+    gray = rgb[..., 1]
+    calls = []
+
+    class Counting(SpreadModel):
+        def with_spread(self, crops, tta=False):
+            calls.append(tta)
+            return super().with_spread(crops, tta)
+
+    model = Counting(np.full(15, 2.0))
+    previous = geo.Framing(150.0, 120.0, 180.0).to_picture(model.rest)
+    plain = location.refine_faces(gray, [previous], model)[0]
+    viewed = location.refine_faces(gray, [previous], model, final_scales=(1.0,))[0]
+    assert calls == [False, False, True]  # one pass each, then the mirrored view
+    assert len(viewed.history) == len(plain.history) + 1
+    np.testing.assert_allclose(viewed.keypoints_px, plain.keypoints_px, atol=1e-9)
