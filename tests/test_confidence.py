@@ -110,6 +110,18 @@ class SpreadModel:
         return self(crops), np.tile(self.spread_px, (len(crops), 1))
 
 
+class CountingSpreadModel(SpreadModel):
+    """SpreadModel that records each call's (number of crops, tta)."""
+
+    def __init__(self, spread_px):
+        super().__init__(spread_px)
+        self.calls = []
+
+    def with_spread(self, crops, tta=False):
+        self.calls.append((len(crops), tta))
+        return super().with_spread(crops, tta)
+
+
 def test_located_faces_carry_spreads_in_picture_pixels_and_confidences():
     rgb, _ = face_scene(0)
     gray = rgb[..., 1]
@@ -256,19 +268,13 @@ def test_views_through_the_predictor_find_a_spot_in_the_mirror_and_at_every_scal
 def test_find_faces_reads_each_face_again_in_views_of_its_last_square():
     rgb, _ = face_scene(0)
     gray = rgb[..., 1]
-    calls = []
-
-    class Counting(SpreadModel):
-        def with_spread(self, crops, tta=False):
-            calls.append((len(crops), tta))
-            return super().with_spread(crops, tta)
-
     box = [[location.Detection((60, 20, 192, 192), 1.0)]]
-    plain = location.find_faces([gray], Counting(np.full(15, 2.0)), boxes=box, confirm=False)
-    passes = len(calls)
-    viewed = location.find_faces([gray], Counting(np.full(15, 2.0)), boxes=box, confirm=False,
+    once, views = CountingSpreadModel(np.full(15, 2.0)), CountingSpreadModel(np.full(15, 2.0))
+    plain = location.find_faces([gray], once, boxes=box, confirm=False)
+    viewed = location.find_faces([gray], views, boxes=box, confirm=False,
                                  final_scales=(0.95, 1.0, 1.05))
-    assert calls[2 * passes:] == [(1, True)] * 3  # one face, 3 scales, each with the mirror
+    assert views.calls[:len(once.calls)] == once.calls  # the same passes
+    assert views.calls[len(once.calls):] == [(1, True)] * 3  # 3 scales, each with the mirror
     a, b = plain[0][0], viewed[0][0]
     assert len(b.history) == len(a.history) + 1
     np.testing.assert_allclose(b.keypoints_px, a.keypoints_px, atol=1e-9)  # a fixed answer
@@ -278,17 +284,10 @@ def test_find_faces_reads_each_face_again_in_views_of_its_last_square():
 def test_a_tracked_face_is_read_again_in_the_mirror_of_its_square():
     rgb, _ = face_scene(0)
     gray = rgb[..., 1]
-    calls = []
-
-    class Counting(SpreadModel):
-        def with_spread(self, crops, tta=False):
-            calls.append(tta)
-            return super().with_spread(crops, tta)
-
-    model = Counting(np.full(15, 2.0))
+    model = CountingSpreadModel(np.full(15, 2.0))
     previous = geo.Framing(150.0, 120.0, 180.0).to_picture(model.rest)
     plain = location.refine_faces(gray, [previous], model)[0]
     viewed = location.refine_faces(gray, [previous], model, final_scales=(1.0,))[0]
-    assert calls == [False, False, True]  # one pass each, then the mirrored view
+    assert model.calls == [(1, False), (1, False), (1, True)]  # a pass each, then the mirror
     assert len(viewed.history) == len(plain.history) + 1
     np.testing.assert_allclose(viewed.keypoints_px, plain.keypoints_px, atol=1e-9)

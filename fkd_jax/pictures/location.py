@@ -314,8 +314,7 @@ def find_faces(grays: Sequence[np.ndarray], predict: PredictFn,
     index = [i for i, bs in enumerate(boxes) for _ in bs]
     dets = [d for bs in boxes for d in bs]
     first = [d.framing or framing_from_box(d.box, d.angle) for d in dets]
-    framings = first
-    history, spread, framings = _locate(grays, index, framings, predict, passes, tta, rotate,
+    history, spread, framings = _locate(grays, index, first, predict, passes, tta, rotate,
                                         settle=settle)
 
     def looks(j: int) -> tuple[bool, bool]:  # (shaped, seen) of face j: seen by a cascade,
