@@ -43,7 +43,8 @@ _SETTLE = flags.DEFINE_float("settle", DEFAULT_SETTLE, "Stop re-framing a face o
 _TTA = flags.DEFINE_bool("tta", False, "Average with the mirror image.")
 _FINAL_SCALES = flags.DEFINE_list("final_scales", [], "Read each face's last square again at "
                                   "these sides (x its own, e.g. 0.95,1,1.05) with the mirror "
-                                  "image and average: 2 crops a scale more per face.")
+                                  "image and average: 2 crops a scale more per face (at 1, "
+                                  "the mirror image alone).")
 _NO_RETRY = flags.DEFINE_bool("no_retry", False, "Keep a face still moving after the last pass "
                               "as it is (default: locate it again from its box with TTA).")
 _NO_ROTATE = flags.DEFINE_bool("no_rotate", False, "Keep re-framed crops upright (default: "

@@ -54,7 +54,8 @@ class Options:
                 tta (and kept if that settles)
     final_scales  read each face's last square again at these sides (x its own, e.g.
                 (0.95, 1.0, 1.05)) with the mirror image and average the views
-                (`location.read_views`): 2 x len crops more a face; () reads it once
+                (`reading.read_views`): 2 x len crops more a face, one at 1 (the
+                mirror image: the square itself was read by the last pass); () reads it once
     rotate      turn re-framed crops with the eye line (False: keep them upright)
     smoothing   One Euro filter on tracked video keypoints (`min_cutoff` Hz, `beta` 1/px;
                 fkd_jax.pictures.video.OneEuroSettings); pictures are never smoothed

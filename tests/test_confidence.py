@@ -12,7 +12,7 @@ from fkd_jax.evaluation import metrics as pm
 from fkd_jax.geometry import face_shape_stats
 from fkd_jax.geometry import framing as geo
 from fkd_jax.geometry import keypoints
-from fkd_jax.pictures import location
+from fkd_jax.pictures import location, reading
 
 
 def test_heatmap_moments_mean_is_soft_argmax_and_spread_is_the_maps_radius():
@@ -234,11 +234,38 @@ def test_views_at_several_scales_average_in_picture_pixels_and_their_gap_adds_to
     gray = np.zeros((300, 300), np.uint8)
     model = SpreadModel(np.full(15, 2.0, np.float32))
     square = geo.Framing(150.0, 140.0, 120.0, 0.2)
-    mean, spread = location.read_views([gray], [0], [square], model, (0.9, 1.1))
+    mean, spread = reading.read_views([gray], [0], [square], model, (0.9, 1.1))
     np.testing.assert_allclose(mean[0], square.to_picture(model.rest), atol=1e-9)
     gap = 0.1 * np.linalg.norm(keypoints.as_points(model.rest) - 48, axis=1) * 120 / 96
     want = np.sqrt(2.0 ** 2 * (120 / 96) ** 2 * (0.81 + 1.21) / 2 + gap ** 2)
     np.testing.assert_allclose(spread[0], want, rtol=1e-5)
+
+
+class SpotNet:
+    """A network for the real Predictor: every point at a fixed offset from the centroid of
+    the crop's bright spot, each with its own spread (normalised units), so that mirroring
+    moves and relabels points; `calls` counts its batches."""
+
+    def __init__(self, offset: float = 0.2):
+        rng = np.random.default_rng(0)
+        self.offsets = rng.uniform(-offset, offset, 30).astype(np.float32)
+        self.spreads = rng.uniform(0.01, 0.05, 15).astype(np.float32)
+        self.calls = 0
+
+    def __call__(self, images):  # (B, S, S, 1) -> (B, 30), (B, 15) normalised
+        self.calls += 1
+        w = images[..., 0] ** 4 + 1e-12
+        idx = np.arange(images.shape[1]) + 0.5
+        x = (w.sum(1) * idx).sum(1) / w.sum((1, 2))
+        y = (w.sum(2) * idx).sum(1) / w.sum((1, 2))
+        spot = keypoints.to_normalised(np.stack([x, y], 1), images.shape[1])
+        return np.tile(spot, 15) + self.offsets, np.tile(self.spreads, (len(images), 1))
+
+
+def spot_picture(spots):
+    yy, xx = np.mgrid[0:240, 0:320] + 0.5
+    gray = sum(np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 3.0 ** 2)) for x, y in spots)
+    return np.round(255 * gray).astype(np.uint8)
 
 
 def test_views_through_the_predictor_find_a_spot_in_the_mirror_and_at_every_scale():
@@ -247,22 +274,55 @@ def test_views_through_the_predictor_find_a_spot_in_the_mirror_and_at_every_scal
     each face's spot comes back where it was drawn, to a small fraction of a pixel."""
     from fkd_jax.inference.predictor import Predictor
 
-    def centroid(images):  # (B, S, S, 1) -> (B, 30) normalised, every point on the spot
-        w = images[..., 0] ** 4 + 1e-12
-        idx = np.arange(images.shape[1]) + 0.5
-        x = (w.sum(1) * idx).sum(1) / w.sum((1, 2))
-        y = (w.sum(2) * idx).sum(1) / w.sum((1, 2))
-        return np.tile(keypoints.to_normalised(np.stack([x, y], 1), images.shape[1]), 15)
-
-    yy, xx = np.mgrid[0:240, 0:320] + 0.5
+    net = SpotNet(offset=0.0)
     spots = [(101.3, 88.6), (230.8, 150.2)]
-    gray = sum(np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 3.0 ** 2)) for x, y in spots)
-    gray = np.round(255 * gray).astype(np.uint8)
     squares = [geo.Framing(x + 4, y - 3, 70.0, a) for (x, y), a in zip(spots, (0.0, -0.3))]
-    mean, _ = location.read_views([gray], [0, 0], squares, Predictor(centroid, batch_size=4),
-                                  (0.8, 1.0, 1.25))
+    mean, _ = reading.read_views([spot_picture(spots)], [0, 0], squares,
+                                 Predictor(lambda x: net(x)[0], batch_size=4), (0.8, 1.0, 1.25))
     for (x, y), m in zip(spots, mean):
         np.testing.assert_allclose(keypoints.as_points(m), np.tile([x, y], (15, 1)), atol=0.05)
+
+
+def test_the_mirror_view_is_the_second_half_of_flip_tta():
+    from fkd_jax.inference.predictor import Predictor, pool_views
+
+    net = SpotNet()
+    model = Predictor(lambda x: net(x)[0], batch_size=4, spread_fn=net, flip_label_offset_px=0.4)
+    gray = spot_picture([(101.3, 88.6)])
+    images = reading.crops([gray], [0, 0], [geo.Framing(105.0, 85.0, 70.0, a) for a in (0, .3)])
+    plain, mirror = model.with_spread(images), model.mirror_view(images)
+    assert not np.allclose(plain[0], mirror[0], atol=0.1)  # the mirror moves the points
+    tta = model.with_spread(images, tta=True)
+    for got, want in zip(tta, pool_views(np.stack([plain[0], mirror[0]]),
+                                         np.stack([plain[1], mirror[1]]))):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    np.testing.assert_allclose(model(images, tta=True), tta[0], rtol=1e-6)
+
+
+def test_a_square_already_read_plain_costs_one_crop_at_scale_1_and_reads_the_same():
+    """`known` readings of the squares (one plain, one with TTA, as find_faces has them):
+    the views come out as when every square is read again, with one network call fewer."""
+    from fkd_jax.inference.predictor import Predictor
+
+    net = SpotNet()
+    model = Predictor(lambda x: net(x)[0], batch_size=4, spread_fn=net)
+    spots = [(101.3, 88.6), (230.8, 150.2)]
+    gray = spot_picture(spots)
+    squares = [geo.Framing(x + 4, y - 3, 70.0, a) for (x, y), a in zip(spots, (0.0, -0.3))]
+    images = reading.crops([gray], [0, 0], squares)
+    readings = [model.with_spread(images, tta) for tta in (False, True)]
+    known_px = [np.stack([readings[tta][0][i] for i, tta in enumerate((0, 1))]),
+                np.stack([readings[tta][1][i] for i, tta in enumerate((0, 1))])]
+    known = (np.stack([s.to_picture(k, 96) for s, k in zip(squares, known_px[0])]),
+             known_px[1] * 70.0 / 96, np.array([True, False]))
+    net.calls = 0
+    want = reading.read_views([gray], [0, 0], squares, model, (1.0, 1.1))
+    assert net.calls == 4  # each scale: the crops and their mirror images
+    net.calls = 0
+    got = reading.read_views([gray], [0, 0], squares, model, (1.0, 1.1), known)
+    assert net.calls == 3  # scale 1: the mirror image of the one square read plain
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-4)
 
 
 def test_find_faces_reads_each_face_again_in_views_of_its_last_square():
@@ -279,6 +339,37 @@ def test_find_faces_reads_each_face_again_in_views_of_its_last_square():
     assert len(b.history) == len(a.history) + 1
     np.testing.assert_allclose(b.keypoints_px, a.keypoints_px, atol=1e-9)  # a fixed answer
     assert np.all(b.spread_px > a.spread_px)  # the views' gap adds to it
+
+
+def test_find_faces_reads_a_face_it_read_plain_again_in_the_mirror_only():
+    """Through the real Predictor, `final_scales=(1,)` reads each face's last square in its
+    mirror image alone (its plain reading is the last pass's), and gives what a predictor
+    without `mirror_view`, reading both views again, gives."""
+    from fkd_jax.inference.predictor import Predictor
+
+    class BothViews:  # the same predictor without mirror_view
+        image_size = 96
+
+        def __init__(self, predictor):
+            self.with_spread = predictor.with_spread
+
+    net = SpotNet()
+    model = Predictor(lambda x: net(x)[0], batch_size=4, spread_fn=net)
+    gray = spot_picture([(101.3, 88.6), (230.8, 150.2)])
+    boxes = [[location.Detection((60, 50, 80, 80), 1.0),
+              location.Detection((190, 110, 80, 80), 1.0)]]
+    for passes in (1, location.DEFAULT_PASSES):  # the box's square; squares re-framed
+        kw = dict(boxes=boxes, confirm=False, passes=passes)
+        plain = location.find_faces([gray], model, **kw)
+        calls = net.calls
+        mirrored = location.find_faces([gray], model, final_scales=(1.0,), **kw)
+        assert net.calls - calls == calls + 1  # the same passes, then the mirror images
+        both = location.find_faces([gray], BothViews(model), final_scales=(1.0,), **kw)
+        for a, b, p in zip(mirrored[0], both[0], plain[0]):
+            np.testing.assert_allclose(a.keypoints_px, b.keypoints_px, atol=1e-4)
+            np.testing.assert_allclose(a.spread_px, b.spread_px, rtol=1e-5)
+            assert passes > 1 or not np.allclose(a.keypoints_px, p.keypoints_px, atol=0.5)
+        net.calls = 0
 
 
 def test_a_tracked_face_is_read_again_in_the_mirror_of_its_square():

@@ -100,7 +100,7 @@ class Predictor:
         """(N, 2K) pixels; with `tta`, averaged with the (un-mirrored) mirror-image prediction."""
         pred = self._predict(self._fn, images)[0]
         if tta:
-            pred = 0.5 * (pred + self._unmirror(self._predict(self._fn, _mirror(images))[0]))
+            pred = 0.5 * (pred + self._mirror_view(self._fn, images)[0])
         return pred
 
     def with_spread(self, images: np.ndarray, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -114,18 +114,23 @@ class Predictor:
             return pred, np.full((len(pred), pred.shape[1] // 2), np.nan, np.float32)
         pred, spread = self._predict(self._spread_fn, images)
         if tta:
-            m_pred, m_spread = self._predict(self._spread_fn, _mirror(images))
-            m_pred = self._unmirror(m_pred)
-            m_spread = m_spread[:, self.flip_permutation[0::2] // 2]
-            mean = 0.5 * (pred + m_pred)
-            gap2 = 0.25 * ((pred - m_pred) ** 2).reshape(len(pred), -1, 2).sum(-1)
-            spread = np.sqrt(0.5 * (spread ** 2 + m_spread ** 2) + gap2).astype(np.float32)
-            pred = mean
-        return pred, spread
+            m_pred, m_spread = self._mirror_view(self._spread_fn, images)
+            pred, spread = pool_views(np.stack([pred, m_pred]), np.stack([spread, m_spread]))
+        return pred, spread.astype(np.float32)
 
-    def _unmirror(self, mirrored: np.ndarray) -> np.ndarray:
-        return keypoints.flip_keypoints_px(mirrored, None, self.image_size,
-                                           self.flip_permutation, self.flip_label_offset_px)
+    def mirror_view(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Flip TTA's second view alone, for a caller that has the first: the mirror images'
+        keypoints (N, 2K) and spreads (N, K, NaN where the model gives none), crop pixels,
+        mapped back onto the images themselves."""
+        return self._mirror_view(self._spread_fn or self._fn, images)
+
+    def _mirror_view(self, fn: Callable, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out = self._predict(fn, _mirror(images))
+        pred = keypoints.flip_keypoints_px(out[0], None, self.image_size, self.flip_permutation,
+                                           self.flip_label_offset_px)
+        spread = (out[1][:, self.flip_permutation[0::2] // 2] if len(out) > 1
+                  else np.full((len(pred), pred.shape[1] // 2), np.nan, np.float32))
+        return pred, spread
 
     def _predict(self, fn: Callable, images: np.ndarray) -> tuple[np.ndarray, ...]:
         """`fn`'s outputs for every image, batch by batch; the first (keypoints) and the second
@@ -153,6 +158,15 @@ class Predictor:
         # a spread of d normalised units is d * S / 2 pixels (normalised spans [-1, 1])
         spread = np.concatenate([p[1] for p in parts]) * (self.image_size / 2.0)
         return pred, spread.astype(np.float32)
+
+
+def pool_views(points: np.ndarray, spreads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """V views of N faces pooled: keypoints (V, N, 2K) -> their mean (N, 2K); spreads (V, N, K)
+    -> the RMS radius of the views' beliefs taken together (N, K): the law of total variance,
+    their own spreads squared plus their squared distances from the mean, averaged."""
+    mean = points.mean(axis=0)
+    gap2 = ((points - mean) ** 2).reshape(*points.shape[:2], -1, 2).sum(-1)
+    return mean, np.sqrt((spreads ** 2).mean(axis=0) + gap2.mean(axis=0))
 
 
 def has_spread(run: Run) -> bool:

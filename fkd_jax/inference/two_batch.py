@@ -49,6 +49,10 @@ class TwoBatchPredictor:
         """Keypoints (N, 2K) and spreads (N, K) in crop pixels (`Predictor.with_spread`)."""
         return self._split(lambda p, x: p.with_spread(x, tta=tta), images)
 
+    def mirror_view(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Flip TTA's second view alone (`Predictor.mirror_view`)."""
+        return self._split(lambda p, x: p.mirror_view(x), images)
+
     def _split(self, run: Callable, images: np.ndarray) -> tuple[np.ndarray, ...]:
         """`run(predictor, images)` on whole bulk batches, then the rest one by one."""
         images = np.asarray(images, np.float32)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -21,7 +21,6 @@ from fkd_jax.geometry.framing import (
     CROP,
     MAX_SHAPE_ERROR,
     Framing,
-    crop_faces,
     framing_from_box,
     framing_from_keypoints,
     kaggle15,
@@ -33,6 +32,7 @@ from fkd_jax.pictures.detection import (
     FaceDetector,
     detect_faces,
 )
+from fkd_jax.pictures.reading import PredictFn, crops, read, read_views
 
 # Passes: 1 from the detector box, then re-framed from the keypoints until the square moves
 # less than DEFAULT_SETTLE of its side, at most DEFAULT_PASSES in all. Chosen on the training
@@ -40,11 +40,6 @@ from fkd_jax.pictures.detection import (
 # boxes (profile faces) get the passes they need (docs/photo_pipeline.md).
 DEFAULT_PASSES = 8
 DEFAULT_SETTLE = 0.02
-
-# A predictor: crops (N, S, S, 1) float32 in [0, 1] -> keypoints (N, 2K) in crop pixels.
-# fkd_jax.inference.predictor.Predictor and two_batch.TwoBatchPredictor fit (their `tta`
-# keyword is passed when asked for).
-PredictFn = Callable[..., np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -201,9 +196,8 @@ def _locate(grays, picture_index, framings, predict, passes=DEFAULT_PASSES, tta=
             current = np.zeros((len(framings), 0))
         rows = np.flatnonzero(active) if p > 0 else np.arange(len(framings))
         active[settled] = False  # their last crop: the square they settled on
-        crops = _crops(grays, [picture_index[i] for i in rows], [framings[i] for i in rows],
-                       size)
-        pred, pred_spread = _predict(predict, crops, tta)
+        pred, pred_spread = read(predict, crops(grays, [picture_index[i] for i in rows],
+                                                [framings[i] for i in rows], size), tta)
         out = (current if p > 0 else
                np.zeros((len(framings), pred.shape[1] if len(pred) else keypoints.NUM_COORDS)))
         if p == 0:  # (N, K) picture pixels, rows replaced as their faces are re-cropped
@@ -215,57 +209,12 @@ def _locate(grays, picture_index, framings, predict, passes=DEFAULT_PASSES, tta=
     return history, spread, framings
 
 
-def read_views(grays: Sequence[np.ndarray], picture_index: Sequence[int],
-               framings: Sequence[Framing], predict: PredictFn, scales: Sequence[float]
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """Keypoints (N, 2K) and spreads (N, K), picture pixels, of N faces each read in its
-    square scaled by every one of `scales` (same centre and angle, side x scale), each crop
-    with its mirror image, averaged over the 2 x len(scales) views (test-time augmentation:
-    the last square, framed from predicted keypoints, misses the training square by a few
-    percent; on photos the mirror pays, other sides do not). The spread counts the views'
-    disagreement (law of total variance, as an ensemble's members)."""
-    size = int(getattr(predict, "image_size", CROP))
-    views, spreads = [], []
-    for scale in scales:
-        squares = [replace(f, side=f.side * scale) for f in framings]
-        pred, spread = _predict(predict, _crops(grays, picture_index, squares, size), True)
-        views.append(np.stack([f.to_picture(k, size) for f, k in zip(squares, pred)])
-                     if len(squares) else pred)
-        spreads.append(spread * np.array([f.side / size for f in squares])[:, None])
-    views, spreads = np.stack(views), np.stack(spreads)  # (V, N, 2K), (V, N, K)
-    mean = views.mean(axis=0)
-    gap2 = ((views - mean) ** 2).reshape(len(scales), len(framings), -1, 2).sum(-1)
-    return mean, np.sqrt((spreads ** 2).mean(axis=0) + gap2.mean(axis=0))
-
-
 def _step(old: Framing, new: Framing, relax: float) -> Framing:
     if relax == 1.0:
         return new
     side = old.side * (new.side / old.side) ** relax
     return Framing(old.cx + relax * (new.cx - old.cx), old.cy + relax * (new.cy - old.cy),
                    side, new.angle)
-
-
-def _crops(grays, picture_index, framings, size: int = CROP) -> np.ndarray:
-    out = np.empty((len(framings), size, size, 1), np.float32)
-    by_picture: dict[int, list[int]] = {}
-    for i, pic in enumerate(picture_index):
-        by_picture.setdefault(int(pic), []).append(i)
-    for pic, rows in by_picture.items():
-        out[rows] = crop_faces(grays[pic], [framings[i] for i in rows], size)
-    return out
-
-
-def _predict(predict: PredictFn, crops: np.ndarray, tta: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Keypoints (N, 2K) and spreads (N, K) in crop pixels (NaN from a bare function)."""
-    if len(crops) == 0:
-        return np.zeros((0, keypoints.NUM_COORDS)), np.zeros((0, keypoints.NUM_COORDS // 2))
-    if hasattr(predict, "with_spread"):
-        out, spread = predict.with_spread(crops, tta=tta)
-    else:
-        out = predict(crops, tta=True) if tta else predict(crops)
-        spread = np.full((len(out), np.shape(out)[1] // 2), np.nan)
-    return np.asarray(out, np.float64), np.asarray(spread, np.float64)
 
 
 def find_faces(grays: Sequence[np.ndarray], predict: PredictFn,
@@ -325,6 +274,7 @@ def find_faces(grays: Sequence[np.ndarray], predict: PredictFn,
         return shape_error(kp) <= max_shape_error, seen
 
     checks = [looks(j) for j in range(len(dets))] if confirm else []
+    redone: list[int] = []  # faces read again with TTA
     if retry_tta and not tta and settle > 0 and passes > 1:
         unconfirmed = np.array([not all(c) for c in checks] if confirm else [], bool)
         history, spread, framings, redone = _retry_unsettled(
@@ -333,7 +283,10 @@ def find_faces(grays: Sequence[np.ndarray], predict: PredictFn,
         for j in redone if confirm else ():
             checks[j] = looks(j)
     if len(final_scales) and len(dets):
-        final, spread = read_views(grays, index, framings, predict, final_scales)
+        read_plain = np.full(len(dets), not tta)
+        read_plain[redone] = False
+        final, spread = read_views(grays, index, framings, predict, final_scales,
+                                   (history[-1], spread, read_plain))
         history = history + [final]
     faces: list[list[Face]] = [[] for _ in grays]
     candidates: dict[int, list[tuple[int, float, float, Face]]] = {}
@@ -440,7 +393,8 @@ def refine_faces(gray: np.ndarray, previous: Sequence[np.ndarray], predict: Pred
     history, spread, last = _locate([gray], [0] * len(framings), framings, predict, passes,
                                     tta, rotate)
     if len(final_scales) and len(framings):
-        final, spread = read_views([gray], [0] * len(framings), last, predict, final_scales)
+        final, spread = read_views([gray], [0] * len(framings), last, predict, final_scales,
+                                   (history[-1], spread, np.full(len(framings), not tta)))
         history = history + [final]
     out: list[Face | None] = []
     for j, f in enumerate(framings):
