@@ -32,7 +32,7 @@ from fkd_jax.pictures.detection import (
     FaceDetector,
     detect_faces,
 )
-from fkd_jax.pictures.reading import PredictFn, crops, read, read_views
+from fkd_jax.pictures.reading import PredictFn, crops, read, read_views, to_picture
 
 # Passes: 1 from the detector box, then re-framed from the keypoints until the square moves
 # less than DEFAULT_SETTLE of its side, at most DEFAULT_PASSES in all. Chosen on the training
@@ -196,15 +196,15 @@ def _locate(grays, picture_index, framings, predict, passes=DEFAULT_PASSES, tta=
             current = np.zeros((len(framings), 0))
         rows = np.flatnonzero(active) if p > 0 else np.arange(len(framings))
         active[settled] = False  # their last crop: the square they settled on
+        squares = [framings[i] for i in rows]
         pred, pred_spread = read(predict, crops(grays, [picture_index[i] for i in rows],
-                                                [framings[i] for i in rows], size), tta)
+                                                squares, size), tta)
         out = (current if p > 0 else
                np.zeros((len(framings), pred.shape[1] if len(pred) else keypoints.NUM_COORDS)))
         if p == 0:  # (N, K) picture pixels, rows replaced as their faces are re-cropped
             spread = np.full((len(framings), out.shape[1] // 2), np.nan)
-        for k, i in enumerate(rows):
-            out[i] = framings[i].to_picture(pred[k], size)
-            spread[i] = pred_spread[k] * (framings[i].side / size)
+        if len(rows):
+            out[rows], spread[rows] = to_picture(squares, pred, pred_spread, size)
         history.append(out)
     return history, spread, framings
 

@@ -75,19 +75,19 @@ def read_views(grays: Sequence[np.ndarray], picture_index: Sequence[int],
             if len(rows):
                 pred, spread = predict.mirror_view(crops(
                     grays, [picture_index[i] for i in rows], [squares[i] for i in rows], size))
-                mirror[rows], mirror_spread[rows] = _to_picture(
+                mirror[rows], mirror_spread[rows] = to_picture(
                     [squares[i] for i in rows], pred, spread, size)
             views += [plain, mirror]
             spreads += [plain_spread, mirror_spread]
             continue
         pred, spread = read(predict, crops(grays, picture_index, squares, size), True)
-        pred, spread = _to_picture(squares, pred, spread, size)
+        pred, spread = to_picture(squares, pred, spread, size)
         views += [pred, pred]  # the TTA mean standing for both of its views (same pooling)
         spreads += [spread, spread]
     return pool_views(np.stack(views), np.stack(spreads))
 
 
-def _to_picture(squares: Sequence[Framing], pred: np.ndarray, spread: np.ndarray, size: int
+def to_picture(squares: Sequence[Framing], pred: np.ndarray, spread: np.ndarray, size: int
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Crop-pixel keypoints (N, 2K) and spreads (N, K) of N squares, in picture pixels."""
     if not len(squares):
