@@ -182,3 +182,48 @@ def test_a_square_run_trains_evaluates_and_predicts_on_a_photo(tmp_path):
     # all 19 points (the square's too) in landmarks.csv
     square = pd.read_csv(out / "landmarks.csv")
     assert list(square.columns[8:46]) == list(keypoints.KAGGLE15_SQUARE.columns)
+
+
+def test_a_68_landmark_run_starts_from_a_15_keypoint_runs_features(tmp_path):
+    """`train.init_from` across keypoint sets: every layer but the outputs comes from the
+    15-keypoint run; the outputs start as a fresh 68-landmark run's would."""
+    import jax
+
+    from configs import default
+    from fkd_jax.training import config_check, loop, restore
+
+    def config(**data):
+        c = default.get_config()
+        c.model.name = "simple_cnn"
+        c.model.widths, c.model.hidden = (4, 8), (16,)
+        c.train.batch_size, c.train.epochs = 16, 1
+        for k, v in data.items():
+            c.data[k] = v
+        config_check.check_config(c)
+        return c
+
+    def train(c, name):
+        (tmp_path / name).mkdir()
+        loop.train_and_evaluate(c, tmp_path / name)
+
+    train_csv, lm, _ = _write_68_files(tmp_path)
+    train(config(synthetic_n=64), "run15")
+    fifteen = restore.load_run(tmp_path / "run15").params
+    runs = {}
+    for name, start in (("tuned", str(tmp_path / "run15")), ("scratch", None)):
+        c = config(train_path=str(train_csv), keypoints="ibug68", keypoints_path=str(lm))
+        c.train.learning_rate = 1e-12  # nothing moves: each run ends where it started
+        c.train.init_from = start
+        train(c, name)
+        runs[name] = restore.load_run(tmp_path / name, "latest").params
+    paths = [jax.tree_util.keystr(p) for p, _ in
+             jax.tree_util.tree_flatten_with_path(runs["tuned"])[0]]
+    outputs = {p for p, t, s in zip(paths, jax.tree.leaves(runs["tuned"]),
+                                    jax.tree.leaves(fifteen)) if t.shape != s.shape}
+    assert len(outputs) == 2  # the last layer's kernel and bias
+    for path, tuned, pre, scratch in zip(paths, *map(jax.tree.leaves, (runs["tuned"], fifteen,
+                                                                       runs["scratch"]))):
+        if path in outputs:
+            assert tuned.shape[-1] == 136 and np.allclose(tuned, scratch, atol=1e-6), path
+        else:
+            assert np.allclose(tuned, pre, atol=1e-6) and not np.allclose(scratch, pre), path

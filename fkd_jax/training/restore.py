@@ -64,16 +64,40 @@ def start_params(source: str | None):
 
 def start_from(params, source: str, state: dict, tx, member: int, averaging) -> dict:
     """`state` with run `source`'s `params` (its member `member` mod its members, for an
-    ensemble) and a fresh optimiser; the model must be the same."""
+    ensemble) and a fresh optimiser; the model must be the same but for the keypoint outputs.
+
+    Layers that differ only in their last axis (the outputs: one per keypoint, or two per
+    keypoint for a regressor) keep this run's fresh initialisation, so a model trained on
+    another keypoint set (Kaggle's 15 -> iBUG's 68) starts the new set from its features.
+    """
     if isinstance(params, tuple):
         params = params[member % len(params)]
     ours, theirs = jax.tree.structure(state["params"]), jax.tree.structure(params)
-    shapes = lambda t: [x.shape for x in jax.tree.leaves(t)]  # noqa: E731
-    if ours != theirs or shapes(state["params"]) != shapes(params):
+    if ours != theirs or not all(map(_same_but_outputs, jax.tree.leaves(state["params"]),
+                                     jax.tree.leaves(params))):
         raise UserError(f"--config.train.init_from {source}: its model differs from this "
-                        "config's (model name, sizes and keypoints must match)")
-    params = jax.tree.map(jnp.asarray, params)
+                        "config's (model name and sizes must match)")
+    params = jax.tree.map(lambda new, old: jnp.asarray(old if new.shape == old.shape else new),
+                          state["params"], params)
     state = {**state, "params": params, "opt_state": tx.init(params)}
     if averaging is not None:
         state["avg_params"] = jax.tree.map(jnp.copy, params)
     return state
+
+
+def fresh_outputs(state_params, params) -> list[str]:
+    """Paths of the layers `start_from` leaves freshly initialised (the keypoint outputs);
+    `params` as for `start_from` (an ensemble's tuple: its first member)."""
+    if isinstance(params, tuple):
+        params = params[0]
+    flat = jax.tree_util.tree_flatten_with_path(state_params)[0]
+    if len(flat) != len(jax.tree.leaves(params)):
+        return []  # another model: start_from refuses it
+    return [jax.tree_util.keystr(path) for (path, new), old in zip(flat, jax.tree.leaves(params))
+            if new.shape != old.shape]
+
+
+def _same_but_outputs(new, old) -> bool:
+    # A hidden layer's width shows in the next layer's input axis too, so only the outputs,
+    # which no layer reads, can differ in their last axis alone.
+    return new.shape[:-1] == old.shape[:-1] and new.ndim == old.ndim
