@@ -171,9 +171,10 @@ def _set_up(config, workdir: Path, members: list[Member]) -> Run:
     inits = [steps.init_state(config.model, tx, seed, keypoint_set.num_keypoints, t.image_size,
                               averaging) for seed in seeds]
     if start is not None:
-        fresh = restore.fresh_outputs(inits[0][1]["params"], start)
+        own = inits[0][1]["params"]
         inits = [(g, restore.start_from(start, config.train.init_from, s, tx, i, averaging))
                  for i, (g, s) in enumerate(inits)]
+        fresh = restore.fresh_outputs(own, start)
         if fresh:
             log(f"init_from {config.train.init_from}: {', '.join(fresh)} start fresh "
                 "(another keypoint set)")

@@ -70,8 +70,7 @@ def start_from(params, source: str, state: dict, tx, member: int, averaging) -> 
     keypoint for a regressor) keep this run's fresh initialisation, so a model trained on
     another keypoint set (Kaggle's 15 -> iBUG's 68) starts the new set from its features.
     """
-    if isinstance(params, tuple):
-        params = params[member % len(params)]
+    params = _member(params, member)
     ours, theirs = jax.tree.structure(state["params"]), jax.tree.structure(params)
     if ours != theirs or not all(map(_same_but_outputs, jax.tree.leaves(state["params"]),
                                      jax.tree.leaves(params))):
@@ -86,15 +85,18 @@ def start_from(params, source: str, state: dict, tx, member: int, averaging) -> 
 
 
 def fresh_outputs(state_params, params) -> list[str]:
-    """Paths of the layers `start_from` leaves freshly initialised (the keypoint outputs);
-    `params` as for `start_from` (an ensemble's tuple: its first member)."""
-    if isinstance(params, tuple):
-        params = params[0]
+    """Paths of the layers `start_from` left freshly initialised (the keypoint outputs), once
+    it accepted `params` for a state whose own parameters were `state_params`."""
     flat = jax.tree_util.tree_flatten_with_path(state_params)[0]
-    if len(flat) != len(jax.tree.leaves(params)):
-        return []  # another model: start_from refuses it
-    return [jax.tree_util.keystr(path) for (path, new), old in zip(flat, jax.tree.leaves(params))
+    return [jax.tree_util.keystr(path)
+            for (path, new), old in zip(flat, jax.tree.leaves(_member(params, 0)))
             if new.shape != old.shape]
+
+
+def _member(params, member: int):
+    """Member `member` (mod their number) of an ensemble's parameter tuple; a run's own
+    parameters otherwise."""
+    return params[member % len(params)] if isinstance(params, tuple) else params
 
 
 def _same_but_outputs(new, old) -> bool:
