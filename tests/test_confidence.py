@@ -297,6 +297,10 @@ def test_the_mirror_view_is_the_second_half_of_flip_tta():
                                          np.stack([plain[1], mirror[1]]))):
         np.testing.assert_allclose(got, want, rtol=1e-6)
     np.testing.assert_allclose(model(images, tta=True), tta[0], rtol=1e-6)
+    bare = Predictor(lambda x: net(x)[0], batch_size=4, flip_label_offset_px=0.4)  # no spreads
+    bare_mirror = bare.mirror_view(images)
+    np.testing.assert_allclose(bare_mirror[0], mirror[0], rtol=1e-6)
+    assert bare_mirror[1].shape == mirror[1].shape and np.all(np.isnan(bare_mirror[1]))
 
 
 def test_a_square_already_read_plain_costs_one_crop_at_scale_1_and_reads_the_same():

@@ -111,7 +111,7 @@ class Predictor:
         keypoints equal `__call__`'s (to float rounding)."""
         if self._spread_fn is None:
             pred = self(images, tta)
-            return pred, np.full((len(pred), pred.shape[1] // 2), np.nan, np.float32)
+            return pred, _no_spread(pred)
         pred, spread = self._predict(self._spread_fn, images)
         if tta:
             m_pred, m_spread = self._mirror_view(self._spread_fn, images)
@@ -122,15 +122,16 @@ class Predictor:
         """Flip TTA's second view alone, for a caller that has the first: the mirror images'
         keypoints (N, 2K) and spreads (N, K, NaN where the model gives none), crop pixels,
         mapped back onto the images themselves."""
-        return self._mirror_view(self._spread_fn or self._fn, images)
+        pred, spread = self._mirror_view(self._spread_fn or self._fn, images)
+        return pred, _no_spread(pred) if spread is None else spread
 
-    def _mirror_view(self, fn: Callable, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _mirror_view(self, fn: Callable, images: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The mirror images' keypoints mapped back, and their spreads if `fn` gives any."""
         out = self._predict(fn, _mirror(images))
         pred = keypoints.flip_keypoints_px(out[0], None, self.image_size, self.flip_permutation,
                                            self.flip_label_offset_px)
-        spread = (out[1][:, self.flip_permutation[0::2] // 2] if len(out) > 1
-                  else np.full((len(pred), pred.shape[1] // 2), np.nan, np.float32))
-        return pred, spread
+        return pred, out[1][:, self.flip_permutation[0::2] // 2] if len(out) > 1 else None
 
     def _predict(self, fn: Callable, images: np.ndarray) -> tuple[np.ndarray, ...]:
         """`fn`'s outputs for every image, batch by batch; the first (keypoints) and the second
@@ -192,6 +193,11 @@ def check_keypoint_model(in_shapes: list, out_shapes: list, path: str | Path,
                         f"returns {list(out_shapes)}; expected float32 (B, S, S, 1) -> (B, 2K)"
                         " [and (B, K)])")
     return keypoints.set_for_width(out_shapes[0][1], f"--model {path}")
+
+
+def _no_spread(pred: np.ndarray) -> np.ndarray:
+    """(N, K) NaN spreads for keypoints (N, 2K) from a model that gives none."""
+    return np.full((len(pred), pred.shape[1] // 2), np.nan, np.float32)
 
 
 def _mirror(images: np.ndarray) -> np.ndarray:
