@@ -259,13 +259,14 @@ def table(report: dict) -> str:
     def pct(v) -> str:
         return "-" if v is None else f"{100 * v:.2f}%"
 
-    head = ["pipeline", "faces found", "NME mean (median)", "failures > 10%", "AUC@10%",
-            "photos/s end to end: median (rounds)", "one-photo latency"]
+    head = ["pipeline", "faces found", "other faces", "NME mean (median)", "failures > 10%",
+            "AUC@10%", "photos/s end to end: median (rounds)", "one-photo latency"]
     head += ["68-point NME mean (median)"] if with68 else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, p in report["pipelines"].items():
         s, rates = p["scores"], [r["photos_per_s"] for r in p["rounds"]]
-        row = [name, f"{100 * s['found']:.1f}%", f"{pct(s['nme_mean'])} ({pct(s['nme_median'])})",
+        row = [name, f"{100 * s['found']:.1f}%", str(p["extra_faces"]),
+               f"{pct(s['nme_mean'])} ({pct(s['nme_median'])})",
                f"{100 * s['failure_rate']:.1f}%", f"{s['auc_10']:.3f}",
                f"{p['photos_per_s']:.3g} ({', '.join(f'{r:.3g}' for r in rates)})",
                "-" if p["latency_s"] is None else f"{1000 * p['latency_s']:.0f} ms"]
@@ -275,7 +276,9 @@ def table(report: dict) -> str:
                        f"{pct(n68['nme_mean'])} ({pct(n68['nme_median'])})")
         lines.append("| " + " | ".join(row) + " |")
     notes = [f"{report['photos']} photos, {report['labelled_faces']} labelled faces, "
-             f"rounds: {report['rounds']}; {report['machine']['cpus']} CPUs."] + report["notes"]
+             f"rounds: {report['rounds']}; {report['machine']['cpus']} CPUs. Other faces: "
+             "faces reported beyond the labelled one(s) of each photo (a background person "
+             "or a false face)."] + report["notes"]
     return "\n".join(lines + [""] + [f"- {n}" for n in notes]) + "\n"
 
 

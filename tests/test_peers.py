@@ -141,6 +141,7 @@ def test_table_has_a_row_per_pipeline():
     scores = {"n_faces": 4, "found": 0.75, "nme_mean": 0.05, "nme_median": 0.04,
               "failure_rate": 0.25, "auc_10": 0.5}
     pipeline = {"scores": scores, "nme68": None, "photos_per_s": 20.0, "latency_s": 0.031,
+                "extra_faces": 2,
                 "rounds": [{"photos_per_s": 19.0}, {"photos_per_s": 20.0}, {"photos_per_s": 21.0}]}
     report = {"labels68": "l68.csv", "photos": 4, "labelled_faces": 4, "rounds": 3,
               "machine": {"cpus": 2}, "notes": ["mediapipe: not installed; skipped"],
@@ -148,8 +149,8 @@ def test_table_has_a_row_per_pipeline():
                                                          "nme68": {**scores, "nme_mean": 0.07}}}}
     text = peers.table(report)
     lines = text.splitlines()
-    assert lines[0].count("|") == 9 and len([x for x in lines if x.startswith("| ")]) == 3
-    assert "| fkd-jax | 75.0% | 5.00% (4.00%) | 25.0% | 0.500 | 20 (19, 20, 21) | " \
+    assert lines[0].count("|") == 10 and len([x for x in lines if x.startswith("| ")]) == 3
+    assert "| fkd-jax | 75.0% | 2 | 5.00% (4.00%) | 25.0% | 0.500 | 20 (19, 20, 21) | " \
            "31 ms | - |" in text
     assert "| dlib |" in text and "7.00% (4.00%)" in text
     assert "- mediapipe: not installed; skipped" in text
