@@ -299,6 +299,52 @@ def test_user_box_is_kept_and_duplicates_merge():
     assert len(location.find_faces([gray], predict, boxes=[[box, far]])[0]) == 2
 
 
+def face_at(scale: float, cx: float, cy: float, degrees: float = 0.0) -> location.Face:
+    """The mean face at `scale` x its 96-pixel crop, its crop's centre at (cx, cy), turned."""
+    t = math.radians(degrees)
+    rot = np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]])
+    points = (keypoints.as_points(MEAN) - 48.0) * scale @ rot.T + [cx, cy]
+    return location.Face((cx, cy, 1.0, 1.0), 1.0, points.reshape(-1))
+
+
+@pytest.mark.parametrize("degrees", [0.0, 90.0])
+def test_faces_a_larger_face_would_hide_are_dropped_in_its_own_axes(degrees):
+    """Beside a face of side ~192 px: a half-size face on its chest and a small one at its ear
+    lie inside that person, so behind them: dropped. A face as large beside it and a small one
+    beside its shoulder (a person further back) are kept. Turned 90 degrees, "below" turns too."""
+    t = math.radians(degrees)
+
+    def at(across: float, down: float) -> tuple[float, float]:  # in the big face's sides
+        return (300 + 192 * (across * math.cos(t) - down * math.sin(t)),
+                300 + 192 * (across * math.sin(t) + down * math.cos(t)))
+
+    big = face_at(2.0, *at(0, 0), degrees)
+    chest, ear = face_at(1.0, *at(0.1, 1.3), degrees), face_at(0.4, *at(0.62, 0.0), degrees)
+    neighbour = face_at(1.9, *at(1.0, 0.1), degrees)
+    behind = face_at(1.0, *at(-1.0, 0.4), degrees)
+    kept = location.drop_hidden([chest, big, ear, neighbour, behind])
+    assert [f is g for f, g in zip(kept, [big, neighbour, behind])] == [True] * 3
+    assert len(kept) == 3
+    # The chest position straight below in the picture is beside the face turned 90 degrees.
+    low = face_at(1.0, 300 + 192 * 0.1, 300 + 192 * 1.3, degrees)
+    assert (low in location.drop_hidden([big, low])) == (degrees == 90.0)
+
+
+def test_a_detectors_face_on_a_chest_is_dropped_a_users_box_is_kept():
+    class SeesAFaceEverywhere(detection.FaceDetector):
+        def confirm_score(self, gray, keypoints_px, second=False):
+            return np.inf
+
+    predict = lambda crops, tta=False: np.tile(MEAN, (len(crops), 1))  # noqa: E731
+    gray = np.full((500, 400), 100, np.uint8)
+    face = detection.Detection((100.0, 40.0, 200.0, 200.0), 1.0)
+    tie = detection.Detection((170.0, 300.0, 80.0, 80.0), 3.0)  # the detector's favourite
+    out = location.find_faces([gray], predict, SeesAFaceEverywhere(), boxes=[[tie, face]],
+                              confirm=True, passes=2)
+    assert [f.box for f in out[0]] == [face.box]
+    assert len(location.find_faces([gray], predict, boxes=[[tie, face]], passes=2)[0]) == 2
+
+
 def test_draw_faces_marks_box_and_keypoints_in_colour():
     gray = np.full((120, 160), 128, np.uint8)
     face = location.Face((20.0, 10.0, 90.0, 90.0), 1.0, MEAN + 10)
