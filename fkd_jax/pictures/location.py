@@ -18,11 +18,11 @@ from fkd_jax.evaluation import metrics
 from fkd_jax.geometry import keypoints
 from fkd_jax.geometry.framing import (
     _IDX,
-    CROP,
     MAX_SHAPE_ERROR,
     Framing,
     framing_from_box,
     framing_from_keypoints,
+    hidden,
     kaggle15,
     shape_error,
 )
@@ -32,7 +32,7 @@ from fkd_jax.pictures.detection import (
     FaceDetector,
     detect_faces,
 )
-from fkd_jax.pictures.reading import PredictFn, crops, read, read_views, to_picture
+from fkd_jax.pictures.reading import PredictFn, read_squares, read_views
 
 # Passes: 1 from the detector box, then re-framed from the keypoints until the square moves
 # less than DEFAULT_SETTLE of its side, at most DEFAULT_PASSES in all. Chosen on the training
@@ -178,7 +178,6 @@ def _locate(grays, picture_index, framings, predict, passes=DEFAULT_PASSES, tta=
     if passes < 1:
         raise ValueError("passes must be >= 1")
     framings = list(framings)
-    size = int(getattr(predict, "image_size", CROP))
     active = np.ones(len(framings), bool)
     history: list[np.ndarray] = []
     for p in range(passes):
@@ -196,15 +195,14 @@ def _locate(grays, picture_index, framings, predict, passes=DEFAULT_PASSES, tta=
             current = np.zeros((len(framings), 0))
         rows = np.flatnonzero(active) if p > 0 else np.arange(len(framings))
         active[settled] = False  # their last crop: the square they settled on
-        squares = [framings[i] for i in rows]
-        pred, pred_spread = read(predict, crops(grays, [picture_index[i] for i in rows],
-                                                squares, size), tta)
+        pred, pred_spread = read_squares(grays, [picture_index[i] for i in rows],
+                                         [framings[i] for i in rows], predict, tta)
         out = (current if p > 0 else
                np.zeros((len(framings), pred.shape[1] if len(pred) else keypoints.NUM_COORDS)))
         if p == 0:  # (N, K) picture pixels, rows replaced as their faces are re-cropped
             spread = np.full((len(framings), out.shape[1] // 2), np.nan)
         if len(rows):
-            out[rows], spread[rows] = to_picture(squares, pred, pred_spread, size)
+            out[rows], spread[rows] = pred, pred_spread
         history.append(out)
     return history, spread, framings
 
@@ -376,30 +374,9 @@ def merge_duplicates(faces: Sequence[Face], overlap: float = 0.5) -> list[Face]:
     return kept
 
 
-# A face much smaller than another and inside that person's head or the column below it
-# (neck, tie, chest) would be behind them, so hidden: such faces are hair, ears, ties, logos.
-# Sizes are the training rule's sides. Chosen on the training people's photos, where the false
-# faces of that kind were 0.40-0.63 of the other face's side and the one real face behind a
-# head (seen beside it) 0.92.
-HIDDEN_BELOW = 0.78
-HIDDEN_REGION = (0.7, -0.8, 2.5)  # |dx| <=, dy from, to: in sides of the larger face's square
-
-
 def drop_hidden(faces: Sequence[Face]) -> list[Face]:
-    """`faces` (in their order) without those another face would hide: smaller than
-    HIDDEN_BELOW of its square's side, centred within HIDDEN_REGION of its square (its own
-    axes, turned with its eye line; dy down the face)."""
-    squares = [framing_from_keypoints(f.keypoints_px, rotate=True) for f in faces]
-    half_width, top, bottom = HIDDEN_REGION
-
-    def hides(a: Framing, b: Framing) -> bool:
-        c, n = math.cos(a.angle), math.sin(a.angle)
-        dx, dy = b.cx - a.cx, b.cy - a.cy
-        across, down = (c * dx + n * dy) / a.side, (c * dy - n * dx) / a.side
-        return (b.side < HIDDEN_BELOW * a.side and abs(across) <= half_width
-                and top <= down <= bottom)
-
-    return [f for f, b in zip(faces, squares) if not any(hides(a, b) for a in squares)]
+    """`faces` (in their order) without those a larger one would hide (`framing.hidden`)."""
+    return [f for f, h in zip(faces, hidden([f.keypoints_px for f in faces])) if not h]
 
 
 def _centre_and_size(kp: np.ndarray) -> tuple[np.ndarray, float]:

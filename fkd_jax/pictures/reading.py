@@ -48,6 +48,16 @@ def read(predict: PredictFn, images: np.ndarray, tta: bool) -> tuple[np.ndarray,
     return np.asarray(out, np.float64), np.asarray(spread, np.float64)
 
 
+def read_squares(grays: Sequence[np.ndarray], picture_index: Sequence[int],
+                 squares: Sequence[Framing], predict: PredictFn, tta: bool
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Keypoints (N, 2K) and spreads (N, K), picture pixels, of N faces each read once in its
+    square (crop, `read`, `to_picture`)."""
+    size = int(getattr(predict, "image_size", CROP))
+    pred, spread = read(predict, crops(grays, picture_index, squares, size), tta)
+    return to_picture(squares, pred, spread, size)
+
+
 def read_views(grays: Sequence[np.ndarray], picture_index: Sequence[int],
                framings: Sequence[Framing], predict: PredictFn, scales: Sequence[float],
                known: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
@@ -80,8 +90,7 @@ def read_views(grays: Sequence[np.ndarray], picture_index: Sequence[int],
             views += [plain, mirror]
             spreads += [plain_spread, mirror_spread]
             continue
-        pred, spread = read(predict, crops(grays, picture_index, squares, size), True)
-        pred, spread = to_picture(squares, pred, spread, size)
+        pred, spread = read_squares(grays, picture_index, squares, predict, True)
         views += [pred, pred]  # the TTA mean standing for both of its views (same pooling)
         spreads += [spread, spread]
     return pool_views(np.stack(views), np.stack(spreads))
