@@ -323,9 +323,7 @@ def hidden(keypoints_px: Sequence[np.ndarray]) -> np.ndarray:
     half_width, top, bottom = HIDDEN_REGION
 
     def hides(a: Framing, b: Framing) -> bool:
-        c, n = math.cos(a.angle), math.sin(a.angle)
-        dx, dy = b.cx - a.cx, b.cy - a.cy
-        across, down = (c * dx + n * dy) / a.side, (c * dy - n * dx) / a.side
+        across, down = a.to_crop(np.array([b.cx, b.cy]), size=1) - 0.5  # in a's sides
         return (b.side < HIDDEN_BELOW * a.side and abs(across) <= half_width
                 and top <= down <= bottom)
 
