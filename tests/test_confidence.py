@@ -304,12 +304,13 @@ def test_the_mirror_view_is_the_second_half_of_flip_tta():
 
 
 def test_a_square_already_read_plain_costs_one_crop_at_scale_1_and_reads_the_same():
-    """`known` readings of the squares (one plain, one with TTA, as find_faces has them):
-    the views come out as when every square is read again, with one network call fewer."""
+    """`known` readings (one a plain reading of its square; the other, read with TTA, counts
+    as not known, as a face that settled in a square it was not read in): the views come out
+    as when every square is read again, with one crop fewer."""
     from fkd_jax.inference.predictor import Predictor
 
     net = SpotNet()
-    model = Predictor(lambda x: net(x)[0], batch_size=4, spread_fn=net)
+    model = Predictor(lambda x: net(x)[0], batch_size=1, spread_fn=net)  # a call a crop
     spots = [(101.3, 88.6), (230.8, 150.2)]
     gray = spot_picture(spots)
     squares = [geo.Framing(x + 4, y - 3, 70.0, a) for (x, y), a in zip(spots, (0.0, -0.3))]
@@ -321,10 +322,10 @@ def test_a_square_already_read_plain_costs_one_crop_at_scale_1_and_reads_the_sam
              known_px[1] * 70.0 / 96, np.array([True, False]))
     net.calls = 0
     want = reading.read_views([gray], [0, 0], squares, model, (1.0, 1.1))
-    assert net.calls == 4  # each scale: the crops and their mirror images
+    assert net.calls == 8  # each scale: the two crops and their mirror images
     net.calls = 0
     got = reading.read_views([gray], [0, 0], squares, model, (1.0, 1.1), known)
-    assert net.calls == 3  # scale 1: the mirror image of the one square read plain
+    assert net.calls == 7  # scale 1: the mirror image alone of the square read plain
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-4)
 

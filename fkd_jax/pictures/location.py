@@ -40,6 +40,12 @@ from fkd_jax.pictures.reading import PredictFn, read_squares, read_views
 # boxes (profile faces) get the passes they need (docs/photo_pipeline.md).
 DEFAULT_PASSES = 8
 DEFAULT_SETTLE = 0.02
+# Each re-framing moves the square DEFAULT_RELAX times as far as the rule says: a model follows
+# a mis-framed crop part of the way (unet_landmarks68's keypoints imply a side 0.43 of a crop's
+# zoom, a centre 0.18-0.29 of its shift), so the plain rule closes only about half the gap a
+# pass. Chosen on the training people's photos (1.3-1.5 alike): the face net's squares settle
+# after 2.4-2.5 crops a face instead of 2.5-2.8, at the same NME (docs/photo_pipeline.md).
+DEFAULT_RELAX = 1.4
 
 
 @dataclass(frozen=True)
@@ -134,7 +140,7 @@ def keypoint_names(width: int) -> tuple[str, ...]:
 
 def locate(grays: Sequence[np.ndarray], picture_index: Sequence[int],
            framings: Sequence[Framing], predict: PredictFn, passes: int = DEFAULT_PASSES,
-           tta: bool = False, rotate: bool = True, relax: float = 1.0,
+           tta: bool = False, rotate: bool = True, relax: float = DEFAULT_RELAX,
            settle: float = DEFAULT_SETTLE) -> list[np.ndarray]:
     """Keypoints (N, 2K) in picture pixels after each of `passes` passes, for N faces given by
     the picture each lies in (`picture_index` into `grays`) and its first framing.
@@ -144,17 +150,17 @@ def locate(grays: Sequence[np.ndarray], picture_index: Sequence[int],
     through `predict` in one call (it batches; nothing recompiles). Crops are rendered at the
     predictor's `image_size` (96 when it has none).
 
-    `settle` > 0 stops re-framing a face once its square moves less than that (centre
+    `settle` > 0 stops re-framing a face once its square would move less than that (centre
     distance and side change, as fractions of the side) between two passes framed by the
-    rule: it gets one last crop, that square, whose keypoints are carried to the later passes
-    unchanged, so far-off starts can be given many passes without spending them on faces
-    that have converged. (Keypoints read at the square they frame, not at the one before:
-    68-point NME 4.30% -> 4.23% on the validation photos, for one crop a face.) Every face gets
-    pass 2: a first re-framing close to the given framing says little (on a real photo the
-    crop then crept 2-8% a pass for four more passes, NME 12.5% -> 3.0%).
-    `relax` > 1 over-relaxes each re-framing (centre and log side move `relax` times as far
-    as the rule says): the model follows a mis-framed face only part of the way (about half
-    on unet_pair), so plain re-framing converges geometrically and slowly on far-off boxes.
+    rule: it is not cropped again, and the keypoints read in the square before are carried to
+    the later passes unchanged, so far-off starts can be given many passes without spending
+    them on faces that have converged. Every face gets pass 2: a first re-framing close to
+    the given framing says little (on a real photo the crop then crept 2-8% a pass for four
+    more passes, NME 12.5% -> 3.0%).
+    `relax` over-relaxes each re-framing (centre and log side move `relax` times as far as
+    the rule says; 1: as far): the model follows a mis-framed face part of the way, so plain
+    re-framing converges geometrically and slowly (DEFAULT_RELAX). The fixed point, where the
+    keypoints frame the square they were read in, is the same.
     """
     return locate_with_spread(grays, picture_index, framings, predict, passes, tta, rotate,
                               relax, settle)[0]
@@ -163,7 +169,7 @@ def locate(grays: Sequence[np.ndarray], picture_index: Sequence[int],
 def locate_with_spread(grays: Sequence[np.ndarray], picture_index: Sequence[int],
                        framings: Sequence[Framing], predict: PredictFn,
                        passes: int = DEFAULT_PASSES, tta: bool = False, rotate: bool = True,
-                       relax: float = 1.0, settle: float = DEFAULT_SETTLE
+                       relax: float = DEFAULT_RELAX, settle: float = DEFAULT_SETTLE
                        ) -> tuple[list[np.ndarray], np.ndarray]:
     """`locate`'s history, and (N, K) each face's keypoint spreads in picture pixels from the
     pass its final keypoints came from (NaN when `predict` has no `with_spread`)."""
@@ -172,13 +178,15 @@ def locate_with_spread(grays: Sequence[np.ndarray], picture_index: Sequence[int]
 
 
 def _locate(grays, picture_index, framings, predict, passes=DEFAULT_PASSES, tta=False,
-            rotate=True, relax=1.0, settle=DEFAULT_SETTLE):
-    """`locate_with_spread`'s (history, spread), and each face's last square: the one its
-    final keypoints were read in."""
+            rotate=True, relax=DEFAULT_RELAX, settle=DEFAULT_SETTLE):
+    """`locate_with_spread`'s (history, spread), each face's last square, and (N,) bool: True
+    where its final keypoints were read in that square (False: it settled there, and they
+    were read in the square before)."""
     if passes < 1:
         raise ValueError("passes must be >= 1")
     framings = list(framings)
     active = np.ones(len(framings), bool)
+    read_here = np.ones(len(framings), bool)
     history: list[np.ndarray] = []
     for p in range(passes):
         settled = []
@@ -193,8 +201,9 @@ def _locate(grays, picture_index, framings, predict, passes=DEFAULT_PASSES, tta=
                     settled.append(i)
         else:
             current = np.zeros((len(framings), 0))
+        active[settled] = False  # not cropped again: they keep the last pass's keypoints
+        read_here[settled] = False
         rows = np.flatnonzero(active) if p > 0 else np.arange(len(framings))
-        active[settled] = False  # their last crop: the square they settled on
         pred, pred_spread = read_squares(grays, [picture_index[i] for i in rows],
                                          [framings[i] for i in rows], predict, tta)
         out = (current if p > 0 else
@@ -204,7 +213,7 @@ def _locate(grays, picture_index, framings, predict, passes=DEFAULT_PASSES, tta=
         if len(rows):
             out[rows], spread[rows] = pred, pred_spread
         history.append(out)
-    return history, spread, framings
+    return history, spread, framings, read_here
 
 
 def _step(old: Framing, new: Framing, relax: float) -> Framing:
@@ -244,8 +253,9 @@ def find_faces(grays: Sequence[np.ndarray], predict: PredictFn,
     picture, where the mirrored view's average pulls it back. Faces that settle unconfirmed
     (the plain model lost on a face, or a box on no face) get the same retry on the same
     terms, and are judged again on its result.
-    With `final_scales`, every face's last square is read again at those scales with the
-    mirror image (`read_views`) and the views' mean is its keypoints (one more history entry).
+    With `final_scales`, every face's last square (for a face that settled: the square it
+    settled on) is read at those scales with the mirror image (`read_views`) and the views'
+    mean is its keypoints (one more history entry).
     Faces whose keypoints coincide (two boxes on one face) are merged, keeping the higher score;
     with `confirm`, faces another face would hide are dropped (`drop_hidden`).
     """
@@ -262,8 +272,8 @@ def find_faces(grays: Sequence[np.ndarray], predict: PredictFn,
     index = [i for i, bs in enumerate(boxes) for _ in bs]
     dets = [d for bs in boxes for d in bs]
     first = [d.framing or framing_from_box(d.box, d.angle) for d in dets]
-    history, spread, framings = _locate(grays, index, first, predict, passes, tta, rotate,
-                                        settle=settle)
+    history, spread, framings, read_here = _locate(grays, index, first, predict, passes, tta,
+                                                   rotate, settle=settle)
 
     def looks(j: int) -> tuple[bool, bool]:  # (shaped, seen) of face j: seen by a cascade,
         kp = history[-1][j]  # or found by a learned detector (its score is its own check)
@@ -276,13 +286,13 @@ def find_faces(grays: Sequence[np.ndarray], predict: PredictFn,
     redone: list[int] = []  # faces read again with TTA
     if retry_tta and not tta and settle > 0 and passes > 1:
         unconfirmed = np.array([not all(c) for c in checks] if confirm else [], bool)
-        history, spread, framings, redone = _retry_unsettled(
-            grays, index, framings, first, predict, history, spread, rotate, settle,
-            unconfirmed)
+        history, spread, framings, read_here, redone = _retry_unsettled(
+            grays, index, framings, read_here, first, predict, history, spread, rotate,
+            settle, unconfirmed)
         for j in redone if confirm else ():
             checks[j] = looks(j)
     if len(final_scales) and len(dets):
-        read_plain = np.full(len(dets), not tta)
+        read_plain = read_here & (not tta)
         read_plain[redone] = False
         final, spread = read_views(grays, index, framings, predict, final_scales,
                                    (history[-1], spread, read_plain))
@@ -335,31 +345,34 @@ def _second_opinion(grays, predict, detector, index, dets, checks, faces, option
             faces[pic] = found
 
 
-def _retry_unsettled(grays, index, framings, first, predict, history, spread, rotate, settle,
-                     also=None):
+def _retry_unsettled(grays, index, framings, read_here, first, predict, history, spread,
+                     rotate, settle, also=None):
     """find_faces' retry: faces still moving at the last pass (and those marked in `also`),
     located again from their `first` squares with flip TTA; a retry that settles replaces the
-    face's history, spread and last square. Returns those, and the faces replaced."""
+    face's history, spread, last square and `read_here`. Returns those, and the faces
+    replaced."""
     redo = np.any(history[-1] != history[-2], axis=1)
     if also is not None and len(also):
         redo |= also
     redo = np.flatnonzero(redo)
     if len(redo) == 0:
-        return history, spread, framings, []
-    again, again_spread, again_framings = _locate(
+        return history, spread, framings, read_here, []
+    again, again_spread, again_framings, again_here = _locate(
         grays, [index[i] for i in redo], [first[i] for i in redo], predict, len(history),
         True, rotate, settle=settle)
     settled = np.all(again[-1] == again[-2], axis=1)
     history, spread, framings = [h.copy() for h in history], spread.copy(), list(framings)
+    read_here = read_here.copy()
     replaced = []
     for k, i in enumerate(redo):
         if settled[k]:
             replaced.append(int(i))
             spread[i] = again_spread[k]
             framings[i] = again_framings[k]
+            read_here[i] = again_here[k]
             for h, a in zip(history, again):
                 h[i] = a[k]
-    return history, spread, framings, replaced
+    return history, spread, framings, read_here, replaced
 
 
 def merge_duplicates(faces: Sequence[Face], overlap: float = 0.5) -> list[Face]:
@@ -395,11 +408,11 @@ def refine_faces(gray: np.ndarray, previous: Sequence[np.ndarray], predict: Pred
     `detector`) `FaceDetector.confirms` fails. The box is the square the face was framed by;
     the score is 1 - shape error (tracked, not detected). `final_scales`: as find_faces'."""
     framings = [framing_from_keypoints(k, rotate) for k in previous]
-    history, spread, last = _locate([gray], [0] * len(framings), framings, predict, passes,
-                                    tta, rotate)
+    history, spread, last, read_here = _locate([gray], [0] * len(framings), framings,
+                                               predict, passes, tta, rotate)
     if len(final_scales) and len(framings):
         final, spread = read_views([gray], [0] * len(framings), last, predict, final_scales,
-                                   (history[-1], spread, np.full(len(framings), not tta)))
+                                   (history[-1], spread, read_here & (not tta)))
         history = history + [final]
     out: list[Face | None] = []
     for j, f in enumerate(framings):

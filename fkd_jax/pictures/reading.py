@@ -69,24 +69,23 @@ def read_views(grays: Sequence[np.ndarray], picture_index: Sequence[int],
     percent; on photos the mirror pays, other sides do not). The spread counts the views'
     disagreement (law of total variance, as an ensemble's members).
 
-    `known`: how the squares themselves were read already, keypoints (N, 2K) and spreads
-    (N, K) in picture pixels and (N,) bool, True where that reading was plain (no TTA). At
-    scale 1 a face read plain then costs one crop, its mirror image, and one read with TTA
-    none (its reading is both views' mean; a predictor without `mirror_view` reads both).
+    `known`: readings the caller has, keypoints (N, 2K) and spreads (N, K) in picture pixels,
+    and (N,) bool, True where that reading is a plain one (no TTA) of this very square. At
+    scale 1 such a face costs one crop, its mirror image, and any other face two (a predictor
+    without `mirror_view` reads both views of every face).
     """
     size = int(getattr(predict, "image_size", CROP))
     views, spreads = [], []
     for scale in scales:
         squares = [replace(f, side=f.side * scale) for f in framings]
         if scale == 1 and known is not None and hasattr(predict, "mirror_view"):
-            plain, plain_spread, read_plain = known
-            mirror, mirror_spread = plain.copy(), plain_spread.copy()
-            rows = np.flatnonzero(read_plain)
+            images = crops(grays, picture_index, squares, size)
+            plain, plain_spread = (np.array(a, np.float64) for a in known[:2])
+            rows = np.flatnonzero(~np.asarray(known[2], bool))
             if len(rows):
-                pred, spread = predict.mirror_view(crops(
-                    grays, [picture_index[i] for i in rows], [squares[i] for i in rows], size))
-                mirror[rows], mirror_spread[rows] = to_picture(
-                    [squares[i] for i in rows], pred, spread, size)
+                plain[rows], plain_spread[rows] = to_picture(
+                    [squares[i] for i in rows], *read(predict, images[rows], False), size)
+            mirror, mirror_spread = to_picture(squares, *predict.mirror_view(images), size)
             views += [plain, mirror]
             spreads += [plain_spread, mirror_spread]
             continue
