@@ -19,7 +19,7 @@ from pathlib import Path
 
 from absl import flags
 
-from fkd_jax.pictures.location import DEFAULT_PASSES, DEFAULT_SETTLE
+from fkd_jax.pictures.location import DEFAULT_PASSES, DEFAULT_RELAX, DEFAULT_SETTLE
 from fkd_jax.pictures.video import OneEuroSettings
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by train.py (or an "
@@ -40,6 +40,8 @@ _PASSES = flags.DEFINE_integer("passes", DEFAULT_PASSES, "Most passes per face: 
 _SETTLE = flags.DEFINE_float("settle", DEFAULT_SETTLE, "Stop re-framing a face once its crop "
                              "moves less than this fraction of its side (0: always --passes).",
                              lower_bound=0.0)
+_RELAX = flags.DEFINE_float("relax", DEFAULT_RELAX, "Each re-framing moves the crop this many "
+                            "times as far as the keypoints say (1: as far); in (0, 2).")
 _TTA = flags.DEFINE_bool("tta", False, "Average with the mirror image.")
 _FINAL_SCALES = flags.DEFINE_list("final_scales", [], "Read each face's last square again at "
                                   "these sides (x its own, e.g. 0.95,1,1.05) with the mirror "
@@ -97,7 +99,7 @@ def main(argv: list[str]) -> int:
     t = time.perf_counter()
     detector = Detector.load(
         _WORKDIR.value or _MODEL.value, checkpoint=_CHECKPOINT.value, passes=_PASSES.value,
-        settle=_SETTLE.value, tta=_TTA.value, retry=not _NO_RETRY.value,
+        settle=_SETTLE.value, relax=_RELAX.value, tta=_TTA.value, retry=not _NO_RETRY.value,
         final_scales=_FINAL_SCALES.value,
         rotate=not _NO_ROTATE.value, smoothing=_SMOOTHING.value == "on",
         min_cutoff=_MIN_CUTOFF.value, beta=_BETA.value, face_net=_FACE_NET.value)

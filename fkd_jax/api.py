@@ -9,7 +9,7 @@
 
 Everything is in the picture's own pixels (origin at its top-left corner, the continuous
 convention of fkd_jax.geometry.keypoints): keypoints (K, 2), boxes (x, y, w, h). The options
-(passes, settle, tta, retry, final_scales, rotate, smoothing) are those of predict.py, with
+(passes, settle, relax, tta, retry, final_scales, rotate, smoothing) are those of predict.py, with
 its defaults.
 """
 
@@ -27,7 +27,7 @@ from fkd_jax.errors import UserError
 from fkd_jax.geometry.framing import to_gray
 from fkd_jax.inference.two_batch import TwoBatchPredictor
 from fkd_jax.pictures import detection, location
-from fkd_jax.pictures.location import DEFAULT_PASSES, DEFAULT_SETTLE, Face
+from fkd_jax.pictures.location import DEFAULT_PASSES, DEFAULT_RELAX, DEFAULT_SETTLE, Face
 from fkd_jax.pictures.video import DEFAULT_FPS, OneEuroSettings, TrackedFace
 
 __all__ = ["Detector", "Face", "FileResult", "Options", "TrackedFace", "CHUNK"]
@@ -49,6 +49,9 @@ class Options:
                 the crop settles
     settle      stop re-framing a face once its crop moves less than this fraction of its
                 side (0: always `passes` passes)
+    relax       each re-framing moves the crop this many times as far as the keypoints
+                say (1: as far; the model follows a mis-framed crop part of the way, so
+                more converges in fewer crops, on the same square); in (0, 2)
     tta         average every prediction with the mirror image's
     retry       a face still moving after the last pass is located again from its box with
                 tta (and kept if that settles)
@@ -63,6 +66,7 @@ class Options:
 
     passes: int = DEFAULT_PASSES
     settle: float = DEFAULT_SETTLE
+    relax: float = DEFAULT_RELAX
     tta: bool = False
     retry: bool = True
     final_scales: tuple[float, ...] = ()
@@ -76,6 +80,8 @@ class Options:
             raise UserError(f"passes={self.passes} must be a whole number >= 1")
         if not self.settle >= 0:
             raise UserError(f"settle={self.settle} must be >= 0")
+        if not 0 < self.relax < 2:
+            raise UserError(f"relax={self.relax} must lie between 0 and 2 (1: plain re-framing)")
         try:
             scales = tuple(float(s) for s in self.final_scales)
         except (TypeError, ValueError):
@@ -253,8 +259,8 @@ class Detector:
         o = self.options
         return location.find_faces(grays, self.predictor, self.face_detector, boxes=boxes,
                                    confirm=confirm, loose=loose, passes=o.passes, tta=o.tta,
-                                   rotate=o.rotate, settle=o.settle, retry_tta=o.retry,
-                                   final_scales=o.final_scales)
+                                   rotate=o.rotate, settle=o.settle, relax=o.relax,
+                                   retry_tta=o.retry, final_scales=o.final_scales)
 
     @property
     def face_detector(self) -> detection.FaceDetector:
@@ -303,8 +309,9 @@ class Detector:
 
         def find(frame):
             return location.find_faces([to_gray(frame)], self.predictor, self.face_detector,
-                                       boxes=given, settle=o.settle, passes=o.passes,
-                                       tta=o.tta, rotate=o.rotate, retry_tta=o.retry,
+                                       boxes=given, settle=o.settle, relax=o.relax,
+                                       passes=o.passes, tta=o.tta, rotate=o.rotate,
+                                       retry_tta=o.retry,
                                        final_scales=o.final_scales)[0]
 
         def refine(frame, previous):

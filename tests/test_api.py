@@ -45,6 +45,7 @@ def test_options_defaults_are_predict_pys():
 
     o = Options()
     assert (o.passes, o.settle, o.tta, o.retry, o.rotate) == (8, 0.02, False, True, True)
+    assert o.relax == 1.4
     assert o.final_scales == ()
     assert o.one_euro == OneEuroSettings()
     assert Options(smoothing=False).one_euro is None
@@ -206,6 +207,7 @@ def test_bad_pictures_and_boxes_are_one_line_user_errors(detector, tmp_path, cal
     ("checkpoint", "'best' or 'latest'"),
     ("final_scales", "each must lie in 0.5-2"),
     ("final_scale_word", "must be numbers"),
+    ("relax", "relax=2.5 must lie between 0 and 2"),
 ])
 def test_bad_models_and_options_are_one_line_user_errors(tmp_path, tiny_run, what, expect):
     from fkd_jax.api import Detector
@@ -218,7 +220,8 @@ def test_bad_models_and_options_are_one_line_user_errors(tmp_path, tiny_run, wha
                      "passes": (tiny_run, {"passes": 0}),
                      "checkpoint": (tiny_run, {"checkpoint": "last"}),
                      "final_scales": (tiny_run, {"final_scales": (1.0, 3.0)}),
-                     "final_scale_word": (tiny_run, {"final_scales": ["big"]})}[what]
+                     "final_scale_word": (tiny_run, {"final_scales": ["big"]}),
+                     "relax": (tiny_run, {"relax": 2.5})}[what]
     with pytest.raises(UserError) as e:
         Detector.load(path, **options)
     assert expect in str(e.value) and "\n" not in str(e.value)

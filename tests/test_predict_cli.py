@@ -57,7 +57,8 @@ def setup(tmp_path_factory, tiny_run):
 def test_folder_with_photos_video_and_a_corrupt_file(setup):
     tmp, photos, labels, _ = setup
     out = tmp / "out"
-    proc = run("predict.py", "--workdir", tmp / "run", "--out", out, photos, "--labels", labels)
+    proc = run("predict.py", "--workdir", tmp / "run", "--out", out, photos, "--labels", labels,
+               "--relax", "1.2")
     assert proc.returncode == 1, proc.stderr  # some files failed
     assert "corrupt.jpg" in proc.stderr and "some files failed" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -97,6 +98,7 @@ def test_folder_with_photos_video_and_a_corrupt_file(setup):
     assert summary["faces"] == len(found)
     assert summary["timings_s"]["total_s"] > 0
     assert summary["settings"]["retry"] is True  # --no_retry turns it off
+    assert summary["settings"]["relax"] == 1.2 and summary["settings"]["final_scales"] == []
 
     scores = json.loads((out / "scores.json").read_text())
     assert scores["final"]["n_faces"] == 1

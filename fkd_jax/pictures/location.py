@@ -230,7 +230,8 @@ def find_faces(grays: Sequence[np.ndarray], predict: PredictFn,
                confirm: bool | None = None, loose: Sequence[bool] | None = None,
                passes: int = DEFAULT_PASSES, tta: bool = False, rotate: bool = True,
                settle: float = DEFAULT_SETTLE, max_shape_error: float = MAX_SHAPE_ERROR,
-               retry_tta: bool = True, final_scales: Sequence[float] = ()
+               retry_tta: bool = True, final_scales: Sequence[float] = (),
+               relax: float = DEFAULT_RELAX
                ) -> list[list[Face]]:
     """Every face of each picture (grayscale uint8 (H, W)), located: one list of Faces per
     picture, best score first; an empty list when there is no face (never a guess).
@@ -246,7 +247,7 @@ def find_faces(grays: Sequence[np.ndarray], predict: PredictFn,
     fallback (`loose[i]`): the most face-like, first by how many of the two tests
     it passes, then the largest box (texture gives the cascade its false faces at small sizes,
     where its windows are many), then the detector's score.
-    A user's box is kept as given.
+    A user's box is kept as given. `passes`, `settle`, `relax`, `tta`, `rotate`: `locate`'s.
     With `retry_tta` (and `settle` > 0, `passes` > 1, no `tta`), faces whose square still moves
     at the last pass are located again from their boxes with flip TTA, and take that result
     if it settles: a head turned far from frontal can send the plain model chasing across the
@@ -273,7 +274,7 @@ def find_faces(grays: Sequence[np.ndarray], predict: PredictFn,
     dets = [d for bs in boxes for d in bs]
     first = [d.framing or framing_from_box(d.box, d.angle) for d in dets]
     history, spread, framings, read_here = _locate(grays, index, first, predict, passes, tta,
-                                                   rotate, settle=settle)
+                                                   rotate, relax, settle)
 
     def looks(j: int) -> tuple[bool, bool]:  # (shaped, seen) of face j: seen by a cascade,
         kp = history[-1][j]  # or found by a learned detector (its score is its own check)
@@ -288,7 +289,7 @@ def find_faces(grays: Sequence[np.ndarray], predict: PredictFn,
         unconfirmed = np.array([not all(c) for c in checks] if confirm else [], bool)
         history, spread, framings, read_here, redone = _retry_unsettled(
             grays, index, framings, read_here, first, predict, history, spread, rotate,
-            settle, unconfirmed)
+            relax, settle, unconfirmed)
         for j in redone if confirm else ():
             checks[j] = looks(j)
     if len(final_scales) and len(dets):
@@ -317,7 +318,7 @@ def find_faces(grays: Sequence[np.ndarray], predict: PredictFn,
             faces[pic].append(max(cands, key=lambda c: c[:3])[3])
     if confirm:
         _second_opinion(grays, predict, detector, index, dets, checks, faces,
-                        dict(passes=passes, tta=tta, rotate=rotate, settle=settle,
+                        dict(passes=passes, tta=tta, rotate=rotate, settle=settle, relax=relax,
                              max_shape_error=max_shape_error, retry_tta=retry_tta,
                              final_scales=final_scales))
     return [drop_hidden(merge_duplicates(fs)) if confirm else merge_duplicates(fs)
@@ -346,7 +347,7 @@ def _second_opinion(grays, predict, detector, index, dets, checks, faces, option
 
 
 def _retry_unsettled(grays, index, framings, read_here, first, predict, history, spread,
-                     rotate, settle, also=None):
+                     rotate, relax, settle, also=None):
     """find_faces' retry: faces still moving at the last pass (and those marked in `also`),
     located again from their `first` squares with flip TTA; a retry that settles replaces the
     face's history, spread, last square and `read_here`. Returns those, and the faces
@@ -359,7 +360,7 @@ def _retry_unsettled(grays, index, framings, read_here, first, predict, history,
         return history, spread, framings, read_here, []
     again, again_spread, again_framings, again_here = _locate(
         grays, [index[i] for i in redo], [first[i] for i in redo], predict, len(history),
-        True, rotate, settle=settle)
+        True, rotate, relax, settle)
     settled = np.all(again[-1] == again[-2], axis=1)
     history, spread, framings = [h.copy() for h in history], spread.copy(), list(framings)
     read_here = read_here.copy()

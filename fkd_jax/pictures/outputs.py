@@ -238,8 +238,9 @@ class Results:
 def settings_of(detector, boxes) -> dict:
     """summary.json's settings: the detector's options, the given boxes and the model."""
     o, smoothing = detector.options, detector.options.one_euro
-    return {"passes": o.passes, "settle": o.settle, "tta": o.tta, "retry": o.retry,
-            "rotate": o.rotate, "box": boxes[0] if boxes else None,
+    return {"passes": o.passes, "settle": o.settle, "relax": o.relax, "tta": o.tta,
+            "retry": o.retry, "final_scales": list(o.final_scales), "rotate": o.rotate,
+            "box": boxes[0] if boxes else None,
             "smoothing": None if smoothing is None else
             {"min_cutoff": smoothing.min_cutoff, "beta": smoothing.beta,
              "d_cutoff": smoothing.d_cutoff},
