@@ -716,3 +716,29 @@ def test_framing_response_of_a_perfect_square_model_is_zero_at_every_offset():
         assert r["rmse_px"] < 1e-6
         shape = script.response(oracle, images[..., None] / 255.0, kps, dx, dy, zoom, True)
         assert shape["rmse_px"] < 1e-6 and not np.allclose(shape["mean"], 0, atol=1e-4)
+
+
+def test_framing_cost_measures_how_far_a_half_way_follower_follows():
+    """scripts/framing_cost.py's `follow`, on a model whose keypoints frame the square midway
+    between the crop's and the face's: k = 0.5 for the centre, and for the side within the
+    gap between a linear blend and the log scale it is measured in."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "framing_cost.py"
+    spec = importlib.util.spec_from_file_location("framing_cost", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    true = [geo.Framing(150.0, 110.0, 90.0), geo.Framing(60.0, 200.0, 130.0, 0.3)]
+    truth = [t.to_picture(at_rest(MEAN)) for t in true]
+
+    def read(squares):
+        return np.stack([0.5 * k + 0.5 * s.to_picture(at_rest(MEAN))
+                         for k, s in zip(truth, squares)])
+
+    ks = script.follow(read, true)
+    assert len(ks) == 4
+    for name, k in ks.items():
+        assert k == pytest.approx(0.5, abs=1e-6 if name.startswith("centre") else 0.02), name
+    still = script.follow(lambda squares: np.stack(truth), true)  # a model that sees the face
+    assert all(abs(k) < 1e-9 for k in still.values())
