@@ -43,8 +43,9 @@ DEFAULT_SETTLE = 0.02
 # Each re-framing moves the square DEFAULT_RELAX times as far as the rule says: a model follows
 # a mis-framed crop part of the way (unet_landmarks68's keypoints imply a side 0.43 of a crop's
 # zoom, a centre 0.18-0.29 of its shift), so the plain rule closes only about half the gap a
-# pass. Chosen on the training people's photos (1.3-1.5 alike): the face net's squares settle
-# after 2.4-2.5 crops a face instead of 2.5-2.8, at the same NME (docs/photo_pipeline.md).
+# pass; the square it converges on is the same. Chosen on the training people's photos
+# (unet_small.onnx with the face net; 1.3-1.5 alike): 2.44 crops a face at NME 3.37%, against
+# 2.53 at 3.43% with plain re-framing (scripts/framing_cost.py, docs/photo_pipeline.md).
 DEFAULT_RELAX = 1.4
 
 
