@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 import numpy as np
 from absl import app, flags
 
+from fkd_jax.errors import UserError, exit_on_user_error
 from fkd_jax.geometry import framing
 
 FLAGS = flags.FLAGS
@@ -76,13 +77,20 @@ class Counted:
         return self.inner.mirror_view(images)
 
 
+@exit_on_user_error
 def main(argv):
-    from fkd_jax.api import Detector, read
+    from fkd_jax.api import Detector, Options, read
     from fkd_jax.evaluation import metrics
     from fkd_jax.geometry import keypoints
     from fkd_jax.pictures import reading, scoring
 
     paths = argv[1:]
+    try:
+        relaxes = [float(r) for r in FLAGS.relax]
+    except ValueError:
+        raise UserError(f"--relax={','.join(FLAGS.relax)}: numbers, e.g. 1,1.4") from None
+    for relax in relaxes:
+        Options(relax=relax)  # a value out of range stops here, before the photos are read
     labels = scoring.read_labels(FLAGS.labels)
     labels68 = scoring.read_labels(FLAGS.labels68, "--labels68", keypoints.IBUG68.columns)
     grays = [framing.to_gray(read(p)) for p in paths]
@@ -92,14 +100,17 @@ def main(argv):
         truth += [(i, a, b) for a, b in zip(labels[k], labels68[k68])] if k and k68 else []
     index = [t[0] for t in truth]
 
-    def nme(kp15, kp68=None):
-        e15 = [metrics.point_errors(framing.kaggle15(k), t[1]).mean() for k, t in zip(kp15, truth)]
+    def nme(kp):  # (N, 2K) picture pixels, one row a labelled face
+        e15 = [metrics.point_errors(framing.kaggle15(k), t[1]).mean() for k, t in zip(kp, truth)]
         text = f"15 points {100 * np.mean(e15):.3f}% (median {100 * np.median(e15):.2f}%)"
-        if kp68 is not None and kp68.shape[1] == 2 * keypoints.IBUG68.num_keypoints:
+        if kp.shape[1] == 2 * keypoints.IBUG68.num_keypoints:
             e68 = [metrics.point_errors(k, t[2], eyes=metrics.IBUG68_OUTER_EYES).mean()
-                   for k, t in zip(kp68, truth)]
+                   for k, t in zip(kp, truth)]
             text += f", 68 points {100 * np.mean(e68):.3f}%"
         return text
+
+    def detect(detector):  # each picture's faces, in chunks of 16 pictures as predict.py
+        return [f for s in range(0, len(grays), 16) for f in detector.detect_many(grays[s:s + 16])]
 
     def nearest(faces, t15):  # the face whose keypoints' centre is nearest the label's
         centre = keypoints.as_points(t15).mean(axis=0)
@@ -108,8 +119,7 @@ def main(argv):
 
     detector = Detector.load(FLAGS.model, face_net=FLAGS.face_net, final_scales=(1.0,))
     predict = detector.predictor
-    found = [detector.detect_many(grays[s:s + 16]) for s in range(0, len(grays), 16)]
-    found = [faces for chunk in found for faces in chunk]
+    found = detect(detector)
     missing = sum(not found[i] for i in index)
     final = [framing.framing_from_keypoints(nearest(found[i], t15).keypoints_px, rotate=True)
              if found[i] else framing.training_framing(t15, t68) for i, t15, t68 in truth]
@@ -126,7 +136,7 @@ def main(argv):
           "by their true square)")
     for name, sq in squares.items():
         kp, _ = reading.read_views(grays, index, sq, predict, (1.0,))
-        print(f"{name:45s} {nme(kp, kp)}")
+        print(f"{name:45s} {nme(kp)}")
     log_side = np.log([f.side / t.side for f, t in zip(final, true)])
     print(f"pipeline square against the true one: side {100 * log_side.mean():+.1f}% "
           f"(sd {100 * log_side.std():.1f}%)")
@@ -135,14 +145,14 @@ def main(argv):
     print("how far the keypoints follow a crop that misses: " + ", ".join(
         f"{name} k = {k:.2f}" for name, k in ks.items()))
 
-    for relax in FLAGS.relax:
-        detector = Detector.load(FLAGS.model, face_net=FLAGS.face_net, relax=float(relax))
+    for relax in relaxes:
+        detector = Detector.load(FLAGS.model, face_net=FLAGS.face_net, relax=relax)
         detector.predictor = counted = Counted(detector.predictor)
-        found = [f for s in range(0, len(grays), 16) for f in detector.detect_many(grays[s:s + 16])]
+        found = detect(detector)
         kp = np.stack([nearest(found[i], t15).keypoints_px if found[i] else np.full(
             counted.width, np.nan) for i, t15, _ in truth])
         n_faces = sum(len(f) for f in found)
-        print(f"relax {relax}: {nme(kp, kp)}; {counted.crops / max(n_faces, 1):.2f} crops a "
+        print(f"relax {relax}: {nme(kp)}; {counted.crops / max(n_faces, 1):.2f} crops a "
               f"face, {n_faces} faces")
 
 
