@@ -181,13 +181,13 @@ def locate_with_spread(grays: Sequence[np.ndarray], picture_index: Sequence[int]
 def _locate(grays, picture_index, framings, predict, passes=DEFAULT_PASSES, tta=False,
             rotate=True, relax=DEFAULT_RELAX, settle=DEFAULT_SETTLE):
     """`locate_with_spread`'s (history, spread), each face's last square, and (N,) bool: True
-    where its final keypoints were read in that square (False: it settled there, and they
-    were read in the square before)."""
+    where its final keypoints are a plain reading (no TTA) of that square (False with TTA, or
+    where it settled there and they were read in the square before)."""
     if passes < 1:
         raise ValueError("passes must be >= 1")
     framings = list(framings)
     active = np.ones(len(framings), bool)
-    read_here = np.ones(len(framings), bool)
+    read_plain = np.full(len(framings), not tta)
     history: list[np.ndarray] = []
     for p in range(passes):
         settled = []
@@ -203,7 +203,7 @@ def _locate(grays, picture_index, framings, predict, passes=DEFAULT_PASSES, tta=
         else:
             current = np.zeros((len(framings), 0))
         active[settled] = False  # not cropped again: they keep the last pass's keypoints
-        read_here[settled] = False
+        read_plain[settled] = False
         rows = np.flatnonzero(active) if p > 0 else np.arange(len(framings))
         pred, pred_spread = read_squares(grays, [picture_index[i] for i in rows],
                                          [framings[i] for i in rows], predict, tta)
@@ -214,7 +214,7 @@ def _locate(grays, picture_index, framings, predict, passes=DEFAULT_PASSES, tta=
         if len(rows):
             out[rows], spread[rows] = pred, pred_spread
         history.append(out)
-    return history, spread, framings, read_here
+    return history, spread, framings, read_plain
 
 
 def _step(old: Framing, new: Framing, relax: float) -> Framing:
@@ -274,7 +274,7 @@ def find_faces(grays: Sequence[np.ndarray], predict: PredictFn,
     index = [i for i, bs in enumerate(boxes) for _ in bs]
     dets = [d for bs in boxes for d in bs]
     first = [d.framing or framing_from_box(d.box, d.angle) for d in dets]
-    history, spread, framings, read_here = _locate(grays, index, first, predict, passes, tta,
+    history, spread, framings, read_plain = _locate(grays, index, first, predict, passes, tta,
                                                    rotate, relax, settle)
 
     def looks(j: int) -> tuple[bool, bool]:  # (shaped, seen) of face j: seen by a cascade,
@@ -288,14 +288,12 @@ def find_faces(grays: Sequence[np.ndarray], predict: PredictFn,
     redone: list[int] = []  # faces read again with TTA
     if retry_tta and not tta and settle > 0 and passes > 1:
         unconfirmed = np.array([not all(c) for c in checks] if confirm else [], bool)
-        history, spread, framings, read_here, redone = _retry_unsettled(
-            grays, index, framings, read_here, first, predict, history, spread, rotate,
+        history, spread, framings, read_plain, redone = _retry_unsettled(
+            grays, index, framings, read_plain, first, predict, history, spread, rotate,
             relax, settle, unconfirmed)
         for j in redone if confirm else ():
             checks[j] = looks(j)
     if len(final_scales) and len(dets):
-        read_plain = read_here & (not tta)
-        read_plain[redone] = False
         final, spread = read_views(grays, index, framings, predict, final_scales,
                                    (history[-1], spread, read_plain))
         history = history + [final]
@@ -347,34 +345,34 @@ def _second_opinion(grays, predict, detector, index, dets, checks, faces, option
             faces[pic] = found
 
 
-def _retry_unsettled(grays, index, framings, read_here, first, predict, history, spread,
+def _retry_unsettled(grays, index, framings, read_plain, first, predict, history, spread,
                      rotate, relax, settle, also=None):
     """find_faces' retry: faces still moving at the last pass (and those marked in `also`),
     located again from their `first` squares with flip TTA; a retry that settles replaces the
-    face's history, spread, last square and `read_here`. Returns those, and the faces
+    face's history, spread, last square and `read_plain`. Returns those, and the faces
     replaced."""
     redo = np.any(history[-1] != history[-2], axis=1)
     if also is not None and len(also):
         redo |= also
     redo = np.flatnonzero(redo)
     if len(redo) == 0:
-        return history, spread, framings, read_here, []
-    again, again_spread, again_framings, again_here = _locate(
+        return history, spread, framings, read_plain, []
+    again, again_spread, again_framings, again_plain = _locate(
         grays, [index[i] for i in redo], [first[i] for i in redo], predict, len(history),
         True, rotate, relax, settle)
     settled = np.all(again[-1] == again[-2], axis=1)
     history, spread, framings = [h.copy() for h in history], spread.copy(), list(framings)
-    read_here = read_here.copy()
+    read_plain = read_plain.copy()
     replaced = []
     for k, i in enumerate(redo):
         if settled[k]:
             replaced.append(int(i))
             spread[i] = again_spread[k]
             framings[i] = again_framings[k]
-            read_here[i] = again_here[k]
+            read_plain[i] = again_plain[k]
             for h, a in zip(history, again):
                 h[i] = a[k]
-    return history, spread, framings, read_here, replaced
+    return history, spread, framings, read_plain, replaced
 
 
 def merge_duplicates(faces: Sequence[Face], overlap: float = 0.5) -> list[Face]:
@@ -410,11 +408,11 @@ def refine_faces(gray: np.ndarray, previous: Sequence[np.ndarray], predict: Pred
     `detector`) `FaceDetector.confirms` fails. The box is the square the face was framed by;
     the score is 1 - shape error (tracked, not detected). `final_scales`: as find_faces'."""
     framings = [framing_from_keypoints(k, rotate) for k in previous]
-    history, spread, last, read_here = _locate([gray], [0] * len(framings), framings,
+    history, spread, last, read_plain = _locate([gray], [0] * len(framings), framings,
                                                predict, passes, tta, rotate)
     if len(final_scales) and len(framings):
         final, spread = read_views([gray], [0] * len(framings), last, predict, final_scales,
-                                   (history[-1], spread, read_here & (not tta)))
+                                   (history[-1], spread, read_plain))
         history = history + [final]
     out: list[Face | None] = []
     for j, f in enumerate(framings):
