@@ -112,17 +112,24 @@ def main(argv):
     def detect(detector):  # each picture's faces, in chunks of 16 pictures as predict.py
         return [f for s in range(0, len(grays), 16) for f in detector.detect_many(grays[s:s + 16])]
 
-    def nearest(faces, t15):  # the face whose keypoints' centre is nearest the label's
-        centre = keypoints.as_points(t15).mean(axis=0)
-        return min(faces, key=lambda f: np.hypot(*(keypoints.as_points(
-            framing.kaggle15(f.keypoints_px)).mean(axis=0) - centre)))
+    def matched(found):  # each labelled face's keypoints (2K,), paired as predict.py --labels
+        out = []  # pairs them (metrics.match_faces), or None; truth's order
+        for i in dict.fromkeys(index):
+            labelled = np.stack([t15 for j, t15, _ in truth if j == i])
+            pairs = dict((t, p) for p, t in metrics.match_faces(
+                [framing.kaggle15(f.keypoints_px) for f in found[i]], labelled))
+            out += [found[i][pairs[t]].keypoints_px if t in pairs else None
+                    for t in range(len(labelled))]
+        return out
 
     detector = Detector.load(FLAGS.model, face_net=FLAGS.face_net, final_scales=(1.0,))
     predict = detector.predictor
     found = detect(detector)
-    missing = sum(not found[i] for i in index)
-    final = [framing.framing_from_keypoints(nearest(found[i], t15).keypoints_px, rotate=True)
-             if found[i] else framing.training_framing(t15, t68) for i, t15, t68 in truth]
+    pipeline = matched(found)
+    missing = sum(k is None for k in pipeline)
+    final = [framing.training_framing(t15, t68) if k is None else
+             framing.framing_from_keypoints(k, rotate=True)
+             for k, (_, t15, t68) in zip(pipeline, truth)]
     true = [framing.training_framing(t15, t68) for _, t15, t68 in truth]
     squares = {
         "the training square (true labels)": true,
@@ -149,8 +156,8 @@ def main(argv):
         detector = Detector.load(FLAGS.model, face_net=FLAGS.face_net, relax=relax)
         detector.predictor = counted = Counted(detector.predictor)
         found = detect(detector)
-        kp = np.stack([nearest(found[i], t15).keypoints_px if found[i] else np.full(
-            counted.width, np.nan) for i, t15, _ in truth])
+        kp = np.stack([np.full(counted.width, np.nan) if k is None else k
+                       for k in matched(found)])
         n_faces = sum(len(f) for f in found)
         print(f"relax {relax}: {nme(kp)}; {counted.crops / max(n_faces, 1):.2f} crops a "
               f"face, {n_faces} faces")
